@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Create .venv (Python 3.11+) and install frameatlas into it, with the extras given as $1
+# (e.g. "lab" or "test"). Re-running is quick: nothing is reinstalled while pyproject.toml
+# and the requested extras are unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-lab}"
+python_bin="${PYTHON:-}"
+if [ -z "$python_bin" ]; then
+  for candidate in python3.11 python3 python; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      python_bin="$candidate"; break
+    fi
+  done
+fi
+if [ -z "$python_bin" ]; then
+  echo "frameatlas needs Python 3.11 or newer on PATH (or set PYTHON=/path/to/python3.11)." >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  echo "Creating .venv with $python_bin ..."
+  "$python_bin" -m venv .venv
+fi
+stamp=".venv/.frameatlas-setup-$(echo "$extras" | tr ',' '-')"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "Installing frameatlas[$extras] into .venv (first time: a few minutes) ..."
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e ".[$extras]"
+  echo "$want" > "$stamp"
+fi

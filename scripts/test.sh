@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up .venv and run the whole test suite (slow tests included). Extra arguments go to pytest,
+# e.g. `bash scripts/test.sh -m "not slow"` for a quick local loop.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh lab,test
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+exec .venv/bin/python -m pytest "$@"
