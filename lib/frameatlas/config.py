@@ -1,0 +1,219 @@
+"""The `pipeline.yaml` schema: one typed, validated source of truth for every run.
+
+Relative paths in a config file are resolved against the file's own folder, so a run
+behaves the same from any working directory.
+
+Example:
+    >>> from frameatlas.config import load_config
+    >>> cfg = load_config("pipeline.yaml", overrides=["extract.every_seconds=2"])  # doctest: +SKIP
+    >>> cfg.extract.every_seconds  # doctest: +SKIP
+    2.0
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "ConfigError",
+    "CorpusConfig",
+    "ExtractConfig",
+    "PipelineConfig",
+    "RunConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run; the message names the key, the value and what is accepted."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo must never be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Section):
+    name: str = Field("demo", description="Run name: results go to <output_dir>/<name>/.")
+    output_dir: Path = Field(Path("outputs"), description="Folder holding all runs.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError("must be a folder name made of letters, digits, '.', '_' or '-'")
+        return value
+
+
+DEFAULT_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv", ".flv")
+
+
+class CorpusConfig(_Section):
+    videos: Path = Field(Path("data/demo"), description="Folder of videos (searched recursively).")
+    demo: bool = Field(True, description="Fetch the demo corpus into `videos` when it is missing.")
+    extensions: list[str] = Field(list(DEFAULT_EXTENSIONS), min_length=1)
+    recursive: bool = True
+
+    @field_validator("extensions")
+    @classmethod
+    def _dotted_lowercase(cls, value: list[str]) -> list[str]:
+        return sorted({(e if e.startswith(".") else f".{e}").lower() for e in value})
+
+
+class ExtractConfig(_Section):
+    enabled: bool = True
+    mode: Literal["interval", "fps", "keyframes", "shots"] = "interval"
+    every_seconds: float = Field(1.0, gt=0, description="Sampling interval for `interval` and `shots`.")
+    fps: float | None = Field(None, gt=0, description="Frames per second for `fps` mode.")
+    shot_threshold: float = Field(27.0, gt=0, le=255, description="PySceneDetect ContentDetector threshold.")
+    min_shot_seconds: float = Field(0.5, ge=0, description="Shortest shot; closer cuts are suppressed.")
+    shot_analysis_width: int = Field(160, ge=32, le=1920, description="Width frames are scaled to for cut detection.")
+    thumbnail_long_side: int = Field(384, ge=32, le=4096)
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    decode_threads: int = Field(0, ge=0, le=64, description="0 = let FFmpeg use every core.")
+
+    @model_validator(mode="after")
+    def _fps_needs_value(self) -> "ExtractConfig":
+        if self.mode == "fps" and self.fps is None:
+            raise ValueError("mode 'fps' needs extract.fps (a number > 0, e.g. 2)")
+        return self
+
+    @property
+    def interval_seconds(self) -> float | None:
+        """Seconds between samples, or None for keyframe sampling."""
+        if self.mode == "keyframes":
+            return None
+        if self.mode == "fps":
+            assert self.fps is not None
+            return 1.0 / self.fps
+        return self.every_seconds
+
+
+class PipelineConfig(_Section):
+    """The whole `pipeline.yaml`."""
+
+    run: RunConfig = RunConfig()
+    corpus: CorpusConfig = CorpusConfig()
+    extract: ExtractConfig = ExtractConfig()
+    source: Path | None = Field(None, description="The file this config was read from (set by the loader).")
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.output_dir / self.run.name
+
+    def stage_params(self, *sections: str) -> dict[str, Any]:
+        """JSON-safe dump of some sections, e.g. for fingerprints and papermill parameters."""
+        data = json.loads(self.model_dump_json())
+        return {name: data[name] for name in sections}
+
+    def to_parameters(self) -> dict[str, Any]:
+        """JSON-safe dump of the whole resolved config (paths absolute)."""
+        return json.loads(self.model_dump_json())
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        value = item.get("input")
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            section_key = ".".join(str(part) for part in item["loc"][:-1])
+            allowed = _allowed_keys(section_key)
+            message = f"unknown key; accepted keys here: {', '.join(allowed)}"
+            lines.append(f"  - {key}: {message}")
+            continue
+        if item["type"] == "literal_error":
+            message = f"not accepted; {message[0].lower()}{message[1:]}"
+        shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
+        lines.append(f"  - {key} = {shown}: {message}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(section_path: str) -> list[str]:
+    model: type[BaseModel] = PipelineConfig
+    for part in filter(None, section_path.split(".")):
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return [k for k in model.model_fields if k != "source"]
+
+
+def _resolve_paths(cfg: PipelineConfig, base: Path) -> PipelineConfig:
+    def absolute(path: Path) -> Path:
+        path = path.expanduser()
+        return path if path.is_absolute() else (base / path).resolve()
+
+    cfg.run.output_dir = absolute(cfg.run.output_dir)
+    cfg.corpus.videos = absolute(cfg.corpus.videos)
+    return cfg
+
+
+def _parse_override_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply `section.key=value` strings (values parsed as YAML) to a raw config dict."""
+    for override in overrides or []:
+        if "=" not in override:
+            raise ConfigError(f"--set {override!r}: expected section.key=value, e.g. extract.every_seconds=2")
+        dotted, raw = override.split("=", 1)
+        parts = [p for p in dotted.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"--set {override!r}: the key before '=' is empty")
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {override!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = _parse_override_value(raw)
+    return data
+
+
+def config_from_dict(
+    data: dict[str, Any] | None, *, base_dir: Path | str = ".", source: str = "<config>"
+) -> PipelineConfig:
+    """Validate a raw dict into a `PipelineConfig`, resolving relative paths against `base_dir`."""
+    data = dict(data or {})
+    data.pop("source", None)
+    try:
+        cfg = PipelineConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+    return _resolve_paths(cfg, Path(base_dir).resolve())
+
+
+def load_config(path: Path | str, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read, override and validate a pipeline YAML file; raises `ConfigError` before any work."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config file ({error.strerror})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (run, corpus, extract, ...), got {type(data).__name__}")
+    data = apply_overrides(data, overrides)
+    cfg = config_from_dict(data, base_dir=path.resolve().parent, source=str(path))
+    cfg.source = path.resolve()
+    return cfg

@@ -1,0 +1,602 @@
+"""Decode videos and sample frames: the extract stage.
+
+Decoding streams through PyAV one frame at a time (memory stays flat however long the
+video is), with FFmpeg's frame threading on every core. Only frames that are kept are
+converted to RGB and resized; the others are dropped as decoded YUV.
+
+Sampling modes (`extract.mode`):
+
+* ``interval``: one frame every `every_seconds`. For each target time ``t = k * interval``
+  the frame on screen at ``t`` is kept (the last frame whose PTS is <= t), so a 10 s clip
+  sampled every second gives exactly 10 frames, at 0, 1, ..., 9 s.
+* ``fps``: the same with ``interval = 1 / fps``.
+* ``keyframes``: only the stream's keyframes; the decoder skips every other frame.
+* ``shots``: the interval samples plus the first frame of every shot found by
+  PySceneDetect's ContentDetector (cuts are searched on small copies of every frame).
+
+Timestamps come from each frame's PTS (seconds from the stream's start), so they stay right
+for variable-frame-rate files. Rotation metadata (display matrix) is applied to thumbnails.
+
+Example:
+    >>> from frameatlas.config import ExtractConfig
+    >>> from frameatlas.frames import iter_samples
+    >>> for sample in iter_samples("clip.mp4", ExtractConfig(every_seconds=2)):  # doctest: +SKIP
+    ...     print(sample.timestamp, sample.frame_index)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .config import ExtractConfig, PipelineConfig
+from .corpus import CorpusListing, HashCache, SkippedInput, VideoFile, content_hash, demo_missing, discover_videos, fetch_demo
+from .progress import progress_bar
+from .store import RunPaths, atomic_write_json, read_table, write_table
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ExtractSummary",
+    "Sample",
+    "VideoError",
+    "VideoInfo",
+    "contact_sheet",
+    "extract_corpus",
+    "extract_video",
+    "iter_samples",
+    "probe_video",
+    "sampling_key",
+]
+
+FRAME_COLUMNS = [
+    "frame_key", "video_id", "video_name", "video_path", "timestamp", "frame_index", "thumbnail",
+    "width", "height", "shot_id", "is_shot_start", "sampling",
+]  # fmt: skip
+
+# Bump when sampling or thumbnail code changes in a way that changes its output.
+EXTRACT_VERSION = 1
+
+
+class VideoError(Exception):
+    """A file that cannot be used as a video; `reason` is one line for people."""
+
+    def __init__(self, path: Path | str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass
+class VideoInfo:
+    """What a video's container says about it (no decoding)."""
+
+    path: str
+    duration: float
+    fps: float
+    frame_count: int
+    codec: str
+    width: int  # as displayed: after rotation and pixel aspect ratio
+    height: int
+    rotation: int
+    has_audio: bool
+    audio_codec: str | None
+
+
+@dataclass
+class Sample:
+    """One kept frame, still as decoded (YUV), plus where it sits in the video."""
+
+    timestamp: float
+    frame_index: int
+    frame: av.VideoFrame
+    shot_id: int | None = None
+    is_shot_start: bool = False
+
+
+def _av_reason(error: Exception) -> str:
+    text = getattr(error, "strerror", None) or str(error)
+    if isinstance(error, av.error.InvalidDataError):
+        return f"not a readable video (FFmpeg: {text})"
+    return f"cannot decode ({type(error).__name__}: {text})"
+
+
+def _display_rotation(stream: av.video.stream.VideoStream, first_frame: av.VideoFrame | None) -> int:
+    """Counter-clockwise degrees from the display matrix (frame side data, or the stream's)."""
+    rotation = 0
+    if first_frame is not None:
+        rotation = int(first_frame.rotation or 0)
+    return int(round(rotation / 90.0)) * 90 % 360
+
+
+def _display_size(width: int, height: int, sar: Fraction | None, rotation: int) -> tuple[int, int]:
+    if sar and sar > 0 and sar != 1:
+        width = int(round(width * float(sar)))
+    return (height, width) if rotation % 180 == 90 else (width, height)
+
+
+def probe_video(path: Path | str) -> VideoInfo:
+    """Read a video's metadata; raises `VideoError` with a one-line reason if it is unusable."""
+    path = Path(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError(path, "no video stream (audio-only or data file)")
+            stream = container.streams.video[0]
+            ctx = stream.codec_context
+            first = _first_frame(container, stream)
+            if first is None:
+                raise VideoError(path, "no decodable video frame (truncated or corrupt)")
+            rotation = _display_rotation(stream, first)
+            duration = _duration_seconds(container, stream)
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            width, height = _display_size(ctx.width, ctx.height, ctx.sample_aspect_ratio, rotation)
+            audio = container.streams.audio
+            return VideoInfo(
+                path=str(path),
+                duration=duration,
+                fps=float(rate) if rate else 0.0,
+                frame_count=int(stream.frames or 0),
+                codec=ctx.name,
+                width=width,
+                height=height,
+                rotation=rotation,
+                has_audio=bool(audio),
+                audio_codec=audio[0].codec_context.name if audio else None,
+            )
+    except VideoError:
+        raise
+    except (av.error.FFmpegError, OSError) as error:
+        raise VideoError(path, _av_reason(error)) from None
+
+
+def _first_frame(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> av.VideoFrame | None:
+    try:
+        for frame in container.decode(stream):
+            return frame
+    except av.error.FFmpegError:
+        return None
+    return None
+
+
+def _duration_seconds(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return 0.0
+
+
+def _interval_fraction(seconds: float) -> Fraction:
+    return Fraction(seconds).limit_denominator(1_000_000)
+
+
+def iter_samples(path: Path | str, cfg: ExtractConfig) -> Iterator[Sample]:
+    """Decode `path` once, yielding the frames the sampling mode keeps, in time order.
+
+    Raises `VideoError` if the file cannot be opened; a decode error after some frames were
+    yielded ends the iteration with `VideoError` as well (the caller keeps what it got).
+    """
+    path = Path(path)
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as error:
+        raise VideoError(path, _av_reason(error)) from None
+    with container:
+        if not container.streams.video:
+            raise VideoError(path, "no video stream (audio-only or data file)")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = cfg.decode_threads
+        if cfg.mode == "keyframes":
+            stream.codec_context.skip_frame = "NONKEY"
+        yield from _sample_stream(path, container, stream, cfg)
+
+
+def _sample_stream(
+    path: Path, container: av.container.InputContainer, stream: av.video.stream.VideoStream, cfg: ExtractConfig
+) -> Iterator[Sample]:
+    time_base = stream.time_base or Fraction(1, 90000)
+    origin = stream.start_time
+    rate = stream.average_rate or stream.guessed_rate
+    step = _interval_fraction(cfg.interval_seconds) if cfg.interval_seconds else None
+    next_target = Fraction(0)
+    detector = _ShotDetector(cfg, rate, time_base) if cfg.mode == "shots" else None
+    shot_id = 0 if detector else None
+    held: Sample | None = None  # the previous frame: it is on screen until this one
+    held_emitted = False
+    decoded = 0
+    t = Fraction(0)
+
+    try:
+        for frame in container.decode(stream):
+            if frame.pts is None:  # rare; assume the nominal rate
+                t = t + (1 / Fraction(rate) if rate else Fraction(1, 25)) if decoded else Fraction(0)
+            else:
+                if origin is None:
+                    origin = frame.pts
+                t = (frame.pts - origin) * time_base
+            if t < 0:
+                continue  # pre-roll before the stream's start (edit lists)
+            if cfg.mode == "keyframes":
+                index = int(round(t * rate)) if rate else decoded
+                decoded += 1
+                yield Sample(float(t), index, frame)
+                continue
+            index, decoded = decoded, decoded + 1
+
+            # Targets before this frame were on screen while the held frame was.
+            while step is not None and held is not None and next_target < t:
+                if not held_emitted:
+                    yield held
+                    held_emitted = True
+                next_target += step
+
+            is_cut = detector.is_cut(frame, t) if detector else False
+            if is_cut:
+                shot_id += 1  # type: ignore[operator]
+            current = Sample(float(t), index, frame, shot_id, is_cut)
+            if held is None and step is not None:
+                emit = True  # targets up to the first frame map to the first frame
+                while next_target <= t:
+                    next_target += step
+            elif step is not None and t == next_target:
+                emit = True
+                next_target += step
+            else:
+                emit = is_cut
+            if emit:
+                yield current
+            held, held_emitted = current, emit
+    except av.error.FFmpegError as error:
+        if decoded == 0:
+            raise VideoError(path, f"no decodable video frame: {_av_reason(error)}") from None
+        raise VideoError(path, f"decoding stopped at {float(t):.2f} s: {_av_reason(error)}") from None
+    if decoded == 0:
+        raise VideoError(path, "no decodable video frame (truncated or corrupt)")
+
+
+class _ShotDetector:
+    """PySceneDetect's ContentDetector fed with small BGR copies of every frame."""
+
+    def __init__(self, cfg: ExtractConfig, rate: Fraction | None, time_base: Fraction):
+        from scenedetect.common import FrameTimecode, Timecode
+        from scenedetect.detector import FlashFilter
+        from scenedetect.detectors import ContentDetector
+
+        self._frame_timecode = FrameTimecode
+        self._timecode = Timecode
+        self._rate = Fraction(rate) if rate else Fraction(25)
+        self._time_base = Fraction(time_base)
+        self._width = cfg.shot_analysis_width
+        # SUPPRESS reports a cut on the frame where it happens (MERGE may report it late).
+        self._detector = ContentDetector(
+            threshold=cfg.shot_threshold,
+            min_scene_len=float(cfg.min_shot_seconds),
+            filter_mode=FlashFilter.Mode.SUPPRESS,
+        )
+        self._seen_first = False
+
+    def is_cut(self, frame: av.VideoFrame, t: Fraction) -> bool:
+        height = max(2, int(round(frame.height * self._width / frame.width / 2)) * 2)
+        small = frame.reformat(width=self._width, height=height, format="bgr24").to_ndarray()
+        pts = int(round(t / self._time_base))
+        timecode = self._frame_timecode(self._timecode(pts, self._time_base), fps=self._rate)
+        cuts = self._detector.process_frame(timecode, small)
+        first, self._seen_first = not self._seen_first, True
+        return bool(cuts) and not first
+
+
+# --- thumbnails and per-video shards ------------------------------------------------------
+
+
+def sampling_key(cfg: ExtractConfig) -> str:
+    """Short hash of the parameters that change which frames are kept or how they look."""
+    relevant = {
+        "version": EXTRACT_VERSION,
+        "mode": cfg.mode,
+        "interval": str(_interval_fraction(cfg.interval_seconds)) if cfg.interval_seconds else None,
+        "thumbnail_long_side": cfg.thumbnail_long_side,
+        "jpeg_quality": cfg.jpeg_quality,
+    }
+    if cfg.mode == "shots":
+        relevant |= {"threshold": cfg.shot_threshold, "min_shot": cfg.min_shot_seconds, "width": cfg.shot_analysis_width}
+    blob = json.dumps(relevant, sort_keys=True).encode()
+    return f"{cfg.mode}-{hashlib.sha256(blob).hexdigest()[:10]}"
+
+
+def thumbnail(frame: av.VideoFrame, long_side: int, rotation: int) -> Image.Image:
+    """Resize (never enlarge) so the long side is `long_side`, then apply the display rotation."""
+    width, height = frame.width, frame.height
+    sar = frame.sample_aspect_ratio if hasattr(frame, "sample_aspect_ratio") else None
+    display_w = width * float(sar) if sar and sar > 0 else width
+    scale = min(1.0, long_side / max(display_w, height))
+    out_w = max(2, int(round(display_w * scale)))
+    out_h = max(2, int(round(height * scale)))
+    rgb = frame.reformat(width=out_w, height=out_h, format="rgb24", interpolation="AREA").to_ndarray()
+    if rotation:
+        rgb = np.rot90(rgb, k=rotation // 90)
+    return Image.fromarray(np.ascontiguousarray(rgb))
+
+
+@dataclass
+class VideoResult:
+    video_id: str
+    path: str
+    frames: pd.DataFrame
+    info: VideoInfo | None
+    cached: bool
+    problem: SkippedInput | None = None
+    decoded_seconds: float = 0.0
+
+
+def _shard_dir(run: RunPaths, video_id: str, key: str) -> Path:
+    return run.frames / video_id / key
+
+
+def extract_video(
+    video: VideoFile, video_id: str, cfg: ExtractConfig, run: RunPaths, *, force: bool = False, position: int = 1
+) -> VideoResult:
+    """Sample one video into its shard (`frames/<video_id>/<sampling key>/`), or reuse the shard.
+
+    The shard's `frames.parquet` is written last, so it only exists for finished work: a run
+    killed halfway redoes just the unfinished video.
+    """
+    key = sampling_key(cfg)
+    shard = _shard_dir(run, video_id, key)
+    table_path, meta_path = shard / "frames.parquet", shard / "video.json"
+    if not force and table_path.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        frames = read_table(table_path)
+        frames["video_path"] = str(video.path)
+        frames["video_name"] = video.path.name
+        info = VideoInfo(**meta["info"]) if meta.get("info") else None
+        problem = SkippedInput(str(video.path), meta["problem"], status="partial") if meta.get("problem") else None
+        return VideoResult(video_id, str(video.path), frames, info, cached=True, problem=problem)
+
+    info = probe_video(video.path)  # raises VideoError: nothing decodable
+    if shard.exists():
+        shutil.rmtree(shard)  # leftovers of an interrupted run
+    shard.mkdir(parents=True)
+    rows: list[dict] = []
+    problem: SkippedInput | None = None
+    started = time.perf_counter()
+    bar = progress_bar(total=round(info.duration, 1) or None, desc=video.path.name[:30], unit="s", position=position, leave=False)
+    done_seconds = 0.0
+    try:
+        for sample in iter_samples(video.path, cfg):
+            image = thumbnail(sample.frame, cfg.thumbnail_long_side, info.rotation)
+            millis = int(round(sample.timestamp * 1000))
+            thumb_path = shard / f"t{millis:010d}.jpg"
+            image.save(thumb_path, format="JPEG", quality=cfg.jpeg_quality)
+            rows.append(
+                {
+                    "frame_key": f"{video_id}:{millis}",
+                    "video_id": video_id,
+                    "video_name": video.path.name,
+                    "video_path": str(video.path),
+                    "timestamp": sample.timestamp,
+                    "frame_index": sample.frame_index,
+                    "thumbnail": run.relative(thumb_path),
+                    "width": image.width,
+                    "height": image.height,
+                    "shot_id": sample.shot_id,
+                    "is_shot_start": sample.is_shot_start,
+                    "sampling": key,
+                }
+            )
+            bar.update(round(sample.timestamp - done_seconds, 1))
+            done_seconds = round(sample.timestamp, 1)
+    except VideoError as error:
+        if not rows:
+            shutil.rmtree(shard, ignore_errors=True)
+            raise
+        problem = SkippedInput(str(video.path), f"partial: {error.reason}; kept {len(rows)} frames", status="partial")
+        log.warning("%s: %s", video.path, problem.reason)
+    finally:
+        bar.close()
+    frames = pd.DataFrame(rows, columns=FRAME_COLUMNS).astype({"shot_id": "Int64"})
+    atomic_write_json(meta_path, {"info": asdict(info), "problem": problem.reason if problem else None})
+    write_table(frames.drop(columns=["video_path", "video_name"]), table_path)
+    return VideoResult(video_id, str(video.path), frames, info, cached=False, problem=problem,
+                       decoded_seconds=time.perf_counter() - started)
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+
+@dataclass
+class ExtractSummary:
+    """What the extract stage did; `counts` and `skipped` go to the run manifest."""
+
+    videos: int = 0
+    processed: int = 0
+    cached: int = 0
+    frames: int = 0
+    video_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    skipped: list[SkippedInput] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, float | int]:
+        return {
+            "videos": self.videos,
+            "videos_processed": self.processed,
+            "videos_cached": self.cached,
+            "frames": self.frames,
+            "skipped_inputs": len(self.skipped),
+            "video_seconds": round(self.video_seconds, 2),
+            "decode_seconds": round(self.decode_seconds, 2),
+        }
+
+
+def prepare_corpus(cfg: PipelineConfig) -> CorpusListing:
+    """List the corpus, fetching the demo videos first when the config asks for them."""
+    corpus = cfg.corpus
+    if corpus.demo and demo_missing(corpus.videos):
+        fetch_demo(corpus.videos)
+    return discover_videos(corpus.videos, corpus.extensions, corpus.recursive)
+
+
+def extract_corpus(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False) -> ExtractSummary:
+    """Run the extract stage: sample every video, then write `tables/frames` and `tables/videos`.
+
+    Videos already sampled with the same parameters are reused (by content hash), bad inputs
+    are reported in the summary, and the tables cover exactly the current corpus.
+    """
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    listing = prepare_corpus(cfg)
+    summary = ExtractSummary(skipped=list(listing.skipped))
+    hashes = HashCache(run.cache / "content_hashes.json")
+    seen: dict[str, str] = {}
+    frame_tables: list[pd.DataFrame] = []
+    video_rows: list[dict] = []
+    overall = progress_bar(total=len(listing.videos), desc="extract", unit="video", position=0)
+    try:
+        for video in listing.videos:
+            video_id = content_hash(video.path, hashes)
+            if video_id in seen:
+                summary.skipped.append(SkippedInput(str(video.path), f"same content as {seen[video_id]}; sampled once"))
+                overall.update(1)
+                continue
+            seen[video_id] = str(video.path)
+            try:
+                result = extract_video(video, video_id, cfg.extract, run, force=force)
+            except VideoError as error:
+                log.warning("skipped %s: %s", video.path, error.reason)
+                summary.skipped.append(SkippedInput(str(video.path), error.reason))
+                overall.update(1)
+                continue
+            finally:
+                hashes.save()
+            if result.problem:
+                summary.skipped.append(result.problem)
+            summary.videos += 1
+            summary.cached += result.cached
+            summary.processed += not result.cached
+            summary.frames += len(result.frames)
+            summary.decode_seconds += result.decoded_seconds
+            if result.info:
+                summary.video_seconds += result.info.duration
+            frame_tables.append(result.frames)
+            video_rows.append(_video_row(video, video_id, result))
+            overall.update(1)
+            log.info(
+                "%s: %d frames (%s)", video.path.name, len(result.frames), "cached" if result.cached else "extracted"
+            )
+    finally:
+        overall.close()
+    frames = (
+        pd.concat(frame_tables, ignore_index=True)[FRAME_COLUMNS]
+        if frame_tables
+        else pd.DataFrame(columns=FRAME_COLUMNS)
+    )
+    frames = frames.astype({"shot_id": "Int64"})
+    write_table(frames, run.table("frames"))
+    write_table(pd.DataFrame(video_rows, columns=VIDEO_COLUMNS), run.table("videos"))
+    for item in summary.skipped:
+        log.warning("skipped input %s: %s", item.path, item.reason)
+    log.info(
+        "extract: %d videos (%d new, %d cached), %d frames, %d inputs skipped",
+        summary.videos, summary.processed, summary.cached, summary.frames, len(summary.skipped),
+    )  # fmt: skip
+    return summary
+
+
+VIDEO_COLUMNS = [
+    "video_id", "video_name", "video_path", "size_bytes", "duration", "fps", "frame_count", "codec",
+    "width", "height", "rotation", "has_audio", "audio_codec", "frames_sampled", "status", "note",
+]  # fmt: skip
+
+
+def _video_row(video: VideoFile, video_id: str, result: VideoResult) -> dict:
+    info = asdict(result.info) if result.info else {}
+    info.pop("path", None)
+    return {
+        "video_id": video_id,
+        "video_name": video.path.name,
+        "video_path": str(video.path),
+        "size_bytes": video.size,
+        **info,
+        "frames_sampled": len(result.frames),
+        "status": "partial" if result.problem else "ok",
+        "note": result.problem.reason if result.problem else "",
+    }
+
+
+# --- looking at the result ------------------------------------------------------------------
+
+
+def contact_sheet(
+    frames: pd.DataFrame, run: RunPaths | Path | str, *, columns: int = 8, tile_width: int = 160, max_frames: int = 48
+) -> Image.Image:
+    """A grid of thumbnails (time order, evenly thinned to `max_frames`) with timestamps.
+
+    Example:
+        >>> sheet = contact_sheet(frames[frames.video_name == "bikes.mp4"], "outputs/demo")  # doctest: +SKIP
+    """
+    from PIL import ImageDraw
+
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    frames = frames.sort_values("timestamp")
+    if len(frames) > max_frames:
+        picks = np.linspace(0, len(frames) - 1, max_frames).round().astype(int)
+        frames = frames.iloc[np.unique(picks)]
+    if frames.empty:
+        return Image.new("RGB", (tile_width, tile_width // 2), "white")
+    aspect = float((frames["height"] / frames["width"]).median())
+    tile_height = max(1, int(round(tile_width * aspect)))
+    label = 14
+    rows = math.ceil(len(frames) / columns)
+    cols = min(columns, len(frames))
+    sheet = Image.new("RGB", (cols * tile_width, rows * (tile_height + label)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, row in enumerate(frames.itertuples()):
+        x, y = (i % columns) * tile_width, (i // columns) * (tile_height + label)
+        with Image.open(run.absolute(row.thumbnail)) as image:
+            image.thumbnail((tile_width, tile_height))
+            sheet.paste(image, (x + (tile_width - image.width) // 2, y))
+        minutes, seconds = divmod(row.timestamp, 60)
+        draw.text((x + 2, y + tile_height + 1), f"{int(minutes):02d}:{seconds:05.2f}", fill="black")
+    return sheet
+
+
+def summary_table(run: RunPaths | Path | str) -> pd.DataFrame:
+    """One row per video: duration, resolution, audio, frames sampled."""
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    videos = read_table(run.table("videos"))
+    columns = ["video_name", "duration", "fps", "codec", "width", "height", "rotation", "has_audio",
+               "frames_sampled", "status", "note"]  # fmt: skip
+    return videos[columns].sort_values("video_name").reset_index(drop=True)
+
+
+def save_contact_sheets(run: RunPaths | Path | str, **sheet_options) -> list[tuple[dict, Path]]:
+    """Write one contact-sheet JPEG per video of the run (`plots/contact_sheets/`); returns (video, path)."""
+    from .report import contact_sheet_path
+
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    frames = read_table(run.table("frames"))
+    videos = read_table(run.table("videos")).sort_values("video_name")
+    saved = []
+    for video in videos.to_dict("records"):
+        sheet = contact_sheet(frames[frames.video_id == video["video_id"]], run, **sheet_options)
+        path = contact_sheet_path(run, video["video_id"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        sheet.save(tmp, format="JPEG", quality=85)
+        tmp.replace(path)
+        saved.append((video, path))
+    return saved

@@ -1,0 +1,61 @@
+"""The run dashboard (`outputs/<run>/index.html`): one page linking every report and output.
+
+The page is static and uses relative links only, so the whole run folder can be zipped and
+shared, or served from any web server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pandas as pd
+
+from .store import RunPaths, atomic_write_text
+
+__all__ = ["contact_sheet_path", "write_dashboard"]
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("frameatlas", "templates"),
+    autoescape=jinja2.select_autoescape(["html", "j2"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def contact_sheet_path(run: RunPaths, video_id: str) -> Path:
+    return run.root / "plots" / "contact_sheets" / f"{video_id}.jpg"
+
+
+def _videos(run: RunPaths) -> list[dict[str, Any]]:
+    path = run.table("videos")
+    if not path.exists():
+        return []
+    videos = pd.read_parquet(path).sort_values("video_name")
+    rows = []
+    for video in videos.to_dict("records"):
+        sheet = contact_sheet_path(run, video["video_id"])
+        video["contact_sheet"] = run.relative(sheet) if sheet.exists() else None
+        rows.append(video)
+    return rows
+
+
+def write_dashboard(run: RunPaths, manifest: dict[str, Any]) -> Path:
+    """Render `index.html` from the manifest and the run's tables."""
+    stages = []
+    for name, entry in manifest.get("stages", {}).items():
+        report = entry.get("report")
+        stages.append(
+            {
+                "name": name,
+                **entry,
+                "report": report if report and (run.root / report).exists() else None,
+                "notebook": entry.get("notebook") if entry.get("notebook") and (run.root / entry["notebook"]).exists() else None,
+            }
+        )
+    html = _ENV.get_template("dashboard.html.j2").render(
+        manifest=manifest, stages=stages, videos=_videos(run), skipped=manifest.get("skipped_inputs", [])
+    )
+    atomic_write_text(run.dashboard, html)
+    return run.dashboard

@@ -1,0 +1,135 @@
+"""The run directory and its tables: the contract between stages.
+
+Every write is atomic (temporary file + rename), so a run killed at any moment leaves
+either the old file or the new one, never half of one.
+
+Example:
+    >>> from frameatlas.store import RunPaths, read_table
+    >>> run = RunPaths("outputs/demo")  # doctest: +SKIP
+    >>> frames = read_table(run.table("frames"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["RunPaths", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_table", "write_table"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600 files; results are meant to be shared
+    return fd, tmp
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path | str, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_table(df: pd.DataFrame, path: Path | str) -> Path:
+    """Write a DataFrame as Parquet, atomically."""
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_table(path: Path | str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: table not found; run the stage that writes it first")
+    return pd.read_parquet(path)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where everything of one run lives (`outputs/<run>/`)."""
+
+    root: Path
+
+    def __init__(self, root: Path | str):
+        object.__setattr__(self, "root", Path(root).resolve())
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def dashboard(self) -> Path:
+        return self.root / "index.html"
+
+    @property
+    def tables(self) -> Path:
+        return self.root / "tables"
+
+    @property
+    def frames(self) -> Path:
+        return self.root / "frames"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def stage_results(self) -> Path:
+        return self.root / "stages"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    def table(self, name: str) -> Path:
+        return self.tables / f"{name}.parquet"
+
+    def stage_result(self, stage: str) -> Path:
+        return self.stage_results / f"{stage}.json"
+
+    def relative(self, path: Path | str) -> str:
+        """A path inside the run as a POSIX string relative to the run root (portable tables)."""
+        return Path(path).resolve().relative_to(self.root).as_posix()
+
+    def absolute(self, relative: str) -> Path:
+        return self.root / relative
