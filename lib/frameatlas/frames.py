@@ -165,9 +165,9 @@ def probe_video(path: Path | str) -> VideoInfo:
 
 def _first_frame(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> av.VideoFrame | None:
     try:
-        for frame in container.decode(stream):
+        for frame in _decode(container, stream):
             return frame
-    except av.error.FFmpegError:
+    except _DecodingStopped:
         return None
     return None
 
@@ -206,6 +206,25 @@ def iter_samples(path: Path | str, cfg: ExtractConfig) -> Iterator[Sample]:
         yield from _sample_stream(path, container, stream, cfg)
 
 
+class _DecodingStopped(Exception):
+    def __init__(self, error: av.error.FFmpegError):
+        self.error = error
+
+
+def _decode(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Iterator[av.VideoFrame]:
+    """Frames in presentation order. On a read or decode error (a truncated or damaged file) the
+    frames still inside the decoder are flushed out first, then `_DecodingStopped` is raised."""
+    try:
+        for packet in container.demux(stream):
+            yield from stream.decode(packet)
+    except av.error.FFmpegError as error:
+        try:
+            yield from stream.decode(None)
+        except av.error.FFmpegError:
+            pass
+        raise _DecodingStopped(error) from None
+
+
 def _sample_stream(
     path: Path, container: av.container.InputContainer, stream: av.video.stream.VideoStream, cfg: ExtractConfig
 ) -> Iterator[Sample]:
@@ -218,11 +237,12 @@ def _sample_stream(
     shot_id = 0 if detector else None
     held: Sample | None = None  # the previous frame: it is on screen until this one
     held_emitted = False
+    held_time = Fraction(0)  # exact PTS time of `held`
     decoded = 0
     t = Fraction(0)
 
     try:
-        for frame in container.decode(stream):
+        for frame in _decode(container, stream):
             if frame.pts is None:  # rare; assume the nominal rate
                 t = t + (1 / Fraction(rate) if rate else Fraction(1, 25)) if decoded else Fraction(0)
             else:
@@ -260,11 +280,22 @@ def _sample_stream(
                 emit = is_cut
             if emit:
                 yield current
-            held, held_emitted = current, emit
-    except av.error.FFmpegError as error:
+            held, held_emitted, held_time = current, emit, t
+        # The last frame stays on screen for its duration: it also covers targets in that span.
+        if step is not None and held is not None:
+            span = held.frame.duration * time_base if held.frame.duration else (1 / Fraction(rate) if rate else 0)
+            if not held_emitted and next_target < held_time + span:
+                yield held
+            # A file cut short often just ends early: compare with the length its header promises.
+            expected = stream.duration * time_base if stream.duration else None
+            if decoded and expected and expected - (held_time + span) > max(Fraction(1, 2), 2 * span):
+                raise VideoError(
+                    path, f"decoding stopped at {float(held_time):.2f} s of {float(expected):.2f} s (truncated file?)"
+                )
+    except _DecodingStopped as stopped:
         if decoded == 0:
-            raise VideoError(path, f"no decodable video frame: {_av_reason(error)}") from None
-        raise VideoError(path, f"decoding stopped at {float(t):.2f} s: {_av_reason(error)}") from None
+            raise VideoError(path, f"no decodable video frame: {_av_reason(stopped.error)}") from None
+        raise VideoError(path, f"decoding stopped at {float(t):.2f} s: {_av_reason(stopped.error)}") from None
     if decoded == 0:
         raise VideoError(path, "no decodable video frame (truncated or corrupt)")
 

@@ -1,0 +1,53 @@
+"""Shared fixtures: no network, no stray errors in the log, tiny generated videos."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/videogen.py
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ["FRAMEATLAS_PROGRESS"] = "off"
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class NetworkBlocked(RuntimeError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any attempt to reach another host fails the test (loopback stays allowed for Jupyter kernels)."""
+    real_connect = socket.socket.connect
+
+    def guarded_connect(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and host not in {"127.0.0.1", "localhost", "::1"} and not host.startswith("/"):
+            raise NetworkBlocked(f"test tried to reach the network: {address!r}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+
+
+@pytest.fixture(autouse=True)
+def fail_on_logged_errors(caplog):
+    """A test that makes frameatlas log an ERROR fails, unless it says it expects one."""
+    caplog.set_level(logging.WARNING, logger="frameatlas")
+    yield
+    errors = [r for r in caplog.get_records("call") if r.levelno >= logging.ERROR and r.name.startswith("frameatlas")]
+    if errors and not getattr(caplog, "errors_expected", False):
+        pytest.fail("frameatlas logged errors: " + "; ".join(r.getMessage() for r in errors))
+
+
+@pytest.fixture
+def expect_logged_errors(caplog):
+    caplog.errors_expected = True
+    return caplog
