@@ -1,0 +1,149 @@
+"""End to end: run_pipeline.py executes the stage notebooks with papermill on a tiny corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+import videogen
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def run_pipeline(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "run_pipeline.py"), *args, "--no-progress"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    videos = tmp_path / "videos"
+    videogen.make_video(videos / "alpha.mp4", seconds=3, fps=25, audio=True)
+    videogen.make_video(videos / "beta.mp4", seconds=2, fps=10, scene_cuts=[1.0])
+    videogen.make_text_file_with_video_extension(videos / "broken.mp4")
+    config = {
+        "run": {"name": "tiny", "output_dir": "out"},
+        "corpus": {"videos": "videos", "demo": False},
+        "extract": {"every_seconds": 0.5, "thumbnail_long_side": 96},
+    }
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path
+
+
+def test_full_run_reports_manifest_dashboard_and_reuse(project):
+    result = run_pipeline(str(project / "pipeline.yaml"))
+    assert result.returncode == 3, result.stderr  # done, one input skipped
+    run = project / "out" / "tiny"
+    assert result.stdout.strip().splitlines()[-1] == f"Dashboard: {run / 'index.html'}"
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    extract = manifest["stages"]["extract"]
+    assert extract["status"] == "done"
+    assert extract["counts"]["frames"] == 6 + 4
+    assert extract["counts"]["videos"] == 2
+    assert extract["seconds"] > 0 and extract["work_seconds"] > 0
+    assert manifest["config"]["extract"]["every_seconds"] == 0.5
+    assert manifest["config"]["corpus"]["videos"] == str(project / "videos")
+    assert {"python", "av", "papermill", "frameatlas"} <= set(manifest["versions"])
+    [skipped] = manifest["skipped_inputs"]
+    assert skipped["path"] == str(project / "videos" / "broken.mp4")
+    assert skipped["reason"].startswith("not a readable video")
+    assert "broken.mp4" in result.stdout
+
+    notebook = nbformat.read(run / "reports" / "01_extract.ipynb", as_version=4)
+    injected = [c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and f'run_dir = "{run}"' in injected[0].source
+    errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert errors == []
+    images = [o for c in notebook.cells for o in c.get("outputs", []) if "image/jpeg" in o.get("data", {})]
+    assert len(images) == 2  # one contact sheet per video
+
+    html = (run / "reports" / "01_extract.html").read_text()
+    assert "alpha.mp4" in html and "data:image/jpeg;base64" in html
+    assert not re.search(r"<script[^>]+src=\"https?://", html), "report must open offline"
+    dashboard = (run / "index.html").read_text()
+    assert 'href="reports/01_extract.html"' in dashboard
+    assert "broken.mp4" in dashboard and "not a readable video" in dashboard
+    assert len(list((run / "plots" / "contact_sheets").glob("*.jpg"))) == 2
+
+    report_mtime = (run / "reports" / "01_extract.ipynb").stat().st_mtime_ns
+    again = run_pipeline(str(project / "pipeline.yaml"))
+    assert again.returncode == 3
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["extract"]["status"] == "unchanged"
+    assert (run / "reports" / "01_extract.ipynb").stat().st_mtime_ns == report_mtime
+
+    # A changed parameter re-executes the stage; cached videos are not decoded again.
+    changed = run_pipeline(str(project / "pipeline.yaml"), "--set", "extract.thumbnail_long_side=64")
+    assert changed.returncode == 3
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["extract"]["status"] == "done"
+    assert manifest["stages"]["extract"]["counts"]["videos_processed"] == 2
+
+
+def test_a_failing_cell_stops_the_run_and_the_next_run_resumes(project, tmp_path):
+    broken_notebooks = tmp_path / "broken_notebooks"
+    broken_notebooks.mkdir()
+    notebook = nbformat.read(REPO / "notebooks" / "01_extract.ipynb", as_version=4)
+    notebook.cells.insert(3, nbformat.v4.new_code_cell('raise RuntimeError("disk on fire")'))
+    nbformat.write(notebook, broken_notebooks / "01_extract.ipynb")
+
+    failed = run_pipeline(str(project / "pipeline.yaml"), env={"FRAMEATLAS_NOTEBOOKS": str(broken_notebooks)})
+    run = project / "out" / "tiny"
+    assert failed.returncode == 1
+    assert "stage 'extract' failed: RuntimeError: disk on fire" in failed.stderr
+    assert f"partial notebook: {run / 'reports' / '01_extract.ipynb'}" in failed.stderr
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["extract"]["status"] == "failed"
+    assert "disk on fire" in (run / "index.html").read_text()
+    assert (run / "reports" / "01_extract.html").exists()
+
+    resumed = run_pipeline(str(project / "pipeline.yaml"))
+    assert resumed.returncode == 3, resumed.stderr
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["extract"]["status"] == "done"
+
+
+def test_invalid_config_stops_before_any_work(project):
+    result = run_pipeline(str(project / "pipeline.yaml"), "--set", "extract.mode=sometimes")
+    assert result.returncode == 2
+    assert "extract.mode" in result.stderr and '"sometimes"' in result.stderr and "'keyframes'" in result.stderr
+    assert not (project / "out").exists()
+    unknown = run_pipeline(str(project / "pipeline.yaml"), "--stages", "extrct")
+    assert unknown.returncode == 2 and "unknown stage(s) extrct; stages are extract" in unknown.stderr
+
+
+def test_notebook_runs_by_hand_from_its_config_path(project):
+    """What JupyterLab does: no injected config, the notebook reads its config_path."""
+    import papermill
+
+    notebooks = project / "notebooks"
+    shutil.copytree(REPO / "notebooks", notebooks)
+    papermill.execute_notebook(
+        str(notebooks / "01_extract.ipynb"),
+        str(project / "by_hand.ipynb"),
+        parameters={"config_path": "../pipeline.yaml"},
+        cwd=str(notebooks),
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    frames = project / "out" / "tiny" / "tables" / "frames.parquet"
+    assert frames.exists()
+    import pandas as pd
+
+    assert len(pd.read_parquet(frames)) == 10
