@@ -405,7 +405,7 @@ def extract_video(
     rows: list[dict] = []
     problem: SkippedInput | None = None
     started = time.perf_counter()
-    bar = progress_bar(total=round(info.duration, 1) or None, desc=video.path.name[:30], unit="s", position=position, leave=False)
+    bar = progress_bar(total=round(info.duration, 1) or None, desc=video.path.name[:30], unit="s", position=position, leave=False, detail=True)
     done_seconds = 0.0
     try:
         for sample in iter_samples(video.path, cfg):

@@ -254,7 +254,9 @@ def _execute_notebook(stage: Stage, cfg: PipelineConfig, run: RunPaths, force: b
                 kernel_name="python3",
                 cwd=str(source.parent),
                 progress_bar=show_progress,
-                log_output=False,
+                log_output=True,
+                # Local IPC sockets: the kernel is never reachable from the network.
+                config=_kernel_config(),
             )
     except PapermillExecutionError as error:
         export_html(output, f"{stage.notebook} (failed)")
@@ -262,6 +264,14 @@ def _execute_notebook(stage: Stage, cfg: PipelineConfig, run: RunPaths, force: b
     except Exception as error:  # kernel died, timeout, missing kernel...
         raise StageFailed(stage.name, f"{type(error).__name__}: {error}", output) from None
     return output
+
+
+def _kernel_config():
+    from traitlets.config import Config
+
+    config = Config()
+    config.KernelManager.transport = "ipc"
+    return config
 
 
 def export_html(notebook: Path, title: str = "", banners: Iterable[str] = ()) -> Path | None:

@@ -13,20 +13,27 @@ import sys
 from typing import Any
 
 from tqdm import tqdm
-from tqdm.auto import tqdm as auto_tqdm
 
 __all__ = ["PROGRESS_ENV", "progress_bar"]
 
 PROGRESS_ENV = "FRAMEATLAS_PROGRESS"
 
 
-def progress_bar(total: float | None = None, desc: str = "", unit: str = "it", **kwargs: Any) -> tqdm:
-    """A tqdm bar configured for the current environment (see module docstring)."""
+def progress_bar(
+    total: float | None = None, desc: str = "", unit: str = "it", *, detail: bool = False, **kwargs: Any
+) -> tqdm:
+    """A tqdm bar configured for the current environment (see module docstring).
+
+    `detail` bars (e.g. one per video inside an overall bar) are left out of saved reports.
+    """
     mode = os.environ.get(PROGRESS_ENV, "auto")
     options: dict[str, Any] = {"total": total, "desc": desc, "unit": unit, "dynamic_ncols": True, **kwargs}
-    if mode == "off":
+    if mode == "off" or (mode == "report" and detail):
         return tqdm(disable=True, **options)
     if mode == "report":
         options.setdefault("mininterval", 10.0)
-        return tqdm(file=sys.stderr, ascii=True, ncols=100, **{k: v for k, v in options.items() if k != "dynamic_ncols"})
+        options.pop("dynamic_ncols")
+        return tqdm(file=sys.stderr, ascii=True, ncols=100, **options)
+    from tqdm.auto import tqdm as auto_tqdm  # widgets in Jupyter, text in a terminal
+
     return auto_tqdm(**options)
