@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from conftest import REPO
 from frameatlas.config import ConfigError, ExtractConfig, PipelineConfig, load_config
@@ -25,17 +26,43 @@ def test_default_pipeline_yaml_is_valid_and_matches_schema_defaults():
     assert cfg.extract == ExtractConfig()
 
 
-def test_every_schema_key_is_in_the_default_file_with_a_comment():
-    text = (REPO / "pipeline.yaml").read_text()
-    lines = {line.split(":")[0].strip(): line for line in text.splitlines() if ":" in line and not line.lstrip().startswith("#")}
-    for section_name, field in PipelineConfig.model_fields.items():
-        if section_name == "source":
+def _commented_keys(text: str) -> dict[str, bool]:
+    """Dotted key -> whether the line has a comment or follows a comment line."""
+    keys: dict[str, bool] = {}
+    stack: list[tuple[int, str]] = []
+    previous = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and ":" in stripped:
+            indent = len(line) - len(line.lstrip())
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            key = stripped.split(":")[0]
+            stack.append((indent, key))
+            keys[".".join(k for _, k in stack)] = "#" in line or previous.startswith("#")
+        previous = stripped
+    return keys
+
+
+def _schema_keys(model, prefix=""):
+    for name, field in model.model_fields.items():
+        if name == "source":
             continue
-        for key in field.annotation.model_fields:
-            assert key in lines, f"{section_name}.{key} missing from pipeline.yaml"
-            line_index = text.splitlines().index(lines[key])
-            previous = text.splitlines()[line_index - 1].strip()
-            assert "#" in lines[key] or previous.startswith("#"), f"{section_name}.{key} has no comment"
+        dotted = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if prefix:
+                yield dotted
+            yield from _schema_keys(annotation, dotted + ".")
+        else:
+            yield dotted
+
+
+def test_every_schema_key_is_in_the_default_file_with_a_comment():
+    keys = _commented_keys((REPO / "pipeline.yaml").read_text())
+    for dotted in _schema_keys(PipelineConfig):
+        assert dotted in keys, f"{dotted} missing from pipeline.yaml"
+        assert keys[dotted], f"{dotted} has no comment in pipeline.yaml"
 
 
 def test_relative_paths_resolve_against_the_config_file(tmp_path, monkeypatch):

@@ -40,6 +40,8 @@ def project(tmp_path) -> Path:
         "run": {"name": "tiny", "output_dir": "out"},
         "corpus": {"videos": "videos", "demo": False},
         "extract": {"every_seconds": 0.5, "thumbnail_long_side": 96},
+        # CLIP weights are not in this (empty) cache and HF_HUB_OFFLINE is set: the demo's fallback
+        "models": {"cache_dir": "hub-cache", "image": {"on_missing_weights": "fallback"}},
     }
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(config))
     return tmp_path
@@ -52,6 +54,7 @@ def test_full_run_reports_manifest_dashboard_and_reuse(project):
     assert result.stdout.strip().splitlines()[-1] == f"Dashboard: {run / 'index.html'}"
 
     manifest = json.loads((run / "manifest.json").read_text())
+    assert list(manifest["stages"]) == ["extract", "embed"]
     extract = manifest["stages"]["extract"]
     assert extract["status"] == "done"
     assert extract["counts"]["frames"] == 6 + 4
@@ -73,23 +76,35 @@ def test_full_run_reports_manifest_dashboard_and_reuse(project):
     images = [o for c in notebook.cells for o in c.get("outputs", []) if "image/jpeg" in o.get("data", {})]
     assert len(images) == 2  # one contact sheet per video
 
+    embed = manifest["stages"]["embed"]
+    assert embed["status"] == "done" and embed["counts"]["frames_embedded"] == 10
+    assert embed["counts"]["model"] == "fallback-colour-texture-v1"
+    [image_model] = manifest["models"]
+    assert image_model["requested"] == "ViT-B-32/laion2b_s34b_b79k"
+    assert image_model["fallback_reason"] == "CLIP weights missing: not in the cache, and HF_HUB_OFFLINE is set"
+    assert (run / "index" / "chroma.sqlite3").exists()
+
     html = (run / "reports" / "01_extract.html").read_text()
     assert "alpha.mp4" in html and "data:image/jpeg;base64" in html
-    assert not re.search(r"<script[^>]+src=\"https?://", html), "report must open offline"
+    for report in ("01_extract.html", "03_embed.html"):
+        text = (run / "reports" / report).read_text()
+        assert not re.search(r"<script[^>]+src=\"https?://", text), f"{report} must open offline"
+        assert "could not be loaded (CLIP weights missing" in text and "text-to-image search" in text, report
     dashboard = (run / "index.html").read_text()
-    assert 'href="reports/01_extract.html"' in dashboard
+    assert 'href="reports/01_extract.html"' in dashboard and 'href="reports/03_embed.html"' in dashboard
     assert "broken.mp4" in dashboard and "not a readable video" in dashboard
+    assert "Model substituted" in dashboard and "fallback-colour-texture-v1" in dashboard
     assert len(list((run / "plots" / "contact_sheets").glob("*.jpg"))) == 2
 
     report_mtime = (run / "reports" / "01_extract.ipynb").stat().st_mtime_ns
     again = run_pipeline(str(project / "pipeline.yaml"))
     assert again.returncode == 3
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["stages"]["extract"]["status"] == "unchanged"
+    assert manifest["stages"]["extract"]["status"] == manifest["stages"]["embed"]["status"] == "unchanged"
     assert (run / "reports" / "01_extract.ipynb").stat().st_mtime_ns == report_mtime
 
     # A changed parameter re-executes the stage; cached videos are not decoded again.
-    changed = run_pipeline(str(project / "pipeline.yaml"), "--set", "extract.thumbnail_long_side=64")
+    changed = run_pipeline(str(project / "pipeline.yaml"), "--stages", "extract", "--set", "extract.thumbnail_long_side=64")
     assert changed.returncode == 3
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stages"]["extract"]["status"] == "done"
@@ -103,6 +118,7 @@ def test_a_failing_cell_stops_the_run_and_the_next_run_resumes(project, tmp_path
     notebook.cells.insert(3, nbformat.v4.new_code_cell('raise RuntimeError("disk on fire")'))
     nbformat.write(notebook, broken_notebooks / "01_extract.ipynb")
 
+    shutil.copy(REPO / "notebooks" / "03_embed.ipynb", broken_notebooks)
     failed = run_pipeline(str(project / "pipeline.yaml"), env={"FRAMEATLAS_NOTEBOOKS": str(broken_notebooks)})
     run = project / "out" / "tiny"
     assert failed.returncode == 1
@@ -110,10 +126,11 @@ def test_a_failing_cell_stops_the_run_and_the_next_run_resumes(project, tmp_path
     assert f"partial notebook: {run / 'reports' / '01_extract.ipynb'}" in failed.stderr
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stages"]["extract"]["status"] == "failed"
+    assert "embed" not in manifest["stages"]  # nothing after the failed stage ran
     assert "disk on fire" in (run / "index.html").read_text()
     assert (run / "reports" / "01_extract.html").exists()
 
-    resumed = run_pipeline(str(project / "pipeline.yaml"))
+    resumed = run_pipeline(str(project / "pipeline.yaml"), "--stages", "extract")
     assert resumed.returncode == 3, resumed.stderr
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stages"]["extract"]["status"] == "done"
@@ -125,7 +142,7 @@ def test_invalid_config_stops_before_any_work(project):
     assert "extract.mode" in result.stderr and '"sometimes"' in result.stderr and "'keyframes'" in result.stderr
     assert not (project / "out").exists()
     unknown = run_pipeline(str(project / "pipeline.yaml"), "--stages", "extrct")
-    assert unknown.returncode == 2 and "unknown stage(s) extrct; stages are extract" in unknown.stderr
+    assert unknown.returncode == 2 and "unknown stage(s) extrct; stages are extract, embed" in unknown.stderr
 
 
 def test_notebook_runs_by_hand_from_its_config_path(project):
@@ -147,3 +164,23 @@ def test_notebook_runs_by_hand_from_its_config_path(project):
     import pandas as pd
 
     assert len(pd.read_parquet(frames)) == 10
+
+
+def test_tiny_clip_run_records_the_model_that_ran(project, tmp_path):
+    import hashlib
+
+    import tinyclip
+
+    folder = tinyclip.save_tiny_local_dir(tmp_path / "tiny-clip")
+    result = run_pipeline(str(project / "pipeline.yaml"), "--set", f"models.image.name=local-dir:{folder}",
+                          "--set", "models.image.pretrained=null", "--set", "models.image.on_missing_weights=error")  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    manifest = json.loads((project / "out" / "tiny" / "manifest.json").read_text())
+    [image_model] = manifest["models"]
+    weights = folder / "open_clip_model.safetensors"
+    assert image_model["weights"] == str(weights)
+    assert image_model["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert image_model["fallback_reason"] is None and image_model["backend"] == "open_clip"
+    assert manifest["stages"]["embed"]["counts"]["frames_embedded"] == 10
+    report = (project / "out" / "tiny" / "reports" / "03_embed.html").read_text()
+    assert "could not be loaded" not in report

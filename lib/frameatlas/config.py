@@ -23,7 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 __all__ = [
     "ConfigError",
     "CorpusConfig",
+    "EmbedConfig",
     "ExtractConfig",
+    "ImageModelConfig",
+    "IndexConfig",
+    "ModelsConfig",
+    "TextModelConfig",
     "PipelineConfig",
     "RunConfig",
     "apply_overrides",
@@ -97,12 +102,56 @@ class ExtractConfig(_Section):
         return self.every_seconds
 
 
+class ImageModelConfig(_Section):
+    name: str = Field("ViT-B-32", min_length=1, description="open_clip model name, hf-hub:org/repo, or fallback.")
+    pretrained: str | None = Field(
+        "laion2b_s34b_b79k", description="Pretrained tag or path to a checkpoint file; null = random weights."
+    )
+    on_missing_weights: Literal["error", "fallback"] = "error"
+    batch_size: int = Field(32, ge=1, le=4096)
+
+
+class TextModelConfig(_Section):
+    name: str = Field("all-MiniLM-L6-v2", min_length=1, description="sentence-transformers id or folder; use = USE.")
+    batch_size: int = Field(64, ge=1, le=4096)
+
+
+class ModelsConfig(_Section):
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    threads: int = Field(0, ge=0, le=256, description="torch threads; 0 = every core.")
+    cache_dir: Path | None = Field(None, description="Hub cache for weights; null = the hub's default.")
+    allow_download: bool = Field(True, description="Fetch missing weights from the hub when it answers.")
+    image: ImageModelConfig = ImageModelConfig()
+    text: TextModelConfig = TextModelConfig()
+
+
+class EmbedConfig(_Section):
+    enabled: bool = True
+    loader_threads: int = Field(1, ge=1, le=32, description="Threads decoding and preprocessing thumbnails.")
+    prefetch_batches: int = Field(2, ge=1, le=64, description="Batches prepared ahead of the model.")
+
+
+class IndexConfig(_Section):
+    url: str | None = Field(None, description="Chroma server URL; null = embedded store under the run.")
+    collection_prefix: str = Field("frames", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{1,40}$")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/:]+(:\d+)?/?", value):
+            raise ValueError("must look like http://host:8000 (or null for the embedded store)")
+        return value
+
+
 class PipelineConfig(_Section):
     """The whole `pipeline.yaml`."""
 
     run: RunConfig = RunConfig()
     corpus: CorpusConfig = CorpusConfig()
     extract: ExtractConfig = ExtractConfig()
+    models: ModelsConfig = ModelsConfig()
+    embed: EmbedConfig = EmbedConfig()
+    index: IndexConfig = IndexConfig()
     source: Path | None = Field(None, description="The file this config was read from (set by the loader).")
 
     @property
@@ -156,6 +205,17 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> PipelineConfig:
 
     cfg.run.output_dir = absolute(cfg.run.output_dir)
     cfg.corpus.videos = absolute(cfg.corpus.videos)
+    if cfg.models.cache_dir is not None:
+        cfg.models.cache_dir = absolute(cfg.models.cache_dir)
+    pretrained = cfg.models.image.pretrained
+    if pretrained and (pretrained.startswith((".", "~")) or "/" in pretrained):
+        cfg.models.image.pretrained = str(absolute(Path(pretrained)))  # a checkpoint path, not a tag
+    image_name = cfg.models.image.name
+    if image_name.startswith("local-dir:"):
+        cfg.models.image.name = "local-dir:" + str(absolute(Path(image_name[len("local-dir:"):])))
+    text_name = cfg.models.text.name
+    if text_name.startswith((".", "~", "/")):
+        cfg.models.text.name = str(absolute(Path(text_name)))
     return cfg
 
 

@@ -36,6 +36,7 @@ from . import __version__
 from .config import ConfigError, PipelineConfig, config_from_dict, load_config
 from .corpus import SkippedInput
 from .progress import PROGRESS_ENV
+from .report import model_banners
 from .store import RunPaths, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("extract", "01_extract.ipynb", ("corpus", "extract"), inputs=(), outputs=("frames", "videos")),
+    Stage("embed", "03_embed.ipynb", ("models", "embed", "index"), inputs=("frames",), outputs=("embeddings",)),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 
@@ -334,12 +336,36 @@ def _stage_enabled(cfg: PipelineConfig, stage: Stage) -> bool:
 
 
 def _extra_inputs(stage: Stage, cfg: PipelineConfig) -> Any:
+    """Inputs that live outside the run folder: the video files, which model weights exist."""
     if stage.name == "extract":
         from .frames import prepare_corpus
 
         listing = prepare_corpus(cfg)
         return {"videos": listing.fingerprint(), "problems": [s.as_dict() for s in listing.skipped]}
+    if stage.name == "embed":
+        from .models import weights_available
+
+        # Weights appearing (or vanishing) changes the result even with the same config.
+        return {"image_weights": weights_available(cfg.models)}
     return None
+
+
+def _merge_models(manifest: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    kinds = {record["kind"] for record in records}
+    manifest["models"] = [m for m in manifest.get("models", []) if m.get("kind") not in kinds] + records
+
+
+def _refresh_report_banners(run: RunPaths, manifest: dict[str, Any]) -> None:
+    """Re-export reports whose banners are out of date (e.g. exported before a fallback was known)."""
+    banners = model_banners(manifest)
+    for stage in STAGES:
+        entry = manifest.get("stages", {}).get(stage.name, {})
+        if entry.get("status") not in {"done", "unchanged"} or entry.get("banners", []) == banners:
+            continue
+        notebook = run.reports / stage.notebook
+        if notebook.exists():
+            export_html(notebook, f"{manifest['run']} · {stage.notebook}", banners)
+            entry["banners"] = banners
 
 
 def run_pipeline(
@@ -407,7 +433,11 @@ def run_pipeline(
         forced = stage.name in force or "all" in force
         try:
             notebook = _execute_notebook(stage, cfg, run, forced, show_progress)
-            html = export_html(notebook, f"{cfg.run.name} · {stage.notebook}")
+            result = _read_stage_result(run, stage)
+            if result.get("models"):
+                _merge_models(manifest, result["models"])
+            banners = model_banners(manifest)
+            html = export_html(notebook, f"{cfg.run.name} · {stage.notebook}", banners)
         except StageFailed as error:
             stage_entries[stage.name] = {
                 "status": "failed",
@@ -420,7 +450,6 @@ def run_pipeline(
             print(f"\nerror: {error}", file=sys.stderr)
             exit_code = EXIT_FAILED
             break
-        result = _read_stage_result(run, stage)
         stage_entries[stage.name] = {
             "status": "done",
             "fingerprint": fingerprint,
@@ -432,9 +461,11 @@ def run_pipeline(
             "skipped": result.get("skipped", []),
             "notebook": _rel(run, notebook),
             "report": _rel(run, html) if html else None,
-            **{k: v for k, v in result.items() if k not in {"stage", "seconds", "counts", "skipped"}},
+            "banners": banners,
+            **{k: v for k, v in result.items() if k not in {"stage", "seconds", "counts", "skipped", "models"}},
         }
         _write_manifest(run, manifest)
+    _refresh_report_banners(run, manifest)
     manifest["total_seconds"] = round(time.perf_counter() - started, 3)
     _write_manifest(run, manifest)
     from .report import write_dashboard

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .store import RunPaths, atomic_write_text
 
-__all__ = ["contact_sheet_path", "write_dashboard"]
+__all__ = ["contact_sheet_path", "model_banners", "write_dashboard"]
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("frameatlas", "templates"),
@@ -26,6 +26,18 @@ _ENV = jinja2.Environment(
 
 def contact_sheet_path(run: RunPaths, video_id: str) -> Path:
     return run.root / "plots" / "contact_sheets" / f"{video_id}.jpg"
+
+
+def model_banners(manifest: dict[str, Any]) -> list[str]:
+    """Warnings every report must show: models that were substituted, and what that turns off."""
+    from .models import ModelRecord
+
+    banners = []
+    for record in manifest.get("models", []):
+        banner = ModelRecord(**record).banner
+        if banner:
+            banners.append(banner)
+    return banners
 
 
 def _videos(run: RunPaths) -> list[dict[str, Any]]:
@@ -55,7 +67,8 @@ def write_dashboard(run: RunPaths, manifest: dict[str, Any]) -> Path:
             }
         )
     html = _ENV.get_template("dashboard.html.j2").render(
-        manifest=manifest, stages=stages, videos=_videos(run), skipped=manifest.get("skipped_inputs", [])
+        manifest=manifest, stages=stages, videos=_videos(run), skipped=manifest.get("skipped_inputs", []),
+        banners=model_banners(manifest), models=manifest.get("models", []),
     )
     atomic_write_text(run.dashboard, html)
     return run.dashboard

@@ -1,0 +1,245 @@
+"""The embed stage: a vector per sampled frame, in Parquet and in the vector index.
+
+Thumbnails are decoded and preprocessed in a loader thread while the model runs on the
+previous batch. Vectors are cached per (model, video, sampling): a new video or a new model
+embeds only what is missing, and `tables/embeddings.parquet` plus the index collection are
+brought in line with the current frames table.
+
+Example:
+    >>> from frameatlas.config import load_config
+    >>> from frameatlas.embed import embed_frames
+    >>> cfg = load_config("pipeline.yaml")  # doctest: +SKIP
+    >>> summary = embed_frames(cfg, cfg.run_dir)  # doctest: +SKIP
+    >>> summary.counts["frames_per_second"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from .config import PipelineConfig
+from .index import VectorIndex, frame_metadata, open_index
+from .models import ImageEncoder, ModelRecord, image_encoder
+from .progress import progress_bar
+from .store import RunPaths, read_table, write_table
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EmbedSummary", "embed_frames", "encode_image_files", "load_vectors", "nearest_neighbour_grid"]
+
+EMBEDDING_COLUMNS = ["frame_key", "video_id", "model_id", "vector"]
+
+
+def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _load_batch(encoder: ImageEncoder, paths: Sequence[Path]) -> list:
+    prepared = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                prepared.append(encoder.preprocess(image))
+        except (OSError, ValueError) as error:
+            raise FileNotFoundError(
+                f"{path}: thumbnail cannot be read ({error}); re-run the extract stage with --force extract"
+            ) from None
+    return prepared
+
+
+def encode_image_files(
+    encoder: ImageEncoder,
+    paths: Sequence[Path],
+    *,
+    batch_size: int = 32,
+    loader_threads: int = 1,
+    prefetch_batches: int = 2,
+    on_batch=None,
+) -> np.ndarray:
+    """Vectors for image files, loading the next batches in threads while the model runs.
+
+    Returns an (n, dim) float32 array of unit vectors, in the order of `paths`.
+    """
+    if not paths:
+        return np.zeros((0, encoder.dim), np.float32)
+    outputs: list[np.ndarray] = []
+    batches = _batches(list(paths), batch_size)
+    with ThreadPoolExecutor(max_workers=loader_threads, thread_name_prefix="frameatlas-loader") as pool:
+        pending = deque(pool.submit(_load_batch, encoder, b) for b in islice(batches, prefetch_batches))
+        while pending:
+            prepared = pending.popleft().result()
+            upcoming = next(batches, None)
+            if upcoming is not None:
+                pending.append(pool.submit(_load_batch, encoder, upcoming))
+            outputs.append(encoder.encode_preprocessed(prepared))
+            if on_batch:
+                on_batch(len(prepared))
+    return np.concatenate(outputs).astype(np.float32, copy=False)
+
+
+@dataclass
+class EmbedSummary:
+    model: ModelRecord
+    frames: int = 0
+    embedded: int = 0
+    cached: int = 0
+    indexed: int = 0
+    removed_from_index: int = 0
+    embed_seconds: float = 0.0
+    index_location: str = ""
+    skipped: list = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, float | int | str]:
+        rate = self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
+        return {
+            "frames": self.frames,
+            "frames_embedded": self.embedded,
+            "frames_cached": self.cached,
+            "index_upserted": self.indexed,
+            "index_removed": self.removed_from_index,
+            "embed_seconds": round(self.embed_seconds, 2),
+            "frames_per_second": round(rate, 2),
+            "model": self.model.model_id,
+        }
+
+
+def _shard_path(run: RunPaths, model_id: str, video_id: str, sampling: str) -> Path:
+    return run.root / "vectors" / model_id / video_id / f"{sampling}.parquet"
+
+
+def embed_frames(
+    cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False, encoder: ImageEncoder | None = None
+) -> EmbedSummary:
+    """Run the embed stage over the run's frames table; see the module docstring."""
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    frames = read_table(run.table("frames"))
+    encoder = encoder or image_encoder(cfg.models)
+    model_id = encoder.record.model_id
+    summary = EmbedSummary(model=encoder.record, frames=len(frames))
+
+    tables: list[pd.DataFrame] = []
+    todo: list[tuple[Path, pd.DataFrame]] = []
+    for (video_id, sampling), group in frames.groupby(["video_id", "sampling"], sort=True):
+        shard = _shard_path(run, model_id, video_id, sampling)
+        if not force and shard.exists():
+            cached = pd.read_parquet(shard)
+            if set(cached.frame_key) == set(group.frame_key):
+                tables.append(cached)
+                summary.cached += len(cached)
+                continue
+        todo.append((shard, group))
+
+    total = sum(len(group) for _, group in todo)
+    bar = progress_bar(total=total, desc=f"embed {model_id}"[:40], unit="frame")
+    started = time.perf_counter()
+    try:
+        for shard, group in todo:
+            vectors = encode_image_files(
+                encoder, [run.absolute(t) for t in group.thumbnail], batch_size=cfg.models.image.batch_size,
+                loader_threads=cfg.embed.loader_threads, prefetch_batches=cfg.embed.prefetch_batches,
+                on_batch=bar.update,
+            )  # fmt: skip
+            table = pd.DataFrame(
+                {"frame_key": group.frame_key.to_numpy(), "video_id": group.video_id.to_numpy(), "model_id": model_id,
+                 "vector": list(vectors)}
+            )  # fmt: skip
+            write_table(table, shard)  # finished videos survive an interrupted run
+            tables.append(table)
+            summary.embedded += len(table)
+    finally:
+        bar.close()
+    summary.embed_seconds = time.perf_counter() - started
+
+    embeddings = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=EMBEDDING_COLUMNS)
+    order = {key: i for i, key in enumerate(frames.frame_key)}
+    embeddings = embeddings.sort_values("frame_key", key=lambda keys: keys.map(order)).reset_index(drop=True)
+    write_table(embeddings[EMBEDDING_COLUMNS], run.table("embeddings"))
+
+    index = open_index(run.root, cfg.index.url, cfg.index.collection_prefix)
+    summary.index_location = index.location
+    summary.indexed, summary.removed_from_index = sync_index(index, encoder, frames, embeddings, force=force)
+    log.info(
+        "embed: %d frames with %s (%d new at %.1f frames/s, %d cached); index: %d upserted, %d removed",
+        summary.frames, model_id, summary.embedded, summary.counts["frames_per_second"], summary.cached,
+        summary.indexed, summary.removed_from_index,
+    )  # fmt: skip
+    return summary
+
+
+def sync_index(
+    index: VectorIndex, encoder: ImageEncoder, frames: pd.DataFrame, embeddings: pd.DataFrame, *, force: bool = False
+) -> tuple[int, int]:
+    """Make the model's collection hold exactly the current frames; returns (upserted, removed)."""
+    collection = index.collection(encoder.record.model_id, dim=encoder.dim)
+    present = index.ids(collection)
+    wanted = set(embeddings.frame_key)
+    missing = embeddings if force else embeddings[~embeddings.frame_key.isin(present)]
+    upserted = 0
+    if len(missing):
+        rows = frames.set_index("frame_key").loc[missing.frame_key].reset_index()
+        upserted = index.upsert(collection, list(missing.frame_key), np.stack(missing.vector.to_numpy()), frame_metadata(rows))
+    stale = sorted(present - wanted)
+    removed = index.delete(collection, stale) if stale else 0
+    return upserted, removed
+
+
+def load_vectors(run: RunPaths | Path | str, model_id: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """The embeddings table (one model) and its vectors as an (n, dim) array."""
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    table = read_table(run.table("embeddings"))
+    if model_id is not None:
+        table = table[table.model_id == model_id].reset_index(drop=True)
+    vectors = np.stack(table.vector.to_numpy()).astype(np.float32) if len(table) else np.zeros((0, 0), np.float32)
+    return table.drop(columns=["vector"]), vectors
+
+
+def nearest_neighbour_grid(
+    cfg: PipelineConfig, run: RunPaths | Path | str, model_id: str, *, samples: int = 4, k: int = 5, tile: int = 140, seed: int = 0
+) -> tuple[Image.Image, pd.DataFrame]:
+    """A sanity grid: a few random frames (left column) with their k nearest frames from the index.
+
+    Returns the image and the table behind it (query, rank, frame_key, score, video, timestamp).
+    """
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    table, vectors = load_vectors(run, model_id)
+    frames = read_table(run.table("frames")).set_index("frame_key")
+    if not len(table):
+        return Image.new("RGB", (tile, tile), "white"), pd.DataFrame()
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(table), size=min(samples, len(table)), replace=False)
+    index = open_index(run.root, cfg.index.url, cfg.index.collection_prefix)
+    collection = index.collection(model_id, create=False)
+    results = index.query(collection, vectors[picks], k=min(k + 1, len(table)))
+    rows = []
+    for query_position, (pick, hits) in enumerate(zip(picks, results)):
+        for rank, hit in enumerate(hits.itertuples()):
+            rows.append({"query": table.frame_key[pick], "rank": rank, "frame_key": hit.frame_key, "score": hit.score})
+    grid_table = pd.DataFrame(rows).join(frames[["video_name", "timestamp", "thumbnail"]], on="frame_key")
+    columns = max(grid_table.groupby("query").size())
+    height = int(tile * 0.75)
+    label = 14
+    sheet = Image.new("RGB", (columns * tile, len(picks) * (height + label)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row_number, (_, group) in enumerate(grid_table.groupby("query", sort=False)):
+        for col, hit in enumerate(group.itertuples()):
+            with Image.open(run.absolute(hit.thumbnail)) as image:
+                image.thumbnail((tile - 4, height - 2))
+                x, y = col * tile, row_number * (height + label)
+                sheet.paste(image, (x + (tile - image.width) // 2, y + (height - image.height) // 2))
+            caption = f"{hit.video_name[:10]} {hit.timestamp:.0f}s" + ("" if col == 0 else f" {hit.score:.2f}")
+            draw.text((x + 3, y + height + 1), caption, fill="black" if col else "firebrick")
+    return sheet, grid_table.drop(columns=["thumbnail"])
+

@@ -1,0 +1,164 @@
+"""The embed stage on generated videos with a tiny CLIP: counts, norms, cache, index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import tinyclip
+import videogen
+from frameatlas import embed as embed_module
+from frameatlas import models
+from frameatlas.config import config_from_dict
+from frameatlas.embed import embed_frames, encode_image_files, load_vectors, nearest_neighbour_grid
+from frameatlas.frames import extract_corpus
+from frameatlas.index import open_index
+from frameatlas.store import RunPaths, read_table
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return tinyclip.save_tiny_local_dir(tmp_path_factory.mktemp("tiny") / "tiny-clip")
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry():
+    models.clear_loaded()
+    yield
+    models.clear_loaded()
+
+
+def make_cfg(tmp_path: Path, videos: Path, image_model: dict):
+    return config_from_dict(
+        {
+            "run": {"output_dir": str(tmp_path / "out"), "name": "t"},
+            "corpus": {"videos": str(videos), "demo": False},
+            "extract": {"every_seconds": 0.5, "thumbnail_long_side": 96},
+            "models": {"image": {"batch_size": 4, **image_model}},
+        }
+    )
+
+
+@pytest.fixture
+def extracted(tmp_path, tiny_dir):
+    videos = tmp_path / "videos"
+    cuts = [0.5 * k for k in range(1, 6)]  # every sampled frame starts a new scene colour
+    videogen.make_video(videos / "one.mp4", seconds=3, fps=10, scene_cuts=cuts)
+    videogen.make_video(videos / "two.mp4", seconds=2, fps=20, scene_cuts=cuts[:3])  # other frame codes
+    cfg = make_cfg(tmp_path, videos, {"name": f"local-dir:{tiny_dir}", "pretrained": None})
+    extract_corpus(cfg, cfg.run_dir)
+    return cfg
+
+
+def test_every_frame_gets_one_unit_vector_and_an_index_entry(extracted):
+    cfg = extracted
+    summary = embed_frames(cfg, cfg.run_dir)
+    run = RunPaths(cfg.run_dir)
+    frames = read_table(run.table("frames"))
+    table, vectors = load_vectors(run, summary.model.model_id)
+    assert summary.frames == summary.embedded == len(frames) == len(table) == 6 + 4
+    assert list(table.frame_key) == list(frames.frame_key)
+    assert set(table.model_id) == {summary.model.model_id} and summary.model.model_id.startswith("clip-tiny-clip-")
+    assert vectors.shape == (10, 32) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+    index = open_index(run.root)
+    collection = index.collection(summary.model.model_id, create=False)
+    assert index.ids(collection) == set(frames.frame_key)
+    stored = collection.get(ids=[frames.frame_key[0]], include=["metadatas"])["metadatas"][0]
+    assert stored["video_name"] == frames.video_name[0] and stored["thumbnail"] == frames.thumbnail[0]
+    assert stored["timestamp"] == pytest.approx(frames.timestamp[0])
+
+
+def test_a_frames_own_thumbnail_finds_itself_first(extracted):
+    cfg = extracted
+    summary = embed_frames(cfg, cfg.run_dir)
+    run = RunPaths(cfg.run_dir)
+    frames = read_table(run.table("frames"))
+    encoder = models.image_encoder(cfg.models)
+    query = encode_image_files(encoder, [run.absolute(t) for t in frames.thumbnail])
+    index = open_index(run.root)
+    hits = index.query(index.collection(summary.model.model_id, create=False), query, k=3)
+    for key, found in zip(frames.frame_key, hits):
+        assert found.frame_key[0] == key
+        assert found.score[0] == pytest.approx(1.0, abs=1e-4)
+        assert found.score[1] < found.score[0]
+
+
+def test_cached_rerun_embeds_nothing_and_a_new_video_only_its_frames(extracted, monkeypatch):
+    cfg = extracted
+    embed_frames(cfg, cfg.run_dir)
+    encoder = models.image_encoder(cfg.models)
+    calls = []
+    real = encoder.encode_preprocessed
+    monkeypatch.setattr(encoder, "encode_preprocessed", lambda batch: calls.append(len(batch)) or real(batch))
+
+    again = embed_frames(cfg, cfg.run_dir)
+    assert (again.embedded, again.cached, again.indexed, calls) == (0, 10, 0, [])
+
+    videogen.make_video(cfg.corpus.videos / "three.mp4", seconds=1, fps=10)
+    extract_corpus(cfg, cfg.run_dir)
+    grown = embed_frames(cfg, cfg.run_dir)
+    assert (grown.embedded, grown.cached, grown.indexed) == (2, 10, 2)
+    assert sum(calls) == 2
+
+
+def test_removed_videos_leave_the_index_and_a_new_model_embeds_everything(extracted, tmp_path, tiny_dir):
+    cfg = extracted
+    first = embed_frames(cfg, cfg.run_dir)
+    (cfg.corpus.videos / "two.mp4").unlink()
+    extract_corpus(cfg, cfg.run_dir)
+    after = embed_frames(cfg, cfg.run_dir)
+    assert (after.frames, after.removed_from_index) == (6, 4)
+
+    other_dir = tinyclip.save_tiny_local_dir(tmp_path / "other-clip", seed=1)
+    other = make_cfg(tmp_path, cfg.corpus.videos, {"name": f"local-dir:{other_dir}", "pretrained": None})
+    second = embed_frames(other, other.run_dir)
+    assert second.model.model_id.startswith("clip-other-clip-")
+    assert second.embedded == 6
+    run = RunPaths(cfg.run_dir)
+    assert set(read_table(run.table("embeddings")).model_id) == {second.model.model_id}
+    assert (run.root / "vectors" / first.model.model_id).is_dir()  # the first model's vectors are kept
+
+
+def test_fallback_descriptor_runs_the_same_stage(extracted, tmp_path):
+    cfg = make_cfg(tmp_path, extracted.corpus.videos, {"name": "fallback"})
+    summary = embed_frames(cfg, cfg.run_dir)
+    assert summary.model.model_id == "fallback-colour-texture-v1" and summary.embedded == 10
+    _, vectors = load_vectors(cfg.run_dir, summary.model.model_id)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def test_neighbour_grid_shows_each_sample_with_itself_first(extracted):
+    cfg = extracted
+    summary = embed_frames(cfg, cfg.run_dir)
+    grid, table = nearest_neighbour_grid(cfg, cfg.run_dir, summary.model.model_id, samples=3, k=4, tile=100)
+    assert isinstance(grid, Image.Image) and grid.size == (5 * 100, 3 * (75 + 14))
+    firsts = table[table["rank"] == 0]
+    assert list(firsts.frame_key) == list(firsts["query"]) and (firsts.score > 0.999).all()
+
+
+def test_a_missing_thumbnail_is_named(extracted):
+    cfg = extracted
+    run = RunPaths(cfg.run_dir)
+    frames = read_table(run.table("frames"))
+    run.absolute(frames.thumbnail[3]).unlink()
+    with pytest.raises(FileNotFoundError, match=r"t\d+\.jpg: thumbnail cannot be read.*--force extract"):
+        embed_frames(cfg, cfg.run_dir)
+
+
+def test_loader_keeps_order_across_batches_and_threads(tmp_path):
+    paths = []
+    for i in range(11):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (16, 16), (i * 20, 255 - i * 20, 128)).save(path)
+        paths.append(path)
+    encoder = models.ColourTextureEncoder()
+    expected = encoder.encode_images([Image.open(p) for p in paths])
+    got = encode_image_files(encoder, paths, batch_size=3, loader_threads=2, prefetch_batches=3)
+    assert np.array_equal(got, expected)
+    assert pd.Series(got.shape).tolist() == [11, encoder.dim]
