@@ -162,3 +162,41 @@ def test_loader_keeps_order_across_batches_and_threads(tmp_path):
     got = encode_image_files(encoder, paths, batch_size=3, loader_threads=2, prefetch_batches=3)
     assert np.array_equal(got, expected)
     assert pd.Series(got.shape).tolist() == [11, encoder.dim]
+
+
+@pytest.mark.slow
+def test_index_url_uses_a_chroma_server(extracted, tmp_path):
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    chroma = shutil.which("chroma", path=os.path.dirname(sys.executable))
+    assert chroma, "the chroma CLI comes with chromadb"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [chroma, "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as client:
+                if client.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        cfg = extracted.model_copy(deep=True)
+        cfg.index.url = f"http://127.0.0.1:{port}"
+        summary = embed_frames(cfg, cfg.run_dir)
+        assert summary.index_location == cfg.index.url and summary.indexed == 10
+        remote = open_index(tmp_path / "unused", url=cfg.index.url)
+        frames = read_table(RunPaths(cfg.run_dir).table("frames"))
+        assert remote.ids(remote.collection(summary.model.model_id, create=False)) == set(frames.frame_key)
+        assert not (RunPaths(cfg.run_dir).root / "index").exists()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
