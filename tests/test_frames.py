@@ -328,3 +328,24 @@ def test_contact_sheet_grid(tmp_path, corpus_dir):
     assert sheet.size == (500, 3 * (75 + 14))
     thinned = frames_module.contact_sheet(a, cfg.run_dir, columns=4, tile_width=100, max_frames=8)
     assert thinned.size == (400, 2 * (75 + 14))
+
+
+def test_interval_mode_skips_unneeded_frames_without_changing_the_result(tmp_path, monkeypatch):
+    video = videogen.make_video(tmp_path / "v.mp4", seconds=4, fps=25)
+    decoded = []
+    real_decode = frames_module._decode
+
+    def counting_decode(container, stream, needed=None):
+        for frame, index in real_decode(container, stream, needed):
+            decoded.append(index)
+            yield frame, index
+
+    monkeypatch.setattr(frames_module, "_decode", counting_decode)
+    skipping = [(s.timestamp, s.frame_index, s.frame.to_ndarray(format="rgb24")) for s in iter_samples(video, ExtractConfig(every_seconds=0.5))]
+    skipped_count = len(decoded)
+    decoded.clear()
+    monkeypatch.setattr(frames_module, "_covers_a_target", lambda *args: None)  # decode everything
+    everything = [(s.timestamp, s.frame_index, s.frame.to_ndarray(format="rgb24")) for s in iter_samples(video, ExtractConfig(every_seconds=0.5))]
+    assert len(decoded) == 100 and skipped_count < 100
+    assert [(t, i) for t, i, _ in skipping] == [(t, i) for t, i, _ in everything]
+    assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(skipping, everything))

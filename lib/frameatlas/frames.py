@@ -1,8 +1,9 @@
 """Decode videos and sample frames: the extract stage.
 
 Decoding streams through PyAV one frame at a time (memory stays flat however long the
-video is), with FFmpeg's frame threading on every core. Only frames that are kept are
-converted to RGB and resized; the others are dropped as decoded YUV.
+video is), with FFmpeg's frame threading on every core. In interval and fps modes the
+decoder skips non-reference frames that no sample needs (lossless: no other frame depends on
+them). Only frames that are kept are converted to RGB and resized.
 
 Sampling modes (`extract.mode`):
 
@@ -26,13 +27,14 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
 import math
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -165,7 +167,7 @@ def probe_video(path: Path | str) -> VideoInfo:
 
 def _first_frame(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> av.VideoFrame | None:
     try:
-        for frame in _decode(container, stream):
+        for frame, _ in _decode(container, stream):
             return frame
     except _DecodingStopped:
         return None
@@ -211,18 +213,51 @@ class _DecodingStopped(Exception):
         self.error = error
 
 
-def _decode(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Iterator[av.VideoFrame]:
-    """Frames in presentation order. On a read or decode error (a truncated or damaged file) the
-    frames still inside the decoder are flushed out first, then `_DecodingStopped` is raised."""
+def _decode(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, needed: Callable[[av.Packet], bool] | None = None
+) -> Iterator[tuple[av.VideoFrame, int | None]]:
+    """Frames in presentation order, each with its frame index (its rank among all the
+    stream's packets by PTS, so it stays exact when frames are skipped).
+
+    `needed(packet)` lets the caller skip decoding non-reference frames it will not keep:
+    other frames never depend on them, so this is lossless and saves most of the work on
+    streams with B-frames. On a read or decode error (a truncated or damaged file) the frames
+    still inside the decoder are flushed out first, then `_DecodingStopped` is raised.
+    """
+    context = stream.codec_context
+    packet_pts: list[int] = []
+
+    def indexed(frames: list[av.VideoFrame]) -> Iterator[tuple[av.VideoFrame, int | None]]:
+        for frame in frames:
+            yield frame, (bisect.bisect_left(packet_pts, frame.pts) if frame.pts is not None else None)
+
     try:
         for packet in container.demux(stream):
-            yield from stream.decode(packet)
+            if packet.pts is not None:
+                bisect.insort(packet_pts, packet.pts)
+            if needed is not None:
+                context.skip_frame = "DEFAULT" if packet.size == 0 or needed(packet) else "NONREF"
+            yield from indexed(stream.decode(packet))
     except av.error.FFmpegError as error:
         try:
-            yield from stream.decode(None)
+            yield from indexed(stream.decode(None))
         except av.error.FFmpegError:
             pass
         raise _DecodingStopped(error) from None
+
+
+def _covers_a_target(origin: int, time_base: Fraction, step: Fraction) -> Callable[[av.Packet], bool]:
+    """Whether a packet's frame is on screen at some sample time k * step."""
+
+    def needed(packet: av.Packet) -> bool:
+        if packet.pts is None or not packet.duration:
+            return True  # unknown span: decode to be safe
+        start = (packet.pts - origin) * time_base
+        end = start + packet.duration * time_base
+        first_target = -(-start // step) * step  # the first k * step >= start
+        return first_target < end
+
+    return needed
 
 
 def _sample_stream(
@@ -241,8 +276,10 @@ def _sample_stream(
     decoded = 0
     t = Fraction(0)
 
+    # Non-reference frames that no sample needs are not decoded (interval and fps modes).
+    needed = _covers_a_target(origin, time_base, step) if step is not None and detector is None and origin is not None else None
     try:
-        for frame in _decode(container, stream):
+        for frame, packet_index in _decode(container, stream, needed):
             if frame.pts is None:  # rare; assume the nominal rate
                 t = t + (1 / Fraction(rate) if rate else Fraction(1, 25)) if decoded else Fraction(0)
             else:
@@ -251,12 +288,11 @@ def _sample_stream(
                 t = (frame.pts - origin) * time_base
             if t < 0:
                 continue  # pre-roll before the stream's start (edit lists)
+            index = packet_index if packet_index is not None else decoded
+            decoded += 1
             if cfg.mode == "keyframes":
-                index = int(round(t * rate)) if rate else decoded
-                decoded += 1
                 yield Sample(float(t), index, frame)
                 continue
-            index, decoded = decoded, decoded + 1
 
             # Targets before this frame were on screen while the held frame was.
             while step is not None and held is not None and next_target < t:
