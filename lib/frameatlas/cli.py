@@ -114,6 +114,46 @@ def _models_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search(args: argparse.Namespace) -> int:
+    from .search import SearchError, export_hits, search
+
+    setup_logging(logging.WARNING)
+    try:
+        result = search(
+            args.run_dir, args.query if args.query else None, image=args.image, frame_key=args.frame,
+            top_k=args.top_k, threshold=args.threshold, relative=not args.absolute,
+            videos=args.video or None, time_range=(args.start, args.end) if args.start or args.end else None,
+            suppress_seconds=args.suppress, channels=args.channels.split(",") if args.channels else None,
+        )  # fmt: skip
+    except SearchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(format_hits(result))
+    if args.export:
+        print(f"exported to {export_hits(result, args.run_dir, args.export)}")
+    return 0
+
+
+def format_hits(result) -> str:
+    """A readable table of search hits for the terminal."""
+    hits = result.hits
+    header = f"{result.query!r} — {len(result.top_k)} in top-k"
+    if result.threshold_value is not None:
+        header += f", {len(result.above_threshold)} at or above {result.threshold_value:.4f}"
+    header += f" (channels: {', '.join(result.channels)})"
+    if hits.empty:
+        return header + "\nno frames match"
+    shown = hits.assign(
+        time=hits.timestamp.map(lambda t: f"{int(t // 60):02d}:{t % 60:06.3f}"),
+        mark=["*" if a else "" for a in hits.above_threshold],
+    )
+    columns = ["rank", "score", *[c for c in hits.columns if c.startswith("score_") and c != "score"], "video_name", "time", "mark"]
+    table = shown[columns].rename(columns={"video_name": "video", "mark": ">=thr"})
+    return header + "\n" + table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="frameatlas", description="A searchable, clustered atlas of video frames.")
     parser.add_argument("--version", action="version", version=f"frameatlas {__version__}")
@@ -139,6 +179,23 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--kind", choices=["image", "text"], default="image")
     download.add_argument("--cache-dir", default=None, help="hub cache folder (default: the hub's)")
     download.set_defaults(handler=_models_download)
+
+    find = commands.add_parser("search", help="find frames of a run by text, image or frame")
+    find.add_argument("run_dir", help="a run folder, e.g. outputs/demo")
+    find.add_argument("query", nargs="?", default="", help="text to search for")
+    find.add_argument("--image", help="search by this example image instead")
+    find.add_argument("--frame", help="search by an existing frame (its frame_key)")
+    find.add_argument("--top-k", type=int, default=20)
+    find.add_argument("--threshold", type=float, help="also list frames scoring at least this")
+    find.add_argument("--relative", action="store_true", default=True, help="threshold relative to the best score (default)")
+    find.add_argument("--absolute", action="store_true", help="threshold is an absolute score")
+    find.add_argument("--video", action="append", help="only this video (name or id; repeatable)")
+    find.add_argument("--from", dest="start", type=float, help="only frames at or after this second")
+    find.add_argument("--to", dest="end", type=float, help="only frames at or before this second")
+    find.add_argument("--suppress", type=float, default=0.0, help="drop hits within N seconds of a better one")
+    find.add_argument("--channels", help="comma-separated: visual,caption,ocr,speech (default: all available)")
+    find.add_argument("--export", help="write hits.csv/.parquet and top_k/ + above_threshold/ frame folders here")
+    find.set_defaults(handler=_search)
 
     config = commands.add_parser("config", help="pipeline configs")
     config_commands = config.add_subparsers(dest="config_command", required=True)

@@ -28,6 +28,7 @@ __all__ = [
     "ImageModelConfig",
     "IndexConfig",
     "ModelsConfig",
+    "SearchConfig",
     "TextModelConfig",
     "PipelineConfig",
     "RunConfig",
@@ -143,6 +144,30 @@ class IndexConfig(_Section):
         return value
 
 
+class SearchConfig(_Section):
+    queries: list[str] = Field(
+        default_factory=lambda: ["a rabbit in a meadow", "a bird flying", "a city street at night"],
+        description="Text queries the notebooks show galleries and timelines for.",
+    )
+    top_k: int = Field(20, ge=1, le=10000)
+    threshold: float | None = Field(0.9, gt=0, description="Also keep frames scoring at least this (see relative).")
+    relative: bool = Field(True, description="threshold is a fraction of the best score (0.9 = 90% of the max).")
+    suppress_seconds: float = Field(2.0, ge=0, description="Drop hits this close to a better hit of the same video.")
+
+    @field_validator("queries")
+    @classmethod
+    def _non_empty(cls, value: list[str]) -> list[str]:
+        if any(not q.strip() for q in value):
+            raise ValueError("queries must be non-empty strings")
+        return value
+
+    @model_validator(mode="after")
+    def _relative_in_range(self) -> "SearchConfig":
+        if self.relative and self.threshold is not None and self.threshold > 1:
+            raise ValueError(f"relative threshold {self.threshold} must be at most 1 (0.9 = 90% of the best score)")
+        return self
+
+
 class PipelineConfig(_Section):
     """The whole `pipeline.yaml`."""
 
@@ -152,6 +177,7 @@ class PipelineConfig(_Section):
     models: ModelsConfig = ModelsConfig()
     embed: EmbedConfig = EmbedConfig()
     index: IndexConfig = IndexConfig()
+    search: SearchConfig = SearchConfig()
     source: Path | None = Field(None, description="The file this config was read from (set by the loader).")
 
     @property

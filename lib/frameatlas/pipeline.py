@@ -138,6 +138,7 @@ def open_stage(
         raise ValueError("open_stage needs either config (a dict) or config_path (a pipeline.yaml)")
     run = RunPaths(run_dir or cfg.run_dir)
     run.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run.config_file, cfg.to_parameters())  # search and later stages read it
     _log_to_notebook(run, stage)
     return StageContext(stage, cfg, run, force=force)
 
@@ -504,7 +505,7 @@ def _print_summary(manifest: dict[str, Any], selected: list[Stage], dashboard: P
     for stage in selected:
         entry = manifest["stages"].get(stage.name, {})
         counts = ", ".join(f"{k}={v}" for k, v in entry.get("counts", {}).items())
-        seconds = entry.get("seconds")
+        seconds = entry.get("check_seconds") if entry.get("status") == "unchanged" else entry.get("seconds")
         timing = f"{seconds:7.1f} s" if isinstance(seconds, (int, float)) else " " * 9
         lines.append(f"  {stage.name:<10} {entry.get('status', '-'):<10} {timing}  {counts}")
     skipped = manifest.get("skipped_inputs", [])

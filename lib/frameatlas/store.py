@@ -94,6 +94,11 @@ class RunPaths:
         return self.root / "manifest.json"
 
     @property
+    def config_file(self) -> Path:
+        """The resolved config the run's stages last ran with (written by every stage)."""
+        return self.root / "config.json"
+
+    @property
     def dashboard(self) -> Path:
         return self.root / "index.html"
 

@@ -1,0 +1,349 @@
+"""Find frames by text, by an example image, or by an existing frame.
+
+Every channel compares unit vectors by cosine similarity:
+
+* ``visual``: the query's CLIP vector (text or image) against the frames' image vectors;
+* ``caption``, ``ocr``, ``speech``: the query text's sentence vector against the text of each
+  frame (`tables/<channel>_embeddings.parquet`, written by `write_text_channel`).
+
+With several channels the rankings are fused by reciprocal rank fusion (each channel adds
+``1 / (60 + rank)``; the constant 60 is the usual one from Cormack et al., 2009) and every
+channel's own score stays in the result. A channel that cannot answer the query (the weight-free
+fallback descriptor has no text side, a channel with no vectors yet) is named in
+`SearchResult.notes` instead of returning noise.
+
+Selection follows the original notebooks: the `top_k` best frames, and the frames whose score
+is at least `threshold`, either absolute or relative to the best score (0.9 = 90% of the max).
+
+Example:
+    >>> from frameatlas.search import search
+    >>> result = search("outputs/demo", "a rabbit in a meadow", top_k=10)  # doctest: +SKIP
+    >>> result.hits[["rank", "score", "video_name", "timestamp"]]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .config import PipelineConfig, config_from_dict
+from .store import RunPaths, read_table, write_table
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "TEXT_CHANNELS",
+    "SearchError",
+    "SearchResult",
+    "export_hits",
+    "search",
+    "write_text_channel",
+]
+
+TEXT_CHANNELS = ("caption", "ocr", "speech")
+RRF_K = 60
+HIT_COLUMNS = ["rank", "score", "video_name", "timestamp", "thumbnail", "frame_key", "video_id", "in_top_k", "above_threshold"]
+
+
+class SearchError(ValueError):
+    """A search that cannot run; the message says what is missing and how to get it."""
+
+
+@dataclass
+class SearchResult:
+    """Ranked hits plus what the search did (channels used, notes on those it could not use)."""
+
+    hits: pd.DataFrame
+    query: str
+    channels: list[str]
+    notes: list[str] = field(default_factory=list)
+    threshold_value: float | None = None
+
+    @property
+    def top_k(self) -> pd.DataFrame:
+        return self.hits[self.hits.in_top_k]
+
+    @property
+    def above_threshold(self) -> pd.DataFrame:
+        return self.hits[self.hits.above_threshold]
+
+
+def _run_config(run: RunPaths) -> PipelineConfig:
+    """The config the run's stages ran with (models must match the stored vectors)."""
+    import json
+
+    if not run.config_file.exists():
+        raise SearchError(f"{run.root}: not a frameatlas run (no config.json); run `python run_pipeline.py` first")
+    return config_from_dict(json.loads(run.config_file.read_text()), source=str(run.config_file))
+
+
+def _channel_path(run: RunPaths, channel: str) -> Path:
+    return run.table("embeddings") if channel == "visual" else run.table(f"{channel}_embeddings")
+
+
+def available_channels(run: RunPaths | Path | str) -> list[str]:
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    return [c for c in ("visual", *TEXT_CHANNELS) if _channel_path(run, c).exists()]
+
+
+def _load_channel(run: RunPaths, channel: str) -> tuple[pd.DataFrame, np.ndarray, str]:
+    table = read_table(_channel_path(run, channel))
+    if table.empty:
+        return table, np.zeros((0, 0), np.float32), ""
+    model_ids = table.model_id.unique()
+    if len(model_ids) > 1:  # several models embedded: use the latest table's first model
+        table = table[table.model_id == model_ids[0]]
+    vectors = np.stack(table.vector.to_numpy()).astype(np.float32)
+    return table.drop(columns=["vector"]).reset_index(drop=True), vectors, str(model_ids[0])
+
+
+def _query_image(image: Any) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(image.astype(np.uint8)).convert("RGB")
+    path = Path(image)
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    except FileNotFoundError:
+        raise SearchError(f"{path}: query image not found") from None
+    except OSError as error:
+        raise SearchError(f"{path}: not a readable image ({error})") from None
+
+
+def _visual_query(cfg, model_id, text, image, frame_vector) -> tuple[np.ndarray | None, str | None]:
+    if frame_vector is not None:
+        return frame_vector, None
+    from .models import ModelUnavailable, image_encoder
+
+    try:
+        encoder = image_encoder(cfg.models)
+    except ModelUnavailable as error:
+        return None, f"visual channel off: {error}"
+    if encoder.record.model_id != model_id:
+        return None, (f"visual channel off: frames were embedded with {model_id}, but the config now loads "
+                      f"{encoder.record.model_id}; re-run the embed stage")  # fmt: skip
+    if image is not None:
+        return encoder.encode_images([_query_image(image)])[0], None
+    if not encoder.has_text:
+        reason = encoder.record.fallback_reason or "it has no text side"
+        return None, f"visual channel off for text queries: {model_id} cannot encode text ({reason})"
+    return encoder.encode_text([text])[0], None
+
+
+def _text_query(cfg, model_id, text) -> tuple[np.ndarray | None, str | None]:
+    from .models import ModelUnavailable, text_encoder
+
+    try:
+        encoder = text_encoder(cfg.models)
+    except ModelUnavailable as error:
+        return None, f"text channels off: {error}"
+    if encoder.record.model_id != model_id:
+        return None, f"text vectors were made with {model_id}, the config now loads {encoder.record.model_id}"
+    return encoder.encode([text])[0], None
+
+
+def _describe_query(text: str | None, image: Any, frame_key: str | None) -> str:
+    if text is not None:
+        return text
+    if frame_key is not None:
+        return f"frame {frame_key}"
+    return f"image {image}" if isinstance(image, (str, Path)) else "image"
+
+
+def _suppress_neighbours(ranked: pd.DataFrame, seconds: float) -> pd.DataFrame:
+    """Keep a hit only if no better hit of the same video lies within `seconds` of it."""
+    if seconds <= 0 or ranked.empty:
+        return ranked
+    kept: dict[str, list[float]] = {}
+    keep = []
+    for video_id, timestamp in zip(ranked.video_id, ranked.timestamp):
+        times = kept.setdefault(video_id, [])
+        if any(abs(timestamp - t) < seconds for t in times):
+            keep.append(False)
+        else:
+            times.append(timestamp)
+            keep.append(True)
+    return ranked[keep]
+
+
+def search(
+    run: RunPaths | Path | str,
+    text: str | None = None,
+    *,
+    image: Any = None,
+    frame_key: str | None = None,
+    top_k: int = 20,
+    threshold: float | None = None,
+    relative: bool = True,
+    videos: list[str] | None = None,
+    time_range: tuple[float | None, float | None] | None = None,
+    suppress_seconds: float = 0.0,
+    channels: list[str] | None = None,
+) -> SearchResult:
+    """Rank the run's frames against a text, an image (path, PIL image or array) or a frame.
+
+    Args:
+        run: the run folder (`outputs/<run>`).
+        text / image / frame_key: the query; exactly one.
+        top_k: how many best frames to mark `in_top_k`.
+        threshold: also keep every frame scoring at least this (`above_threshold`); relative to
+            the best score when `relative` (0.9 = 90% of the max), else an absolute score.
+        videos: only frames of these videos (names like `bbb.mp4` or video ids).
+        time_range: only frames with start <= timestamp <= end (either end may be None).
+        suppress_seconds: drop hits within this many seconds of a better hit in the same video.
+        channels: which channels to use (default: every channel that can answer).
+
+    Returns:
+        A `SearchResult`; its `hits` table is empty (not an error) when nothing matches.
+    """
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    if not run.root.is_dir():
+        raise SearchError(f"{run.root}: run folder not found")
+    given = [q for q in (text, image, frame_key) if q is not None and not (isinstance(q, str) and not q.strip())]
+    if len(given) != 1:
+        raise SearchError("give exactly one query: a non-empty text, an image, or a frame key")
+    if top_k < 1:
+        raise SearchError(f"top_k = {top_k}: must be at least 1")
+    if threshold is not None and relative and not 0 < threshold <= 1:
+        raise SearchError(f"relative threshold = {threshold}: must be in (0, 1], e.g. 0.9 for 90% of the best score")
+    cfg = _run_config(run)
+    present = available_channels(run)
+    if "visual" not in present:
+        raise SearchError(f"{run.root}: no frame vectors yet; run the embed stage (python run_pipeline.py --stages embed)")
+    wanted = channels or present
+    unknown = [c for c in wanted if c not in ("visual", *TEXT_CHANNELS)]
+    if unknown:
+        raise SearchError(f"unknown channel(s) {', '.join(unknown)}; channels are visual, {', '.join(TEXT_CHANNELS)}")
+
+    frames = read_table(run.table("frames"))
+    query_label = _describe_query(text, image, frame_key)
+    notes: list[str] = []
+    scores: dict[str, pd.Series] = {}
+    for channel in wanted:
+        if channel not in present:
+            notes.append(f"{channel} channel off: no {channel} vectors in this run")
+            continue
+        table, vectors, model_id = _load_channel(run, channel)
+        if not len(table):
+            notes.append(f"{channel} channel off: its table is empty")
+            continue
+        if frame_key is not None:
+            position = np.flatnonzero(table.frame_key.to_numpy() == frame_key)
+            if channel == "visual" and not len(position):
+                raise SearchError(f"frame {frame_key!r} is not in this run")
+            if not len(position):
+                notes.append(f"{channel} channel off: frame {frame_key} has no {channel} vector")
+                continue
+            query_vector, note = vectors[position[0]], None
+        elif channel == "visual":
+            query_vector, note = _visual_query(cfg, model_id, text, image, None)
+        elif text is None:
+            query_vector, note = None, f"{channel} channel off: image queries use the visual channel only"
+        else:
+            query_vector, note = _text_query(cfg, model_id, text)
+        if note:
+            notes.append(note)
+        if query_vector is None:
+            continue
+        scores[channel] = pd.Series(vectors @ np.asarray(query_vector, np.float32), index=table.frame_key.to_numpy())
+    for note in notes:
+        log.info("search: %s", note)
+    if not scores:
+        raise SearchError("no channel can answer this query: " + "; ".join(notes))
+
+    ranked = _rank(frames, scores)
+    ranked = _filter(ranked, videos, time_range)
+    ranked = _suppress_neighbours(ranked, suppress_seconds)
+    best = float(ranked.score.iloc[0]) if len(ranked) else 0.0
+    cut = None if threshold is None else (threshold * best if relative else threshold)
+    ranked = ranked.reset_index(drop=True)
+    ranked["rank"] = np.arange(1, len(ranked) + 1)
+    ranked["in_top_k"] = ranked["rank"] <= top_k
+    ranked["above_threshold"] = (ranked.score >= cut) if cut is not None else False
+    hits = ranked[ranked.in_top_k | ranked.above_threshold].reset_index(drop=True)
+    channel_columns = [f"score_{c}" for c in scores]
+    hits = hits[HIT_COLUMNS[:2] + channel_columns + HIT_COLUMNS[2:]]
+    return SearchResult(hits=hits, query=query_label, channels=list(scores), notes=notes, threshold_value=cut)
+
+
+def _rank(frames: pd.DataFrame, scores: dict[str, pd.Series]) -> pd.DataFrame:
+    table = frames.set_index("frame_key")[["video_id", "video_name", "timestamp", "thumbnail"]]
+    for channel, series in scores.items():
+        table[f"score_{channel}"] = series.reindex(table.index)
+    if len(scores) == 1:
+        [channel] = scores
+        table["score"] = table[f"score_{channel}"]
+    else:
+        fused = np.zeros(len(table))
+        for channel in scores:
+            ranks = table[f"score_{channel}"].rank(ascending=False, method="first")
+            fused += np.where(ranks.notna(), 1.0 / (RRF_K + ranks.fillna(0)), 0.0)
+        table["score"] = fused
+    table = table[table.score.notna()]
+    return table.sort_values(["score", "video_name", "timestamp"], ascending=[False, True, True]).reset_index()
+
+
+def _filter(ranked: pd.DataFrame, videos: list[str] | None, time_range) -> pd.DataFrame:
+    if videos:
+        known = set(ranked.video_name) | set(ranked.video_id)
+        missing = [v for v in videos if v not in known]
+        if missing:
+            raise SearchError(f"video(s) not in this run: {', '.join(missing)}; videos are {', '.join(sorted(set(ranked.video_name)))}")
+        ranked = ranked[ranked.video_name.isin(videos) | ranked.video_id.isin(videos)]
+    if time_range:
+        start, end = time_range
+        if start is not None:
+            ranked = ranked[ranked.timestamp >= start]
+        if end is not None:
+            ranked = ranked[ranked.timestamp <= end]
+    return ranked
+
+
+def export_hits(result: SearchResult, run: RunPaths | Path | str, dest: Path | str) -> Path:
+    """Write the hits as `hits.csv` + `hits.parquet` and copy their thumbnails into `top_k/`
+    and `above_threshold/` (file names start with the rank). Returns `dest`."""
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    result.hits.to_csv(dest / "hits.csv", index=False)
+    write_table(result.hits, dest / "hits.parquet")
+    for folder, subset in (("top_k", result.top_k), ("above_threshold", result.above_threshold)):
+        target = dest / folder
+        if target.exists():
+            shutil.rmtree(target)  # a previous export of another query must not mix in
+        target.mkdir()
+        for hit in subset.itertuples():
+            name = f"{hit.rank:04d}_{hit.score:.4f}_{Path(hit.video_name).stem}_{hit.timestamp:09.3f}s.jpg"
+            shutil.copy(run.absolute(hit.thumbnail), target / name)
+    (dest / "query.txt").write_text(
+        f"query: {result.query}\nchannels: {', '.join(result.channels)}\n"
+        + (f"threshold score: {result.threshold_value:.4f}\n" if result.threshold_value is not None else "")
+        + "".join(f"note: {n}\n" for n in result.notes)
+    )
+    return dest
+
+
+def write_text_channel(
+    run: RunPaths | Path | str, channel: str, frame_keys: list[str], texts: list[str], encoder
+) -> Path:
+    """Embed one text per frame (captions, on-screen text, speech) into `<channel>_embeddings`.
+
+    Example:
+        >>> write_text_channel(run, "caption", keys, ["a rabbit", "a bird"], text_encoder(cfg.models))  # doctest: +SKIP
+    """
+    if channel not in TEXT_CHANNELS:
+        raise ValueError(f"channel {channel!r}: text channels are {', '.join(TEXT_CHANNELS)}")
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    vectors = encoder.encode(list(texts))
+    table = pd.DataFrame({"frame_key": list(frame_keys), "model_id": encoder.record.model_id, "text": list(texts),
+                          "vector": list(vectors)})  # fmt: skip
+    return write_table(table, run.table(f"{channel}_embeddings"))
