@@ -389,8 +389,8 @@ def print_report(report: dict) -> None:
         for mode, row in report["results"].items():
             others = ", ".join("-" if o is None else f"{o:.2f}" for o in row["other_cores_runs"])
             print(f"  {mode} runs: {', '.join(f'{w:.1f}' for w in row['wall_runs_s'])} s (busy elsewhere: {others} cores)")
-    print(f"(cpu s: this process, all threads; busy elsewhere: mean cores other processes used during the run,"
-          f" worst run; above ~0.3 the timings are contended)")  # fmt: skip
+    print("(cpu s: this process, all threads; busy elsewhere: mean cores other processes used during the run,"
+          " worst run; above ~0.3 the timings are contended)")  # fmt: skip
     c = report["counts"]
     print()
     print(f"Counts  : expected {c['expected_interval']} samples at 1/s; naive kept {c.get('naive', '-')} "

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import BaseModel
-
 from conftest import REPO
 from frameatlas.config import ConfigError, ExtractConfig, PipelineConfig, load_config
+from pydantic import BaseModel
 
 
 def write(tmp_path: Path, data: dict) -> Path:

@@ -9,7 +9,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from frameatlas import corpus
 from frameatlas.corpus import DemoFetchError, DemoVideo, HashCache, content_hash, discover_videos, fetch_demo
 

@@ -7,17 +7,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
 import tinyclip
 import videogen
-from frameatlas import embed as embed_module
 from frameatlas import models
 from frameatlas.config import config_from_dict
 from frameatlas.embed import embed_frames, encode_image_files, load_vectors, nearest_neighbour_grid
 from frameatlas.frames import extract_corpus
 from frameatlas.index import open_index
 from frameatlas.store import RunPaths, read_table
+from PIL import Image
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,13 @@ import av
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
 import videogen
 from frameatlas import frames as frames_module
 from frameatlas.config import ExtractConfig, config_from_dict
 from frameatlas.corpus import VideoFile
 from frameatlas.frames import VideoError, extract_corpus, extract_video, iter_samples, probe_video
 from frameatlas.store import RunPaths, read_table
+from PIL import Image
 
 
 def sample_times(path, **options) -> list[float]:

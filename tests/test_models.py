@@ -8,8 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 import tinyclip
 from frameatlas import models
 from frameatlas.config import ImageModelConfig, ModelsConfig, TextModelConfig
@@ -17,6 +15,7 @@ from frameatlas.models import ColourTextureEncoder, ModelUnavailable, image_enco
 from frameatlas.models.clip import resolve_open_clip
 from frameatlas.models.device import pick_device
 from frameatlas.models.sentence import UniversalSentenceEncoder, load_sentence_encoder, resolve_sentence_model
+from PIL import Image
 
 
 @pytest.fixture(autouse=True)

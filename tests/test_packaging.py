@@ -5,7 +5,6 @@ from __future__ import annotations
 import tomllib
 
 import yaml
-
 from conftest import REPO
 
 
@@ -38,7 +37,6 @@ def test_ci_runs_the_readme_test_command():
 
 def test_every_stage_notebook_exists_and_has_a_parameters_cell():
     import nbformat
-
     from frameatlas.pipeline import STAGES
 
     for stage in STAGES:

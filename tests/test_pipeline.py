@@ -12,9 +12,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import yaml
-
 import videogen
+import yaml
 from conftest import REPO
 
 pytestmark = pytest.mark.slow

@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
 import tinyclip
 import videogen
 from frameatlas import models
@@ -20,6 +18,7 @@ from frameatlas.embed import embed_frames
 from frameatlas.frames import extract_corpus
 from frameatlas.search import SearchError, _rank, _suppress_neighbours, export_hits, search, write_text_channel
 from frameatlas.store import RunPaths, atomic_write_json, read_table
+from PIL import Image
 
 
 @pytest.fixture(autouse=True)
@@ -118,7 +117,7 @@ def test_suppression_applies_before_top_k(run):
     plain = search(run, frame_key=key, top_k=4).hits
     spread = search(run, frame_key=key, top_k=4, suppress_seconds=1.2).hits
     assert len(spread) == 4
-    for video, group in spread.groupby("video_id"):
+    for _, group in spread.groupby("video_id"):
         times = sorted(group.timestamp)
         assert all(b - a >= 1.2 for a, b in zip(times, times[1:]))
     assert plain.frame_key[0] == spread.frame_key[0] == key

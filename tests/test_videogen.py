@@ -18,9 +18,8 @@ import av
 import imageio_ffmpeg
 import numpy as np
 import pytest
-from PIL import Image
-
 import videogen as vg
+from PIL import Image
 
 
 def decode_rgb(path: Path) -> list[tuple[av.VideoFrame, np.ndarray]]:

@@ -26,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from .config import PipelineConfig
 from .index import VectorIndex, frame_metadata, open_index
 from .models import ImageEncoder, ModelRecord, image_encoder
+from .plots import Tile, image_grid
 from .progress import progress_bar
 from .store import RunPaths, read_table, write_table
 
@@ -224,22 +225,15 @@ def nearest_neighbour_grid(
     collection = index.collection(model_id, create=False)
     results = index.query(collection, vectors[picks], k=min(k + 1, len(table)))
     rows = []
-    for query_position, (pick, hits) in enumerate(zip(picks, results)):
+    for pick, hits in zip(picks, results):
         for rank, hit in enumerate(hits.itertuples()):
             rows.append({"query": table.frame_key[pick], "rank": rank, "frame_key": hit.frame_key, "score": hit.score})
     grid_table = pd.DataFrame(rows).join(frames[["video_name", "timestamp", "thumbnail"]], on="frame_key")
-    columns = max(grid_table.groupby("query").size())
-    height = int(tile * 0.75)
-    label = 14
-    sheet = Image.new("RGB", (columns * tile, len(picks) * (height + label)), "white")
-    draw = ImageDraw.Draw(sheet)
+    tiles, tile_rows = [], []
     for row_number, (_, group) in enumerate(grid_table.groupby("query", sort=False)):
-        for col, hit in enumerate(group.itertuples()):
-            with Image.open(run.absolute(hit.thumbnail)) as image:
-                image.thumbnail((tile - 4, height - 2))
-                x, y = col * tile, row_number * (height + label)
-                sheet.paste(image, (x + (tile - image.width) // 2, y + (height - image.height) // 2))
-            caption = f"{hit.video_name[:10]} {hit.timestamp:.0f}s" + ("" if col == 0 else f" {hit.score:.2f}")
-            draw.text((x + 3, y + height + 1), caption, fill="black" if col else "firebrick")
-    return sheet, grid_table.drop(columns=["thumbnail"])
-
+        for hit in group.itertuples():
+            label = f"{hit.video_name[:10]} {hit.timestamp:.0f}s" + ("" if hit.rank == 0 else f" {hit.score:.2f}")
+            tiles.append(Tile(run.absolute(hit.thumbnail), label, highlight=hit.rank == 0))
+            tile_rows.append(row_number)
+    grid = image_grid(tiles, rows=tile_rows, tile_width=tile)
+    return grid, grid_table.drop(columns=["thumbnail"])

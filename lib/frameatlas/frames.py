@@ -31,7 +31,6 @@ import bisect
 import hashlib
 import json
 import logging
-import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -615,30 +614,22 @@ def contact_sheet(
     Example:
         >>> sheet = contact_sheet(frames[frames.video_name == "bikes.mp4"], "outputs/demo")  # doctest: +SKIP
     """
-    from PIL import ImageDraw
+    from .plots import Tile, image_grid
 
     run = run if isinstance(run, RunPaths) else RunPaths(run)
     frames = frames.sort_values("timestamp")
     if len(frames) > max_frames:
         picks = np.linspace(0, len(frames) - 1, max_frames).round().astype(int)
         frames = frames.iloc[np.unique(picks)]
-    if frames.empty:
-        return Image.new("RGB", (tile_width, tile_width // 2), "white")
-    aspect = float((frames["height"] / frames["width"]).median())
-    tile_height = max(1, int(round(tile_width * aspect)))
-    label = 14
-    rows = math.ceil(len(frames) / columns)
-    cols = min(columns, len(frames))
-    sheet = Image.new("RGB", (cols * tile_width, rows * (tile_height + label)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, row in enumerate(frames.itertuples()):
-        x, y = (i % columns) * tile_width, (i // columns) * (tile_height + label)
-        with Image.open(run.absolute(row.thumbnail)) as image:
-            image.thumbnail((tile_width, tile_height))
-            sheet.paste(image, (x + (tile_width - image.width) // 2, y))
-        minutes, seconds = divmod(row.timestamp, 60)
-        draw.text((x + 2, y + tile_height + 1), f"{int(minutes):02d}:{seconds:05.2f}", fill="black")
-    return sheet
+    aspect = float((frames["height"] / frames["width"]).median()) if len(frames) else 0.5
+    tiles = [Tile(run.absolute(row.thumbnail), format_time(row.timestamp)) for row in frames.itertuples()]
+    return image_grid(tiles, columns=columns, tile_width=tile_width, aspect=aspect)
+
+
+def format_time(seconds: float) -> str:
+    """mm:ss.ss, as on contact sheets and in tables."""
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes):02d}:{rest:05.2f}"
 
 
 def summary_table(run: RunPaths | Path | str) -> pd.DataFrame:

@@ -1,0 +1,62 @@
+"""Figures shared by the notebooks and the dashboard: thumbnail grids.
+
+Example:
+    >>> from frameatlas.plots import Tile, image_grid
+    >>> grid = image_grid([Tile("frames/a.jpg", "00:01")], columns=4)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+__all__ = ["Tile", "image_grid"]
+
+LABEL_HEIGHT = 14
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One thumbnail in a grid, with a one-line label under it."""
+
+    path: Path | str
+    label: str = ""
+    highlight: bool = False  # label drawn in red (e.g. the query of a row)
+
+
+def image_grid(
+    tiles: Sequence[Tile], *, columns: int = 8, tile_width: int = 160, aspect: float = 0.75, rows: Sequence[int] | None = None
+) -> Image.Image:
+    """Thumbnails laid out left to right, top to bottom, each fitted into its cell.
+
+    `rows` optionally gives the row of every tile (for grids whose rows have different
+    lengths, e.g. a query and its neighbours); otherwise rows fill up to `columns`.
+    """
+    if not tiles:
+        return Image.new("RGB", (tile_width, int(tile_width * aspect)), "white")
+    tile_height = max(1, int(round(tile_width * aspect)))
+    if rows is None:
+        rows = [i // columns for i in range(len(tiles))]
+        cols = [i % columns for i in range(len(tiles))]
+        width = min(columns, len(tiles))
+    else:
+        cols, seen = [], {}
+        for row in rows:
+            cols.append(seen.get(row, 0))
+            seen[row] = cols[-1] + 1
+        width = max(seen.values())
+    height = max(rows) + 1
+    sheet = Image.new("RGB", (width * tile_width, height * (tile_height + LABEL_HEIGHT)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for tile, row, col in zip(tiles, rows, cols):
+        x, y = col * tile_width, row * (tile_height + LABEL_HEIGHT)
+        with Image.open(tile.path) as image:
+            image.thumbnail((tile_width - 2, tile_height - 2))
+            sheet.paste(image.convert("RGB"), (x + (tile_width - image.width) // 2, y + (tile_height - image.height) // 2))
+        draw.text((x + 3, y + tile_height + 1), tile.label, fill="firebrick" if tile.highlight else "black")
+    return sheet
+
+
