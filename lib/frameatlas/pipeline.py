@@ -86,7 +86,7 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("extract", "01_extract.ipynb", ("corpus", "extract"), inputs=(), outputs=("frames", "videos")),
-    Stage("embed", "03_embed.ipynb", ("models", "embed", "index"), inputs=("frames",), outputs=("embeddings",)),
+    Stage("embed", "03_embed.ipynb", ("models", "embed", "index", "search"), inputs=("frames",), outputs=("embeddings",)),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 

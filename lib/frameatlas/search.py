@@ -42,7 +42,9 @@ __all__ = [
     "TEXT_CHANNELS",
     "SearchError",
     "SearchResult",
+    "configured_searches",
     "export_hits",
+    "gallery",
     "search",
     "write_text_channel",
 ]
@@ -347,3 +349,34 @@ def write_text_channel(
     table = pd.DataFrame({"frame_key": list(frame_keys), "model_id": encoder.record.model_id, "text": list(texts),
                           "vector": list(vectors)})  # fmt: skip
     return write_table(table, run.table(f"{channel}_embeddings"))
+
+
+def gallery(result: SearchResult, run: RunPaths | Path | str, *, columns: int = 8, tile_width: int = 150, limit: int = 24):
+    """The hits as an image grid, best first, labelled with rank, score, video and time."""
+    from .frames import format_time
+    from .plots import Tile, image_grid
+
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    tiles = [
+        Tile(run.absolute(hit.thumbnail), f"#{hit.rank} {hit.score:.3f} {Path(hit.video_name).stem[:8]} {format_time(hit.timestamp)}")
+        for hit in result.hits.head(limit).itertuples()
+    ]
+    return image_grid(tiles, columns=columns, tile_width=tile_width)
+
+
+def configured_searches(run: RunPaths | Path | str, cfg: PipelineConfig) -> list[tuple[str, SearchResult | str]]:
+    """Run every query of `search.queries` with the configured options.
+
+    Returns (query, result) pairs; a query no channel can answer gets the reason as a string.
+    """
+    options = cfg.search
+    outcomes: list[tuple[str, SearchResult | str]] = []
+    for query in options.queries:
+        try:
+            outcomes.append((query, search(
+                run, query, top_k=options.top_k, threshold=options.threshold, relative=options.relative,
+                suppress_seconds=options.suppress_seconds,
+            )))  # fmt: skip
+        except SearchError as error:
+            outcomes.append((query, str(error)))
+    return outcomes
