@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
+    "ClusterConfig",
     "ConfigError",
     "CorpusConfig",
     "EmbedConfig",
@@ -30,6 +31,7 @@ __all__ = [
     "ModelsConfig",
     "SearchConfig",
     "TextModelConfig",
+    "VisualizeConfig",
     "PipelineConfig",
     "RunConfig",
     "apply_overrides",
@@ -168,6 +170,39 @@ class SearchConfig(_Section):
         return self
 
 
+class ClusterConfig(_Section):
+    enabled: bool = True
+    method: Literal["kmeans", "hdbscan"] = "kmeans"
+    k: int | None = Field(15, ge=2, le=1000, description="KMeans clusters; null = choose by silhouette over k_range.")
+    k_range: tuple[int, int] = Field((4, 30), description="Smallest and largest k tried when k is null.")
+    min_cluster_size: int = Field(10, ge=2, description="HDBSCAN: smallest cluster; smaller groups are noise.")
+    reduce: Literal["none", "pca", "umap"] = Field("pca", description="Reduce vectors before clustering.")
+    reduce_dims: int = Field(32, ge=2, le=1024)
+    vectors: Literal["image", "caption"] = Field("image", description="Which vectors to cluster.")
+    montage_frames: int = Field(16, ge=1, le=256, description="Representative frames per cluster montage.")
+    keyframes_per_video: int = Field(32, ge=1, le=1000, description="Frames nearest each of k centroids, per video.")
+    seed: int = 0
+
+    @field_validator("k_range")
+    @classmethod
+    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
+        low, high = value
+        if not 2 <= low <= high:
+            raise ValueError("must be [low, high] with 2 <= low <= high")
+        return value
+
+
+class VisualizeConfig(_Section):
+    enabled: bool = True
+    projections: list[Literal["umap", "tsne", "pca"]] = Field(["umap", "tsne", "pca"], min_length=1)
+    perplexity: float = Field(30.0, gt=1, le=500, description="t-SNE perplexity (50 worked on ~30k frames).")
+    umap_neighbors: int = Field(15, ge=2, le=500)
+    color_by: Literal["cluster", "video"] = "cluster"
+    max_points: int = Field(20000, ge=100, description="Larger corpora are sampled evenly for the maps.")
+    timelines: bool = Field(True, description="Similarity-over-time plots for search.queries.")
+    seed: int = 0
+
+
 class PipelineConfig(_Section):
     """The whole `pipeline.yaml`."""
 
@@ -178,6 +213,8 @@ class PipelineConfig(_Section):
     embed: EmbedConfig = EmbedConfig()
     index: IndexConfig = IndexConfig()
     search: SearchConfig = SearchConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    visualize: VisualizeConfig = VisualizeConfig()
     source: Path | None = Field(None, description="The file this config was read from (set by the loader).")
 
     @property
