@@ -132,6 +132,7 @@ class EmbedConfig(_Section):
     enabled: bool = True
     loader_threads: int = Field(1, ge=1, le=32, description="Threads decoding and preprocessing thumbnails.")
     prefetch_batches: int = Field(2, ge=1, le=64, description="Batches prepared ahead of the model.")
+    quality_samples: int = Field(50, ge=0, le=10000, description="Frames used for the index and noise checks.")
 
 
 class IndexConfig(_Section):

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -92,6 +92,8 @@ def encode_image_files(
 
 @dataclass
 class EmbedSummary:
+    """What the embed stage did; `counts` goes to the run manifest."""
+
     model: ModelRecord
     frames: int = 0
     embedded: int = 0
@@ -100,7 +102,6 @@ class EmbedSummary:
     removed_from_index: int = 0
     embed_seconds: float = 0.0
     index_location: str = ""
-    skipped: list = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, float | int | str]:
