@@ -87,6 +87,10 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("extract", "01_extract.ipynb", ("corpus", "extract"), inputs=(), outputs=("frames", "videos")),
     Stage("embed", "03_embed.ipynb", ("models", "embed", "index", "search"), inputs=("frames",), outputs=("embeddings",)),
+    Stage(
+        "cluster", "04_cluster.ipynb", ("models", "cluster"),
+        inputs=("frames", "embeddings", "caption_embeddings"), outputs=("clusters", "frames_annotated", "keyframes"),
+    ),  # fmt: skip
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 
