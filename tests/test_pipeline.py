@@ -41,6 +41,8 @@ def project(tmp_path) -> Path:
         "extract": {"every_seconds": 0.5, "thumbnail_long_side": 96},
         # CLIP weights are not in this (empty) cache and HF_HUB_OFFLINE is set: the demo's fallback
         "models": {"cache_dir": "hub-cache", "image": {"on_missing_weights": "fallback"}},
+        "cluster": {"k": 3},
+        "visualize": {"projections": ["pca", "tsne"]},  # UMAP has its own (slow) unit test
     }
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(config))
     return tmp_path
@@ -53,7 +55,10 @@ def test_full_run_reports_manifest_dashboard_and_reuse(project):
     assert result.stdout.strip().splitlines()[-1] == f"Dashboard: {run / 'index.html'}"
 
     manifest = json.loads((run / "manifest.json").read_text())
-    assert list(manifest["stages"]) == ["extract", "embed"]
+    assert list(manifest["stages"]) == ["extract", "embed", "cluster", "visualize"]
+    assert {entry["status"] for entry in manifest["stages"].values()} == {"done"}
+    assert manifest["stages"]["cluster"]["counts"]["clusters"] == 3
+    assert manifest["stages"]["visualize"]["counts"]["map_points"] == 10
     extract = manifest["stages"]["extract"]
     assert extract["status"] == "done"
     assert extract["counts"]["frames"] == 6 + 4
@@ -85,12 +90,14 @@ def test_full_run_reports_manifest_dashboard_and_reuse(project):
 
     html = (run / "reports" / "01_extract.html").read_text()
     assert "alpha.mp4" in html and "data:image/jpeg;base64" in html
-    for report in ("01_extract.html", "03_embed.html"):
+    for report in ("01_extract.html", "03_embed.html", "04_cluster.html", "05_visualize.html"):
         text = (run / "reports" / report).read_text()
         assert not re.search(r"<script[^>]+src=\"https?://", text), f"{report} must open offline"
         assert "could not be loaded (CLIP weights missing" in text and "text-to-image search" in text, report
     dashboard = (run / "index.html").read_text()
-    assert 'href="reports/01_extract.html"' in dashboard and 'href="reports/03_embed.html"' in dashboard
+    for report in ("01_extract", "03_embed", "04_cluster", "05_visualize"):
+        assert f'href="reports/{report}.html"' in dashboard
+    assert 'href="plots/map_pca.html"' in dashboard and 'href="plots/map_tsne.html"' in dashboard
     assert "broken.mp4" in dashboard and "not a readable video" in dashboard
     assert "Model substituted" in dashboard and "fallback-colour-texture-v1" in dashboard
     assert len(list((run / "plots" / "contact_sheets").glob("*.jpg"))) == 2
@@ -99,7 +106,7 @@ def test_full_run_reports_manifest_dashboard_and_reuse(project):
     again = run_pipeline(str(project / "pipeline.yaml"))
     assert again.returncode == 3
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["stages"]["extract"]["status"] == manifest["stages"]["embed"]["status"] == "unchanged"
+    assert {entry["status"] for entry in manifest["stages"].values()} == {"unchanged"}
     assert (run / "reports" / "01_extract.ipynb").stat().st_mtime_ns == report_mtime
 
     # A changed parameter re-executes the stage; cached videos are not decoded again.
@@ -117,7 +124,8 @@ def test_a_failing_cell_stops_the_run_and_the_next_run_resumes(project, tmp_path
     notebook.cells.insert(3, nbformat.v4.new_code_cell('raise RuntimeError("disk on fire")'))
     nbformat.write(notebook, broken_notebooks / "01_extract.ipynb")
 
-    shutil.copy(REPO / "notebooks" / "03_embed.ipynb", broken_notebooks)
+    for later in ("03_embed.ipynb", "04_cluster.ipynb", "05_visualize.ipynb"):
+        shutil.copy(REPO / "notebooks" / later, broken_notebooks)
     failed = run_pipeline(str(project / "pipeline.yaml"), env={"FRAMEATLAS_NOTEBOOKS": str(broken_notebooks)})
     run = project / "out" / "tiny"
     assert failed.returncode == 1
@@ -141,7 +149,7 @@ def test_invalid_config_stops_before_any_work(project):
     assert "extract.mode" in result.stderr and '"sometimes"' in result.stderr and "'keyframes'" in result.stderr
     assert not (project / "out").exists()
     unknown = run_pipeline(str(project / "pipeline.yaml"), "--stages", "extrct")
-    assert unknown.returncode == 2 and "unknown stage(s) extrct; stages are extract, embed" in unknown.stderr
+    assert unknown.returncode == 2 and "unknown stage(s) extrct; stages are extract, embed, cluster, visualize" in unknown.stderr
 
 
 def test_notebook_runs_by_hand_from_its_config_path(project):
@@ -183,3 +191,8 @@ def test_tiny_clip_run_records_the_model_that_ran(project, tmp_path):
     assert manifest["stages"]["embed"]["counts"]["frames_embedded"] == 10
     report = (project / "out" / "tiny" / "reports" / "03_embed.html").read_text()
     assert "could not be loaded" not in report
+    # with a text side, clusters are named from the CLIP vocabulary and timelines are drawn
+    assert manifest["stages"]["cluster"]["counts"]["name_source"] == "clip-vocabulary"
+    assert manifest["stages"]["visualize"]["counts"]["timeline_videos"] == 2
+    timelines = sorted(p.name for p in (project / "out" / "tiny" / "plots").glob("timeline_*.html"))
+    assert timelines == ["timeline_alpha.html", "timeline_beta.html"]

@@ -91,6 +91,10 @@ STAGES: tuple[Stage, ...] = (
         "cluster", "04_cluster.ipynb", ("models", "cluster"),
         inputs=("frames", "embeddings", "caption_embeddings"), outputs=("clusters", "frames_annotated", "keyframes"),
     ),  # fmt: skip
+    Stage(
+        "visualize", "05_visualize.ipynb", ("models", "visualize", "search"),
+        inputs=("frames", "embeddings", "frames_annotated", "caption_embeddings"), outputs=("projections",),
+    ),  # fmt: skip
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 

@@ -53,6 +53,13 @@ def _videos(run: RunPaths) -> list[dict[str, Any]]:
     return rows
 
 
+def _interactive_pages(run: RunPaths) -> list[dict[str, str]]:
+    """Standalone pages under plots/ (3D maps, timelines), maps first."""
+    folder = run.root / "plots"
+    pages = sorted(folder.glob("map_*.html")) + sorted(folder.glob("timeline_*.html")) if folder.is_dir() else []
+    return [{"href": run.relative(page), "title": page.stem.replace("_", " ")} for page in pages]
+
+
 def write_dashboard(run: RunPaths, manifest: dict[str, Any]) -> Path:
     """Render `index.html` from the manifest and the run's tables."""
     stages = []
@@ -68,7 +75,7 @@ def write_dashboard(run: RunPaths, manifest: dict[str, Any]) -> Path:
         )
     html = _ENV.get_template("dashboard.html.j2").render(
         manifest=manifest, stages=stages, videos=_videos(run), skipped=manifest.get("skipped_inputs", []),
-        banners=model_banners(manifest), models=manifest.get("models", []),
+        banners=model_banners(manifest), models=manifest.get("models", []), pages=_interactive_pages(run),
     )
     atomic_write_text(run.dashboard, html)
     return run.dashboard
