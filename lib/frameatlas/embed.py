@@ -238,3 +238,26 @@ def nearest_neighbour_grid(
             tile_rows.append(row_number)
     grid = image_grid(tiles, rows=tile_rows, tile_width=tile)
     return grid, grid_table.drop(columns=["thumbnail"])
+
+
+def quality_checks(
+    cfg: PipelineConfig, run: RunPaths | Path | str, encoder: ImageEncoder
+) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """The report's checks on `embed.quality_samples` frames: approximate vs exact search
+    (recall@10 and latency of Chroma HNSW, FAISS flat and LSH), and retrieval of frames
+    corrupted by impulse noise (ImageNet-C severities). (None, None) when turned off."""
+    from .evaluation import IMPULSE_SEVERITIES, compare_indexes, noise_robustness
+
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    samples = cfg.embed.quality_samples
+    table, vectors = load_vectors(run, encoder.record.model_id)
+    if not samples or len(table) < 10:
+        return None, None
+    run.cache.mkdir(parents=True, exist_ok=True)
+    index_quality = compare_indexes((table, vectors), min(samples, len(table)), workdir=run.cache)
+    thumbnails = read_table(run.table("frames")).set_index("frame_key").thumbnail
+    paths = {key: run.absolute(thumbnails[key]) for key in table.frame_key}
+    robustness = noise_robustness(
+        encoder, paths, vectors, list(table.frame_key), severities=(0.0, *IMPULSE_SEVERITIES), sample=samples
+    )
+    return index_quality, robustness
