@@ -126,7 +126,7 @@ def test_removed_videos_leave_the_index_and_a_new_model_embeds_everything(extrac
 def test_fallback_descriptor_runs_the_same_stage(extracted, tmp_path):
     cfg = make_cfg(tmp_path, extracted.corpus.videos, {"name": "fallback"})
     summary = embed_frames(cfg, cfg.run_dir)
-    assert summary.model.model_id == "fallback-colour-texture-v1" and summary.embedded == 10
+    assert summary.model.model_id == "fallback-colour-texture-v2" and summary.embedded == 10
     _, vectors = load_vectors(cfg.run_dir, summary.model.model_id)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
 

@@ -129,7 +129,7 @@ def test_fallback_only_when_asked_and_it_says_what_is_off(tmp_path, monkeypatch)
     record = encoder.record
     assert record.requested == "ViT-B-32/laion2b_s34b_b79k"
     assert record.fallback_reason.startswith("CLIP weights missing")
-    assert "text-to-image search" in record.banner and "fallback-colour-texture-v1" in record.banner
+    assert "text-to-image search" in record.banner and "fallback-colour-texture-v2" in record.banner
     with pytest.raises(NotImplementedError, match="no text side"):
         encoder.encode_text(["a rabbit"])
 

@@ -82,7 +82,7 @@ def test_full_run_reports_manifest_dashboard_and_reuse(project):
 
     embed = manifest["stages"]["embed"]
     assert embed["status"] == "done" and embed["counts"]["frames_embedded"] == 10
-    assert embed["counts"]["model"] == "fallback-colour-texture-v1"
+    assert embed["counts"]["model"] == "fallback-colour-texture-v2"
     [image_model] = manifest["models"]
     assert image_model["requested"] == "ViT-B-32/laion2b_s34b_b79k"
     assert image_model["fallback_reason"] == "CLIP weights missing: not in the cache, and HF_HUB_OFFLINE is set"
@@ -99,7 +99,7 @@ def test_full_run_reports_manifest_dashboard_and_reuse(project):
         assert f'href="reports/{report}.html"' in dashboard
     assert 'href="plots/map_pca.html"' in dashboard and 'href="plots/map_tsne.html"' in dashboard
     assert "broken.mp4" in dashboard and "not a readable video" in dashboard
-    assert "Model substituted" in dashboard and "fallback-colour-texture-v1" in dashboard
+    assert "Model substituted" in dashboard and "fallback-colour-texture-v2" in dashboard
     assert len(list((run / "plots" / "contact_sheets").glob("*.jpg"))) == 2
 
     report_mtime = (run / "reports" / "01_extract.ipynb").stat().st_mtime_ns

@@ -26,7 +26,8 @@ from .base import ModelRecord, l2_normalise
 
 __all__ = ["ColourTextureEncoder", "FALLBACK_MODEL_ID"]
 
-FALLBACK_MODEL_ID = "fallback-colour-texture-v1"
+# The version is part of the id: cached vectors of another version are never mixed in.
+FALLBACK_MODEL_ID = "fallback-colour-texture-v2"
 _SIDE = 64
 _GRID = 2
 _HUE, _SAT, _VAL = 8, 3, 3
