@@ -1,6 +1,7 @@
 """Approximate vs exact nearest-neighbour search at CLIP size: recall@k, latency, build time.
 
     python benchmarks/bench_ann.py [--sizes 100000 1000000] [--dim 512] [--queries 200] [--json OUT]
+                                   [--methods M ...] [--run DIR | --no-run] [--figure PNG] [--quiet-wait S]
 
 Corpus: synthetic clustered unit vectors (`frameatlas.evaluation.synthetic_corpus`: a mixture
 of `--clusters` anisotropic low-rank gaussian clusters, CLIP-like in that unrelated vectors
@@ -14,12 +15,13 @@ Methods, each timed through `frameatlas.evaluation.compare_indexes` (one method 
 * faiss-flat: `faiss.IndexFlatIP` (exact as well);
 * faiss-lsh: `faiss.IndexLSH`, 2 x dim bits (random hyperplanes, Hamming ranking), the
   original research's index; faiss-lsh:N with other bit counts up to `--lsh-extra-max`;
-* faiss-lsh-rerank: the same codes, top 10k candidates re-scored by exact cosine;
+* faiss-lsh-rerank: the same codes, top 10 x k candidates re-scored by exact cosine;
 * chroma-hnsw: an embedded Chroma collection (cosine, default HNSW settings), as the embed
-  stage builds it; only up to `--chroma-max` vectors (insertion runs at a few hundred to a
-  thousand vectors per second on 2 cores: 1M would take most of an hour).
+  stage builds it; only up to `--chroma-max` vectors by default (insertion runs at about
+  1 300-1 700 vectors per second on 2 cores: a million took 13 minutes, too long for a routine
+  run; `--sizes 1000000 --methods exact chroma-hnsw` measures it on purpose).
 
-Per-query latency is the mean (and 95th percentile) of queries sent one at a time after one
+Per-query latency is the mean (and median, 95th percentile) of queries sent one at a time after one
 warm-up query; batch q/s is all queries in one call (best of two). The machine may be shared:
 before each method the script waits (up to `--quiet-wait` s) for other processes to go quiet
 and reports how many cores they used meanwhile ("busy elsewhere").

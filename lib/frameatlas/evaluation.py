@@ -278,7 +278,7 @@ class _FaissFlat(_Method):
         return self.index.search(queries, k)[1].astype(np.int64, copy=False)
 
     def close(self):
-        self.index = None
+        self.index = None  # the index holds a copy of the corpus: free it before the next method
 
 
 class _FaissLSH(_Method):
@@ -307,7 +307,7 @@ class _FaissLSH(_Method):
         self.index_bytes = len(vectors) * self.bits // 8
         self.notes = f"IndexLSH, {self.bits} bits ({self.bits / dim:g} x dim), random projections, Hamming ranking"
         if self.rerank:
-            self.notes += f"; top {_LSH_RERANK_FACTOR}k candidates re-scored by exact cosine on the stored vectors"
+            self.notes += f"; top {_LSH_RERANK_FACTOR} x k candidates re-scored by exact cosine on the stored vectors"
 
     def search(self, queries, k):
         if not self.rerank:
@@ -374,12 +374,16 @@ class _ChromaHNSW(_Method):
         return found
 
     def close(self):
-        try:
-            self.client.delete_collection(self.collection.name)
-        except Exception as error:  # noqa: BLE001 - cleanup must not hide the results
-            log.debug("could not delete the evaluation collection: %s", error)
+        # Also runs after a failed build, so every attribute may be missing.
+        collection, client = getattr(self, "collection", None), getattr(self, "client", None)
+        if collection is not None and client is not None:
+            try:
+                client.delete_collection(collection.name)
+            except Exception as error:  # noqa: BLE001 - cleanup must not hide the results or the first error
+                log.debug("could not delete the evaluation collection: %s", error)
         self.collection = self.client = None
-        shutil.rmtree(self.path, ignore_errors=True)
+        if getattr(self, "path", None):
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 def _method(spec: str, *, lsh_bits: int | None, workdir, hnsw) -> _Method:
@@ -437,7 +441,7 @@ def compare_indexes(
     (`faiss.IndexFlatIP`, exact too), `faiss-lsh` (`faiss.IndexLSH` with `lsh_bits` bits,
     default 2 x dim: 1024 bits = 128 bytes per vector for CLIP's 512-d, a 16x smaller index
     than float32; more bits give better recall and slower Hamming scans; `faiss-lsh:4096`
-    picks a count for one row), `faiss-lsh-rerank[:bits]` (LSH's top 10k candidates re-scored
+    picks a count for one row), `faiss-lsh-rerank[:bits]` (LSH's top 10 x k candidates re-scored
     exactly, the usual way LSH is used), `chroma-hnsw` (an embedded Chroma collection like
     frameatlas's, in a temporary folder under `workdir` that is deleted afterwards; `hnsw`
     overrides Chroma's HNSW settings, e.g. `{"ef_search": 200}`).
@@ -447,18 +451,18 @@ def compare_indexes(
             returns.
         queries: (m, dim) query vectors; or an int: that many corpus rows picked at random
             (`seed`); None: min(200, n) corpus rows. Corpus rows as queries find themselves,
-            and that counts as a hit (the frame is its own nearest neighbour in every method).
+            and that counts as a hit (a frame is its own nearest neighbour, so it is in every exact top-k).
         k: neighbours per query.
         methods: which rows to produce, in order.
         lsh_bits: LSH code length for `faiss-lsh` without an explicit `:bits`.
         workdir: where Chroma's temporary store goes (default: the system temp folder).
         seed: for picking corpus rows as queries.
-        batched: also time one batched call per method (`batch_qps`; NaN when False).
+        batched: also time all queries in one call per method (`batch_qps`; NaN when False).
         hnsw: Chroma HNSW configuration overrides.
 
     Returns:
-        One row per method: `method`, `recall@{k}`, `query_ms`, `query_p50_ms`, `query_p95_ms`, `batch_qps`,
-        `build_s`, `index_mb`, `notes`. `df.attrs` holds n, dim, k, the query count and where
+        One row per method: `method`, `recall@{k}`, `query_ms`, `query_p50_ms`, `query_p95_ms`,
+        `batch_qps`, `build_s`, `index_mb` (index size; Chroma's on disk), `notes`. `df.attrs` holds n, dim, k, the query count and where
         the queries came from.
 
     Example:
