@@ -121,23 +121,31 @@ def _query_image(image: Any) -> Image.Image:
         raise SearchError(f"{path}: not a readable image ({error})") from None
 
 
-def _visual_query(cfg, model_id, text, image, frame_vector) -> tuple[np.ndarray | None, str | None]:
-    if frame_vector is not None:
-        return frame_vector, None
+def matching_image_encoder(cfg: PipelineConfig, model_id: str, *, need_text: bool = False, encoder=None):
+    """The configured image encoder, if it is the one that made the `model_id` vectors (and, when
+    `need_text`, has a text side). Returns (encoder, None), or (None, the reason it cannot be used)."""
     from .models import ModelUnavailable, image_encoder
 
-    try:
-        encoder = image_encoder(cfg.models)
-    except ModelUnavailable as error:
-        return None, f"visual channel off: {error}"
+    if encoder is None:
+        try:
+            encoder = image_encoder(cfg.models)
+        except ModelUnavailable as error:
+            return None, f"the image model cannot be loaded ({error})"
     if encoder.record.model_id != model_id:
-        return None, (f"visual channel off: frames were embedded with {model_id}, but the config now loads "
+        return None, (f"frames were embedded with {model_id}, but the config now loads "
                       f"{encoder.record.model_id}; re-run the embed stage")  # fmt: skip
+    if need_text and not encoder.has_text:
+        reason = encoder.record.fallback_reason or "it has no text side"
+        return None, f"{model_id} cannot encode text queries ({reason})"
+    return encoder, None
+
+
+def _visual_query(cfg, model_id, text, image) -> tuple[np.ndarray | None, str | None]:
+    encoder, reason = matching_image_encoder(cfg, model_id, need_text=image is None)
+    if encoder is None:
+        return None, f"visual channel off{' for text queries' if image is None else ''}: {reason}"
     if image is not None:
         return encoder.encode_images([_query_image(image)])[0], None
-    if not encoder.has_text:
-        reason = encoder.record.fallback_reason or "it has no text side"
-        return None, f"visual channel off for text queries: {model_id} cannot encode text ({reason})"
     return encoder.encode_text([text])[0], None
 
 
@@ -247,7 +255,7 @@ def search(
                 continue
             query_vector, note = vectors[position[0]], None
         elif channel == "visual":
-            query_vector, note = _visual_query(cfg, model_id, text, image, None)
+            query_vector, note = _visual_query(cfg, model_id, text, image)
         elif text is None:
             query_vector, note = None, f"{channel} channel off: image queries use the visual channel only"
         else:

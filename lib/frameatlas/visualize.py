@@ -354,19 +354,11 @@ def query_vectors(cfg: PipelineConfig, model_id: str, queries: list[str], encode
     Same rules as the visual channel of `frameatlas.search`: the configured image model must be
     the one the frames were embedded with, and it must have a text side.
     """
-    from .models import ModelUnavailable, image_encoder
+    from .search import matching_image_encoder
 
+    encoder, reason = matching_image_encoder(cfg, model_id, need_text=True, encoder=encoder)
     if encoder is None:
-        try:
-            encoder = image_encoder(cfg.models)
-        except ModelUnavailable as error:
-            return None, f"no timelines: the image model cannot be loaded ({error})"
-    if encoder.record.model_id != model_id:
-        return None, (f"no timelines: frames were embedded with {model_id}, but the config now loads "
-                      f"{encoder.record.model_id}; re-run the embed stage")  # fmt: skip
-    if not encoder.has_text:
-        reason = encoder.record.fallback_reason or "it has no text side"
-        return None, f"no timelines: {model_id} cannot encode text queries ({reason})"
+        return None, f"no timelines: {reason}"
     return np.asarray(encoder.encode_text(list(queries)), dtype=np.float32), None
 
 
