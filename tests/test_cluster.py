@@ -27,13 +27,12 @@ from frameatlas.cluster import (
     time_ranges,
     video_keyframes,
 )
-from frameatlas.config import ClusterConfig, ImageModelConfig, ModelsConfig, config_from_dict
-from frameatlas.embed import embed_frames
-from frameatlas.frames import extract_corpus
+from frameatlas.config import ClusterConfig, ImageModelConfig, ModelsConfig
 from frameatlas.models import ColourTextureEncoder, ModelRecord
 from frameatlas.plots import LABEL_HEIGHT
-from frameatlas.store import RunPaths, atomic_write_json, read_table, write_table
+from frameatlas.store import read_table, write_table
 from PIL import Image
+from runs import embedded_run
 from sklearn.metrics import adjusted_rand_score
 
 
@@ -244,21 +243,9 @@ def test_noise_is_named_noise():
 
 def build_run(tmp_path: Path, image_model: dict, **cluster) -> tuple:
     """Two generated videos whose scenes repeat colours, extracted every 0.5 s and embedded."""
-    videos = tmp_path / "videos"
-    videogen.make_video(videos / "one.mp4", seconds=4, fps=10, scene_cuts=[1.0, 2.0, 3.0])  # scenes 0, 1, 2, 3
-    videogen.make_video(videos / "two.mp4", seconds=2, fps=20, scene_cuts=[1.0])  # scenes 0, 1
-    cfg = config_from_dict({
-        "run": {"output_dir": str(tmp_path / "out"), "name": "c"},
-        "corpus": {"videos": str(videos), "demo": False},
-        "extract": {"every_seconds": 0.5, "thumbnail_long_side": 96},
-        "models": {"image": image_model},
-        "cluster": {"k": 4, "reduce": "pca", "reduce_dims": 4, "montage_frames": 3, "keyframes_per_video": 3, **cluster},
-    })  # fmt: skip
-    extract_corpus(cfg, cfg.run_dir)
-    embed_frames(cfg, cfg.run_dir)
-    run = RunPaths(cfg.run_dir)
-    atomic_write_json(run.config_file, cfg.to_parameters())
-    return cfg, run
+    videos = {"one.mp4": (4, 10, [1.0, 2.0, 3.0]), "two.mp4": (2, 20, [1.0])}  # scenes 0-3 and 0-1
+    options = {"k": 4, "reduce": "pca", "reduce_dims": 4, "montage_frames": 3, "keyframes_per_video": 3, **cluster}
+    return embedded_run(tmp_path, image_model, videos=videos, name="c", cluster=options)
 
 
 def expected_montage_size(count: int, aspect: float = 0.75) -> tuple[int, int]:

@@ -10,15 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import tinyclip
-import videogen
 from frameatlas import models
 from frameatlas.cli import main as cli_main
 from frameatlas.config import config_from_dict
-from frameatlas.embed import embed_frames
-from frameatlas.frames import extract_corpus
 from frameatlas.search import SearchError, _rank, _suppress_neighbours, export_hits, search, write_text_channel
-from frameatlas.store import RunPaths, atomic_write_json, read_table
+from frameatlas.store import RunPaths, read_table
 from PIL import Image
+from runs import embedded_run
 
 
 @pytest.fixture(autouse=True)
@@ -29,22 +27,7 @@ def fresh_registry():
 
 
 def build_run(tmp_path: Path, image_model: dict) -> RunPaths:
-    videos = tmp_path / "videos"
-    if not videos.exists():
-        cuts = [0.5 * k for k in range(1, 8)]
-        videogen.make_video(videos / "one.mp4", seconds=4, fps=10, scene_cuts=cuts)
-        videogen.make_video(videos / "two.mp4", seconds=2, fps=20, scene_cuts=cuts[:3])
-    cfg = config_from_dict({
-        "run": {"output_dir": str(tmp_path / "out"), "name": "s"},
-        "corpus": {"videos": str(videos), "demo": False},
-        "extract": {"every_seconds": 0.5, "thumbnail_long_side": 96},
-        "models": {"image": image_model},
-    })  # fmt: skip
-    extract_corpus(cfg, cfg.run_dir)
-    embed_frames(cfg, cfg.run_dir)
-    run = RunPaths(cfg.run_dir)
-    atomic_write_json(run.config_file, cfg.to_parameters())
-    return run
+    return embedded_run(tmp_path, image_model, name="s")[1]
 
 
 @pytest.fixture

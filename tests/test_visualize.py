@@ -11,15 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import tinyclip
-import videogen
 from frameatlas import models
 from frameatlas import project as project_module
 from frameatlas.config import config_from_dict
-from frameatlas.embed import embed_frames, load_vectors
-from frameatlas.frames import extract_corpus
+from frameatlas.embed import load_vectors
 from frameatlas.project import even_sample, project
-from frameatlas.store import RunPaths, atomic_write_json, read_table, write_table
+from frameatlas.store import RunPaths, read_table, write_table
 from frameatlas.visualize import NO_CLUSTERS_NOTE, map_3d, similarity_timelines, write_visualizations
+from runs import embedded_run
 
 QUERIES = ["a red square", "a blue sky", "a checkerboard"]
 
@@ -32,21 +31,7 @@ def fresh_registry():
 
 
 def build_run(root: Path, image_model: dict) -> RunPaths:
-    videos = root / "videos"
-    cuts = [0.5 * k for k in range(1, 8)]
-    videogen.make_video(videos / "one.mp4", seconds=4, fps=10, scene_cuts=cuts)
-    videogen.make_video(videos / "two.mp4", seconds=2, fps=20, scene_cuts=cuts[:3])
-    cfg = config_from_dict({
-        "run": {"output_dir": str(root / "out"), "name": "v"},
-        "corpus": {"videos": str(videos), "demo": False},
-        "extract": {"every_seconds": 0.5, "thumbnail_long_side": 64},
-        "models": {"image": image_model},
-        "search": {"queries": QUERIES},
-    })  # fmt: skip
-    extract_corpus(cfg, cfg.run_dir)
-    embed_frames(cfg, cfg.run_dir)
-    run = RunPaths(cfg.run_dir)
-    atomic_write_json(run.config_file, cfg.to_parameters())
+    run = embedded_run(root, image_model, name="v", extract={"thumbnail_long_side": 64}, search={"queries": QUERIES})[1]
     models.clear_loaded()
     return run
 
