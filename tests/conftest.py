@@ -47,6 +47,16 @@ def fail_on_logged_errors(caplog):
         pytest.fail("frameatlas logged errors: " + "; ".join(r.getMessage() for r in errors))
 
 
+@pytest.fixture(autouse=True)
+def fresh_models():
+    """Every test loads its own encoders: a model registered by one test never leaks into another."""
+    from frameatlas import models
+
+    models.clear_loaded()
+    yield
+    models.clear_loaded()
+
+
 @pytest.fixture
 def expect_logged_errors(caplog):
     caplog.errors_expected = True

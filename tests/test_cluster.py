@@ -36,13 +36,6 @@ from runs import embedded_run
 from sklearn.metrics import adjusted_rand_score
 
 
-@pytest.fixture(autouse=True)
-def fresh_registry():
-    models.clear_loaded()
-    yield
-    models.clear_loaded()
-
-
 def blobs(groups: int = 5, per_group: int = 40, dim: int = 64, spread: float = 0.08, seed: int = 0):
     """Unit vectors around `groups` random, well separated directions, and the true groups."""
     rng = np.random.default_rng(seed)

@@ -23,13 +23,6 @@ def tiny_dir(tmp_path_factory) -> Path:
     return tinyclip.save_tiny_local_dir(tmp_path_factory.mktemp("tiny") / "tiny-clip")
 
 
-@pytest.fixture(autouse=True)
-def fresh_registry():
-    models.clear_loaded()
-    yield
-    models.clear_loaded()
-
-
 def make_cfg(tmp_path: Path, videos: Path, image_model: dict):
     return config_from_dict(
         {

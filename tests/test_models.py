@@ -9,20 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tinyclip
-from frameatlas import models
 from frameatlas.config import ImageModelConfig, ModelsConfig, TextModelConfig
 from frameatlas.models import ColourTextureEncoder, ModelUnavailable, image_encoder, text_encoder
 from frameatlas.models.clip import resolve_open_clip
 from frameatlas.models.device import pick_device
 from frameatlas.models.sentence import UniversalSentenceEncoder, load_sentence_encoder, resolve_sentence_model
 from PIL import Image
-
-
-@pytest.fixture(autouse=True)
-def fresh_registry():
-    models.clear_loaded()
-    yield
-    models.clear_loaded()
 
 
 @pytest.fixture(scope="module")

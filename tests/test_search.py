@@ -19,13 +19,6 @@ from PIL import Image
 from runs import embedded_run
 
 
-@pytest.fixture(autouse=True)
-def fresh_registry():
-    models.clear_loaded()
-    yield
-    models.clear_loaded()
-
-
 def build_run(tmp_path: Path, image_model: dict) -> RunPaths:
     return embedded_run(tmp_path, image_model, name="s")[1]
 

@@ -23,13 +23,6 @@ from runs import embedded_run
 QUERIES = ["a red square", "a blue sky", "a checkerboard"]
 
 
-@pytest.fixture(autouse=True)
-def fresh_registry():
-    models.clear_loaded()
-    yield
-    models.clear_loaded()
-
-
 def build_run(root: Path, image_model: dict) -> RunPaths:
     run = embedded_run(root, image_model, name="v", extract={"thumbnail_long_side": 64}, search={"queries": QUERIES})[1]
     models.clear_loaded()

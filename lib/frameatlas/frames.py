@@ -115,12 +115,9 @@ def _av_reason(error: Exception) -> str:
     return f"cannot decode ({type(error).__name__}: {text})"
 
 
-def _display_rotation(stream: av.video.stream.VideoStream, first_frame: av.VideoFrame | None) -> int:
-    """Counter-clockwise degrees from the display matrix (frame side data, or the stream's)."""
-    rotation = 0
-    if first_frame is not None:
-        rotation = int(first_frame.rotation or 0)
-    return int(round(rotation / 90.0)) * 90 % 360
+def _display_rotation(frame: av.VideoFrame) -> int:
+    """Counter-clockwise degrees, 0/90/180/270, from the frame's display matrix side data."""
+    return int(round((frame.rotation or 0) / 90.0)) * 90 % 360
 
 
 def _display_size(width: int, height: int, sar: Fraction | None, rotation: int) -> tuple[int, int]:
@@ -141,7 +138,7 @@ def probe_video(path: Path | str) -> VideoInfo:
             first = _first_frame(container, stream)
             if first is None:
                 raise VideoError(path, "no decodable video frame (truncated or corrupt)")
-            rotation = _display_rotation(stream, first)
+            rotation = _display_rotation(first)
             duration = _duration_seconds(container, stream)
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             width, height = _display_size(ctx.width, ctx.height, ctx.sample_aspect_ratio, rotation)

@@ -317,7 +317,7 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _collect_skipped(run: RunPaths, stages: dict[str, Any]) -> list[dict[str, str]]:
+def _collect_skipped(stages: dict[str, Any]) -> list[dict[str, str]]:
     skipped: list[dict[str, str]] = []
     for entry in stages.values():
         skipped.extend(entry.get("skipped", []))
@@ -326,7 +326,7 @@ def _collect_skipped(run: RunPaths, stages: dict[str, Any]) -> list[dict[str, st
 
 def _write_manifest(run: RunPaths, manifest: dict[str, Any]) -> None:
     manifest["updated"] = _now()
-    manifest["skipped_inputs"] = _collect_skipped(run, manifest.get("stages", {}))
+    manifest["skipped_inputs"] = _collect_skipped(manifest.get("stages", {}))
     atomic_write_json(run.manifest, manifest)
 
 
