@@ -41,6 +41,7 @@ def project(tmp_path) -> Path:
         "extract": {"every_seconds": 0.5, "thumbnail_long_side": 96},
         # CLIP weights are not in this (empty) cache and HF_HUB_OFFLINE is set: the demo's fallback
         "models": {"cache_dir": "hub-cache", "image": {"on_missing_weights": "fallback"}},
+        "caption": {"term_limit": 20},  # the default caption model, blip-large, is not cached: CLIP-only
         "cluster": {"k": 3},
         "visualize": {"projections": ["pca", "tsne"]},  # UMAP has its own (slow) unit test
     }
@@ -55,7 +56,7 @@ def test_full_run_reports_manifest_dashboard_and_reuse(project):
     assert result.stdout.strip().splitlines()[-1] == f"Dashboard: {run / 'index.html'}"
 
     manifest = json.loads((run / "manifest.json").read_text())
-    assert list(manifest["stages"]) == ["extract", "embed", "cluster", "visualize"]
+    assert list(manifest["stages"]) == ["extract", "caption", "embed", "cluster", "visualize"]
     assert {entry["status"] for entry in manifest["stages"].values()} == {"done"}
     assert manifest["stages"]["cluster"]["counts"]["clusters"] == 3
     assert manifest["stages"]["visualize"]["counts"]["map_points"] == 10
@@ -83,19 +84,23 @@ def test_full_run_reports_manifest_dashboard_and_reuse(project):
     embed = manifest["stages"]["embed"]
     assert embed["status"] == "done" and embed["counts"]["frames_embedded"] == 10
     assert embed["counts"]["model"] == "fallback-colour-texture-v2"
-    [image_model] = manifest["models"]
+    image_model, caption_model = (next(m for m in manifest["models"] if m["kind"] == k) for k in ("image", "caption"))
     assert image_model["requested"] == "ViT-B-32/laion2b_s34b_b79k"
     assert image_model["fallback_reason"] == "CLIP weights missing: not in the cache, and HF_HUB_OFFLINE is set"
+    assert caption_model["requested"] == "blip-large" and "HF_HUB_OFFLINE is set" in caption_model["fallback_reason"]
+    # neither CLIP nor BLIP: no captions, said in the report, and the run goes on
+    assert manifest["stages"]["caption"]["counts"]["frames_captioned"] == 0
+    assert "no captions: the image model fallback-colour-texture-v2 has no text side" in (run / "reports" / "02_caption.html").read_text()
     assert (run / "index" / "chroma.sqlite3").exists()
 
     html = (run / "reports" / "01_extract.html").read_text()
     assert "alpha.mp4" in html and "data:image/jpeg;base64" in html
-    for report in ("01_extract.html", "03_embed.html", "04_cluster.html", "05_visualize.html"):
+    for report in ("01_extract.html", "02_caption.html", "03_embed.html", "04_cluster.html", "05_visualize.html"):
         text = (run / "reports" / report).read_text()
         assert not re.search(r"<script[^>]+src=\"https?://", text), f"{report} must open offline"
         assert "could not be loaded (CLIP weights missing" in text and "text-to-image search" in text, report
     dashboard = (run / "index.html").read_text()
-    for report in ("01_extract", "03_embed", "04_cluster", "05_visualize"):
+    for report in ("01_extract", "02_caption", "03_embed", "04_cluster", "05_visualize"):
         assert f'href="reports/{report}.html"' in dashboard
     assert 'href="plots/map_pca.html"' in dashboard and 'href="plots/map_tsne.html"' in dashboard
     assert "broken.mp4" in dashboard and "not a readable video" in dashboard
@@ -124,7 +129,7 @@ def test_a_failing_cell_stops_the_run_and_the_next_run_resumes(project, tmp_path
     notebook.cells.insert(3, nbformat.v4.new_code_cell('raise RuntimeError("disk on fire")'))
     nbformat.write(notebook, broken_notebooks / "01_extract.ipynb")
 
-    for later in ("03_embed.ipynb", "04_cluster.ipynb", "05_visualize.ipynb"):
+    for later in ("02_caption.ipynb", "03_embed.ipynb", "04_cluster.ipynb", "05_visualize.ipynb"):
         shutil.copy(REPO / "notebooks" / later, broken_notebooks)
     failed = run_pipeline(str(project / "pipeline.yaml"), env={"FRAMEATLAS_NOTEBOOKS": str(broken_notebooks)})
     run = project / "out" / "tiny"
@@ -149,7 +154,7 @@ def test_invalid_config_stops_before_any_work(project):
     assert "extract.mode" in result.stderr and '"sometimes"' in result.stderr and "'keyframes'" in result.stderr
     assert not (project / "out").exists()
     unknown = run_pipeline(str(project / "pipeline.yaml"), "--stages", "extrct")
-    assert unknown.returncode == 2 and "unknown stage(s) extrct; stages are extract, embed, cluster, visualize" in unknown.stderr
+    assert unknown.returncode == 2 and "unknown stage(s) extrct; stages are extract, caption, embed, cluster, visualize" in unknown.stderr
 
 
 def test_notebook_runs_by_hand_from_its_config_path(project):
@@ -183,16 +188,24 @@ def test_tiny_clip_run_records_the_model_that_ran(project, tmp_path):
                           "--set", "models.image.pretrained=null", "--set", "models.image.on_missing_weights=error")  # fmt: skip
     assert result.returncode == 3, result.stderr
     manifest = json.loads((project / "out" / "tiny" / "manifest.json").read_text())
-    [image_model] = manifest["models"]
+    image_model = next(m for m in manifest["models"] if m["kind"] == "image")
     weights = folder / "open_clip_model.safetensors"
     assert image_model["weights"] == str(weights)
     assert image_model["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert image_model["fallback_reason"] is None and image_model["backend"] == "open_clip"
-    assert manifest["stages"]["embed"]["counts"]["frames_embedded"] == 10
+    # the caption stage made the frame vectors; the embed stage reuses them
+    assert manifest["stages"]["embed"]["counts"]["frames_cached"] == 10
+    assert manifest["stages"]["embed"]["counts"]["frames_embedded"] == 0
     report = (project / "out" / "tiny" / "reports" / "03_embed.html").read_text()
     assert "could not be loaded (CLIP weights missing" not in report  # no substitution banner
-    # with a text side, clusters are named from the CLIP vocabulary and timelines are drawn
-    assert manifest["stages"]["cluster"]["counts"]["name_source"] == "clip-vocabulary"
+    # with a text side, frames get CLIP-ranked prompts (blip-large is not cached), embedded for the caption
+    # channel; clusters are named from them, and timelines are drawn
+    caption = manifest["stages"]["caption"]["counts"]
+    assert caption["frames_captioned"] == 10 and caption["caption_model"] == "clip-only" and caption["terms_encoded"] > 0
+    assert manifest["stages"]["embed"]["counts"]["caption_vectors"] == 10
+    assert {m["kind"] for m in manifest["models"]} == {"image", "caption", "text"}
+    assert "prompts hold CLIP-ranked terms only" in (project / "out" / "tiny" / "reports" / "02_caption.html").read_text()
+    assert manifest["stages"]["cluster"]["counts"]["name_source"] == "captions"
     assert manifest["stages"]["visualize"]["counts"]["timeline_videos"] == 2
     timelines = sorted(p.name for p in (project / "out" / "tiny" / "plots").glob("timeline_*.html"))
     assert timelines == ["timeline_alpha.html", "timeline_beta.html"]

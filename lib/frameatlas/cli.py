@@ -92,6 +92,15 @@ def _models_download(args: argparse.Namespace) -> int:
 
     setup_logging()
     try:
+        if args.kind == "caption":
+            from huggingface_hub import snapshot_download
+
+            from .caption import CAPTION_MODEL_REPOS
+
+            if args.name not in CAPTION_MODEL_REPOS:
+                raise ValueError(f"caption model {args.name!r}: choose one of {', '.join(CAPTION_MODEL_REPOS)}")
+            print(snapshot_download(CAPTION_MODEL_REPOS[args.name], cache_dir=args.cache_dir))
+            return 0
         if args.kind == "text":
             from .models.sentence import resolve_sentence_model
 
@@ -174,9 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     download = model_commands.add_parser(
         "download", help="fetch weights ahead of time (on a connected machine) and print where they went"
     )
-    download.add_argument("name", help="open_clip model name (e.g. ViT-B-32), hf-hub:org/repo, or a sentence model")
+    download.add_argument(
+        "name", help="open_clip model name (e.g. ViT-B-32), hf-hub:org/repo, a sentence model, or blip-base/blip-large"
+    )
     download.add_argument("--pretrained", default="laion2b_s34b_b79k", help="open_clip pretrained tag")
-    download.add_argument("--kind", choices=["image", "text"], default="image")
+    download.add_argument("--kind", choices=["image", "text", "caption"], default="image")
     download.add_argument("--cache-dir", default=None, help="hub cache folder (default: the hub's)")
     download.set_defaults(handler=_models_download)
 

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
+    "CaptionConfig",
     "ClusterConfig",
     "ConfigError",
     "CorpusConfig",
@@ -128,6 +129,29 @@ class ModelsConfig(_Section):
     text: TextModelConfig = TextModelConfig()
 
 
+class CaptionConfig(_Section):
+    enabled: bool = True
+    mode: Literal["fast", "classic", "negative", "best"] = Field(
+        "fast", description="clip-interrogator mode: fast | classic | negative | best (slowest)."
+    )
+    caption_model: str = Field(
+        "blip-large", min_length=1, description="blip-large | blip-base | none | a folder with a BLIP model."
+    )
+    on_missing_weights: Literal["error", "clip-only"] = Field(
+        "clip-only", description="No caption model weights: stop, or caption from CLIP term rankings alone."
+    )
+    max_caption_tokens: int = Field(32, ge=1, le=256, description="Longest caption the caption model writes.")
+    caption_batch_size: int = Field(8, ge=1, le=512, description="Frames per caption model call.")
+    max_flavors: int = Field(8, ge=1, le=64, description="Terms ranked into each prompt (fast: all, classic: flavors).")
+    term_limit: int | None = Field(
+        None, ge=1, description="Keep only the first N lines of each term list (flavors has ~100k); null = all."
+    )
+    intermediate_count: int = Field(
+        2048, ge=16, le=100000, description="best/negative: candidate flavors kept before chaining."
+    )
+    term_batch_size: int = Field(256, ge=1, le=8192, description="Term texts per CLIP text forward pass.")
+
+
 class EmbedConfig(_Section):
     enabled: bool = True
     loader_threads: int = Field(1, ge=1, le=32, description="Threads decoding and preprocessing thumbnails.")
@@ -211,6 +235,7 @@ class PipelineConfig(_Section):
     corpus: CorpusConfig = CorpusConfig()
     extract: ExtractConfig = ExtractConfig()
     models: ModelsConfig = ModelsConfig()
+    caption: CaptionConfig = CaptionConfig()
     embed: EmbedConfig = EmbedConfig()
     index: IndexConfig = IndexConfig()
     search: SearchConfig = SearchConfig()
@@ -280,6 +305,9 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> PipelineConfig:
     text_name = cfg.models.text.name
     if text_name.startswith((".", "~", "/")):
         cfg.models.text.name = str(absolute(Path(text_name)))
+    caption_model = cfg.caption.caption_model
+    if caption_model.startswith((".", "~", "/")):
+        cfg.caption.caption_model = str(absolute(Path(caption_model)))
     return cfg
 
 

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,7 +38,7 @@ from .store import RunPaths, read_table, write_table
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EmbedSummary", "embed_frames", "encode_image_files", "load_vectors", "nearest_neighbour_grid"]
+__all__ = ["EmbedSummary", "cached_frame_vectors", "embed_captions", "embed_frames", "encode_image_files", "load_vectors", "nearest_neighbour_grid"]
 
 EMBEDDING_COLUMNS = ["frame_key", "video_id", "model_id", "vector"]
 
@@ -122,37 +123,38 @@ def _shard_path(run: RunPaths, model_id: str, video_id: str, sampling: str) -> P
     return run.root / "vectors" / model_id / video_id / f"{sampling}.parquet"
 
 
-def embed_frames(
-    cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False, encoder: ImageEncoder | None = None
-) -> EmbedSummary:
-    """Run the embed stage over the run's frames table; see the module docstring."""
-    run = run if isinstance(run, RunPaths) else RunPaths(run)
-    frames = read_table(run.table("frames"))
-    encoder = encoder or image_encoder(cfg.models)
-    model_id = encoder.record.model_id
-    summary = EmbedSummary(model=encoder.record, frames=len(frames))
+def cached_frame_vectors(
+    cfg: PipelineConfig, run: RunPaths, encoder: ImageEncoder, frames: pd.DataFrame, *, force: bool = False,
+    summary: EmbedSummary | None = None,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Vectors of `frames` by `encoder`, read from the per-(model, video, sampling) shards, embedding
+    (and saving) only what is missing. Returns the embeddings table and an (n, dim) array, in shard order.
 
+    The caption stage calls this too, so 03_embed then finds its vectors already made.
+    """
+    summary = summary or EmbedSummary(model=encoder.record)
+    model_id = encoder.record.model_id
     tables: list[pd.DataFrame] = []
     todo: list[tuple[Path, pd.DataFrame]] = []
     for (video_id, sampling), group in frames.groupby(["video_id", "sampling"], sort=True):
         shard = _shard_path(run, model_id, video_id, sampling)
         if not force and shard.exists():
             cached = pd.read_parquet(shard)
-            if set(cached.frame_key) == set(group.frame_key):
-                tables.append(cached)
-                summary.cached += len(cached)
+            if set(cached.frame_key) >= set(group.frame_key):
+                tables.append(cached[cached.frame_key.isin(set(group.frame_key))])
+                summary.cached += len(group)
                 continue
         todo.append((shard, group))
 
     total = sum(len(group) for _, group in todo)
-    bar = progress_bar(total=total, desc=f"embed {model_id}"[:40], unit="frame")
+    bar = progress_bar(total=total, desc=f"embed {model_id}"[:40], unit="frame") if total else None
     started = time.perf_counter()
     try:
         for shard, group in todo:
             vectors = encode_image_files(
                 encoder, [run.absolute(t) for t in group.thumbnail], batch_size=cfg.models.image.batch_size,
                 loader_threads=cfg.embed.loader_threads, prefetch_batches=cfg.embed.prefetch_batches,
-                on_batch=bar.update,
+                on_batch=bar.update if bar else None,
             )  # fmt: skip
             table = pd.DataFrame(
                 {"frame_key": group.frame_key.to_numpy(), "video_id": group.video_id.to_numpy(), "model_id": model_id,
@@ -162,17 +164,32 @@ def embed_frames(
             tables.append(table)
             summary.embedded += len(table)
     finally:
-        bar.close()
-    summary.embed_seconds = time.perf_counter() - started
+        if bar:
+            bar.close()
+    summary.embed_seconds += time.perf_counter() - started
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=EMBEDDING_COLUMNS)
+    vectors = np.stack(table.vector.to_numpy()).astype(np.float32) if len(table) else np.zeros((0, encoder.dim), np.float32)
+    return table[EMBEDDING_COLUMNS], vectors
 
-    embeddings = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=EMBEDDING_COLUMNS)
+
+def embed_frames(
+    cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False, encoder: ImageEncoder | None = None
+) -> EmbedSummary:
+    """Run the embed stage over the run's frames table; see the module docstring."""
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    frames = read_table(run.table("frames"))
+    encoder = encoder or image_encoder(cfg.models)
+    model_id = encoder.record.model_id
+    summary = EmbedSummary(model=encoder.record, frames=len(frames))
+    embeddings, _ = cached_frame_vectors(cfg, run, encoder, frames, force=force, summary=summary)
     order = {key: i for i, key in enumerate(frames.frame_key)}
     embeddings = embeddings.sort_values("frame_key", key=lambda keys: keys.map(order)).reset_index(drop=True)
     write_table(embeddings[EMBEDDING_COLUMNS], run.table("embeddings"))
 
     index = open_index(run.root, cfg.index.url, cfg.index.collection_prefix)
     summary.index_location = index.location
-    summary.indexed, summary.removed_from_index = sync_index(index, encoder, frames, embeddings, force=force)
+    collection = index.collection(model_id, dim=encoder.dim)
+    summary.indexed, summary.removed_from_index = sync_index(index, collection, frames, embeddings, force=force)
     log.info(
         "embed: %d frames with %s (%d new at %.1f frames/s, %d cached); index: %d upserted, %d removed",
         summary.frames, model_id, summary.embedded, summary.counts["frames_per_second"], summary.cached,
@@ -182,10 +199,9 @@ def embed_frames(
 
 
 def sync_index(
-    index: VectorIndex, encoder: ImageEncoder, frames: pd.DataFrame, embeddings: pd.DataFrame, *, force: bool = False
+    index: VectorIndex, collection, frames: pd.DataFrame, embeddings: pd.DataFrame, *, force: bool = False
 ) -> tuple[int, int]:
-    """Make the model's collection hold exactly the current frames; returns (upserted, removed)."""
-    collection = index.collection(encoder.record.model_id, dim=encoder.dim)
+    """Make `collection` hold exactly the frames of `embeddings`; returns (upserted, removed)."""
     present = index.ids(collection)
     wanted = set(embeddings.frame_key)
     missing = embeddings if force else embeddings[~embeddings.frame_key.isin(present)]
@@ -196,6 +212,41 @@ def sync_index(
     stale = sorted(present - wanted)
     removed = index.delete(collection, stale) if stale else 0
     return upserted, removed
+
+
+def embed_captions(
+    cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False
+) -> tuple[dict[str, Any], ModelRecord | None]:
+    """Caption prompts (from 02_caption) through the sentence encoder into `caption_embeddings` and
+    the index collection `<prefix>-caption-<text model>`. Returns counts for the manifest and the
+    sentence encoder's record (None when there was nothing to embed).
+
+    Without captions (stage off, or no model could caption) the caption channel is removed, so search
+    and clustering never use stale caption vectors.
+    """
+    from .models import text_encoder
+    from .search import write_text_channel
+
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    path = run.table("captions")
+    captions = read_table(path) if path.exists() else pd.DataFrame(columns=["frame_key", "prompt"])
+    captions = captions[captions.prompt.fillna("").astype(str).str.strip() != ""]
+    channel = run.table("caption_embeddings")
+    if captions.empty:
+        channel.unlink(missing_ok=True)
+        return {"caption_vectors": 0}, None
+    encoder = text_encoder(cfg.models)
+    started = time.perf_counter()
+    write_text_channel(run, "caption", list(captions.frame_key), list(captions.prompt), encoder)
+    table = read_table(channel)
+    index = open_index(run.root, cfg.index.url, cfg.index.collection_prefix)
+    collection = index.collection(f"caption-{encoder.record.model_id}", dim=encoder.dim)
+    frames = read_table(run.table("frames"))
+    upserted, removed = sync_index(index, collection, frames, table[table.frame_key.isin(set(frames.frame_key))], force=force)
+    counts = {"caption_vectors": len(table), "caption_text_model": encoder.record.model_id,
+              "caption_index_upserted": upserted, "caption_index_removed": removed,
+              "caption_embed_seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
+    return counts, encoder.record
 
 
 def load_vectors(run: RunPaths | Path | str, model_id: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:

@@ -86,7 +86,11 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("extract", "01_extract.ipynb", ("corpus", "extract"), inputs=(), outputs=("frames", "videos")),
-    Stage("embed", "03_embed.ipynb", ("models", "embed", "index", "search"), inputs=("frames",), outputs=("embeddings",)),
+    Stage("caption", "02_caption.ipynb", ("models", "caption"), inputs=("frames",), outputs=("captions",)),
+    Stage(
+        "embed", "03_embed.ipynb", ("models", "embed", "index", "search"), inputs=("frames", "captions"),
+        outputs=("embeddings",),
+    ),  # fmt: skip
     Stage(
         "cluster", "04_cluster.ipynb", ("models", "cluster"),
         inputs=("frames", "embeddings", "caption_embeddings"), outputs=("clusters", "frames_annotated", "keyframes"),
@@ -351,11 +355,16 @@ def _extra_inputs(stage: Stage, cfg: PipelineConfig) -> Any:
 
         listing = prepare_corpus(cfg)
         return {"videos": listing.fingerprint(), "problems": [s.as_dict() for s in listing.skipped]}
-    if stage.name == "embed":
+    if stage.name in ("caption", "embed"):
         from .models import weights_available
 
         # Weights appearing (or vanishing) changes the result even with the same config.
-        return {"image_weights": weights_available(cfg.models)}
+        found = {"image_weights": weights_available(cfg.models)}
+        if stage.name == "caption":
+            from .caption import caption_weights_available
+
+            found["caption_weights"] = caption_weights_available(cfg.caption, cfg.models)
+        return found
     return None
 
 

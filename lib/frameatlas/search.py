@@ -347,16 +347,29 @@ def write_text_channel(
 ) -> Path:
     """Embed one text per frame (captions, on-screen text, speech) into `<channel>_embeddings`.
 
+    Vectors already in that table for the same text and model are reused, not recomputed.
+
     Example:
         >>> write_text_channel(run, "caption", keys, ["a rabbit", "a bird"], text_encoder(cfg.models))  # doctest: +SKIP
     """
     if channel not in TEXT_CHANNELS:
         raise ValueError(f"channel {channel!r}: text channels are {', '.join(TEXT_CHANNELS)}")
     run = run if isinstance(run, RunPaths) else RunPaths(run)
-    vectors = encoder.encode(list(texts))
-    table = pd.DataFrame({"frame_key": list(frame_keys), "model_id": encoder.record.model_id, "text": list(texts),
-                          "vector": list(vectors)})  # fmt: skip
-    return write_table(table, run.table(f"{channel}_embeddings"))
+    path = run.table(f"{channel}_embeddings")
+    model_id = encoder.record.model_id
+    known: dict[str, np.ndarray] = {}
+    if path.exists():
+        previous = read_table(path)
+        previous = previous[previous.model_id == model_id]
+        known = dict(zip(previous.text, previous.vector))
+    texts = [str(text) for text in texts]
+    missing = sorted(set(texts) - set(known))
+    if missing:
+        known.update(zip(missing, encoder.encode(missing)))
+    vectors = [known[text] for text in texts]
+    log.info("%s channel: %d texts, %d distinct new ones encoded with %s", channel, len(texts), len(missing), model_id)
+    table = pd.DataFrame({"frame_key": list(frame_keys), "model_id": model_id, "text": texts, "vector": vectors})
+    return write_table(table, path)
 
 
 def gallery(result: SearchResult, run: RunPaths | Path | str, *, columns: int = 8, tile_width: int = 150, limit: int = 24):

@@ -15,14 +15,17 @@ class ModelUnavailable(RuntimeError):
     """Weights for a model cannot be found or fetched. The message says which model, where it
     looked, and the ways out."""
 
-    def __init__(self, model: str, looked: list[str], detail: str = ""):
+    def __init__(
+        self, model: str, looked: list[str], detail: str = "", *, config_key: str = "models.image.pretrained or models.text.name",
+        kind: str = "",
+    ):  # fmt: skip
         self.model, self.looked, self.detail = model, looked, detail
         where = "; ".join(looked) if looked else "nowhere"
+        download = f"frameatlas models download {model}" + (f" --kind {kind}" if kind else "")
         super().__init__(
             f"model {model}: weights not available{f' ({detail})' if detail else ''}. Looked in: {where}. "
-            "Ways out: (1) connect to the internet once, or run `frameatlas models download "
-            f"{model}` on a connected machine and copy the printed files here; (2) give a local path "
-            "to the weights in pipeline.yaml (models.image.pretrained or models.text.name); "
+            f"Ways out: (1) connect to the internet once, or run `{download}` on a connected machine and copy "
+            f"the printed files here; (2) give a local path to the weights in pipeline.yaml ({config_key}); "
             "(3) choose another model."
         )
 
@@ -31,7 +34,7 @@ class ModelUnavailable(RuntimeError):
 class ModelRecord:
     """What actually ran, for the manifest and the reports."""
 
-    kind: str  # "image" | "text"
+    kind: str  # "image" | "text" | "caption"
     model_id: str  # stable id used for caches and index collections
     requested: str
     backend: str
@@ -51,7 +54,7 @@ class ModelRecord:
             return None
         off = ", ".join(self.disabled_features) or "nothing"
         return (
-            f"{self.requested} could not be loaded ({self.fallback_reason}); {self.kind} vectors come from "
+            f"{self.requested} could not be loaded ({self.fallback_reason}); the {self.kind} model in use is "
             f"{self.model_id} instead. Off in this run: {off}."
         )
 
