@@ -155,6 +155,8 @@ def test_invalid_config_stops_before_any_work(project):
     assert not (project / "out").exists()
     unknown = run_pipeline(str(project / "pipeline.yaml"), "--stages", "extrct")
     assert unknown.returncode == 2 and "unknown stage(s) extrct; stages are extract, caption, embed, cluster, visualize" in unknown.stderr
+    commas = run_pipeline(str(project / "pipeline.yaml"), "--stages", "extract,captoin", "--force", "embed,nope")
+    assert commas.returncode == 2 and "unknown stage(s) captoin;" in commas.stderr
 
 
 def test_notebook_runs_by_hand_from_its_config_path(project):

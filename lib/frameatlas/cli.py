@@ -23,7 +23,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     from .pipeline import STAGE_NAMES
 
     parser.add_argument("config", nargs="?", default="pipeline.yaml", help="pipeline config (default: pipeline.yaml)")
-    parser.add_argument("--stages", nargs="+", metavar="STAGE", help=f"run only these stages ({', '.join(STAGE_NAMES)})")
+    parser.add_argument("--stages", nargs="+", metavar="STAGE", help=f"run only these stages ({', '.join(STAGE_NAMES)}; spaces or commas)")
     parser.add_argument(
         "--force", action="append", default=[], metavar="STAGE",
         help="redo STAGE even if nothing changed, ignoring its cached work (repeatable; 'all' for every stage)",

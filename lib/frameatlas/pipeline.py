@@ -330,8 +330,21 @@ def _collect_skipped(stages: dict[str, Any]) -> list[dict[str, str]]:
 
 def _write_manifest(run: RunPaths, manifest: dict[str, Any]) -> None:
     manifest["updated"] = _now()
+    stages = manifest.setdefault("stages", {})  # in pipeline order, also for runs made before a stage existed
+    ordered = sorted(stages.items(), key=lambda item: _stage_order(item[0]))
+    stages.clear()  # in place: the runner holds this dict
+    stages.update(ordered)
     manifest["skipped_inputs"] = _collect_skipped(manifest.get("stages", {}))
     atomic_write_json(run.manifest, manifest)
+
+
+def _stage_order(name: str) -> int:
+    return STAGE_NAMES.index(name) if name in STAGE_NAMES else len(STAGE_NAMES)
+
+
+def _split_names(names: Iterable[str]) -> list[str]:
+    """`--stages extract caption` and `--stages extract,caption` mean the same."""
+    return [name.strip() for item in names for name in item.split(",") if name.strip()]
 
 
 def _select_stages(cfg: PipelineConfig, names: Iterable[str] | None) -> list[Stage]:
@@ -398,8 +411,8 @@ def run_pipeline(
     started = time.perf_counter()
     try:
         cfg = load_config(config_path, list(overrides))
-        selected = _select_stages(cfg, list(stages) if stages else None)
-        force = set(force)
+        selected = _select_stages(cfg, _split_names(stages) if stages else None)
+        force = set(_split_names(force))
         bad_force = force - set(STAGE_NAMES) - {"all"}
         if bad_force:
             raise ConfigError(f"--force: unknown stage(s) {', '.join(sorted(bad_force))}; stages are {', '.join(STAGE_NAMES)} or all")
