@@ -88,6 +88,7 @@ AUDIO_RATE = 48000
 AUDIO_CHANNELS = 2
 SAMPLE_BYTES = 2 * AUDIO_CHANNELS  # s16le stereo
 STDERR_TAIL = 1500
+SEEK_MARGIN = 0.0005  # seconds; shorter than any frame (1/240 s = 4 ms), longer than -ss's rounding
 
 VIDEO_COLUMNS = ["name", "kind", "title", "path", "contact_sheet", "duration", "frames", "segments", "sources",
                  "title_seconds", "mode", "status", "error", "seconds"]  # fmt: skip
@@ -434,7 +435,8 @@ def _cut_clip(segment: Segment, frames: int, has_audio: bool, options: RenderCon
         return _Piece(video, audio if has_audio else None, frames)
     samples = _audio_samples(frames, options.fps)
     tmp_video, tmp_audio = video.with_name(f".{video.name}.tmp.mp4"), audio.with_name(f".{audio.name}.tmp.wav")
-    args = ["-ss", f"{segment.start:.6f}", "-i", segment.source,
+    # Seek a hair before the start so the frame on screen at the start (pts <= start) is the first kept.
+    args = ["-ss", f"{max(0.0, segment.start - SEEK_MARGIN):.6f}", "-i", segment.source,
             # pad with the last frame if the source ends early, so the count is always exact
             "-map", "0:v:0", "-vf", f"fps={_fps_text(options.fps)},{_scale_filter(options)},tpad=stop=-1:stop_mode=clone",
             "-frames:v", str(frames), "-an", "-sn", "-dn", *_encode_options(options), "-f", "mp4", str(tmp_video)]  # fmt: skip
@@ -670,6 +672,17 @@ def _videos_meta(run: RunPaths) -> pd.DataFrame:
     return read_table(path).set_index("video_id") if path.exists() else pd.DataFrame()
 
 
+def _on_frame_grid(segment: Segment, frames: int, videos: pd.DataFrame, fps: float) -> Segment:
+    """Start a clip on the source frame on screen at its start, and end it `frames` output frames later."""
+    if segment.still and segment.duration == 0:
+        return segment
+    start = segment.start
+    source_fps = videos.fps.get(segment.video_id) if "fps" in videos else None
+    if source_fps and not pd.isna(source_fps) and source_fps > 0:
+        start = math.floor(start * source_fps + 1e-6) / source_fps
+    return _replace(segment, start=round(start, 6), end=round(start + frames / fps, 6))
+
+
 def _resolve_sources(job: RenderJob, videos: pd.DataFrame, mode: str) -> tuple[RenderJob, dict[str, str]]:
     """Check every source the job needs. In auto mode a lost source's segments become stills;
     otherwise the problems are returned, by source (the job cannot be rendered)."""
@@ -718,6 +731,8 @@ def render_job(
     # a slideshow hit shows for slideshow_seconds; a lost source's segment keeps its length
     piece_frames = [_frame_count(s.duration, options.fps) if s.duration > 0 else still_frames * max(1, len(s.thumbnails))
                     for s in job.segments]  # fmt: skip
+    job = RenderJob(**{**job.__dict__, "segments": [_on_frame_grid(s, n, videos, options.fps)
+                                                    for s, n in zip(job.segments, piece_frames)]})  # fmt: skip
     title_frames = _frame_count(options.title_seconds, options.fps) if options.title_seconds > 0 else 0
     subtitle = job.subtitle()
     fingerprint = _job_fingerprint(job, options, piece_frames, subtitle)
