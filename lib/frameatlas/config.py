@@ -229,6 +229,7 @@ class RenderConfig(_Section):
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"] = "veryfast"
     audio_bitrate: int = Field(128, ge=32, le=512, description="AAC bitrate in kbit/s.")
     timeout_seconds: float = Field(600.0, gt=0, description="Longest one ffmpeg call may take.")
+    workers: int = Field(2, ge=1, le=64, description="ffmpeg processes cutting segments at the same time.")
 
 
 class PipelineConfig(_Section):

@@ -456,6 +456,29 @@ def _cut_clip(segment: Segment, frames: int, has_audio: bool, options: RenderCon
     return _Piece(video, audio if has_audio else None, frames)
 
 
+def _make_pieces(segments: Sequence[Segment], frames: Sequence[int], videos: pd.DataFrame, run: RunPaths,
+                 options: RenderConfig, cache: Path) -> list[_Piece]:  # fmt: skip
+    """Cut (or draw) every segment, `options.workers` ffmpeg processes at a time, in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def make(segment: Segment, count: int) -> _Piece:
+        if segment.still:
+            return _still_piece(segment, count, run, options, cache)
+        has_audio = bool(videos.has_audio.get(segment.video_id, True)) if "has_audio" in videos else True
+        return _cut_clip(segment, count, has_audio and _probe_has_audio(segment.source), options, cache)
+
+    if options.workers <= 1 or len(segments) <= 1:
+        return [make(segment, count) for segment, count in zip(segments, frames)]
+    with ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="render-cut") as pool:
+        futures = [pool.submit(make, segment, count) for segment, count in zip(segments, frames)]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()  # the ones already running finish (and are reaped) before the pool closes
+            raise
+
+
 def _load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
@@ -755,13 +778,7 @@ def render_job(
     title = _title_piece(job, options, cache)
     if title is not None:
         pieces.append(title)
-    for segment, count in zip(job.segments, piece_frames):
-        if segment.still:
-            pieces.append(_still_piece(segment, count, run, options, cache))
-        else:
-            has_audio = bool(videos.has_audio.get(segment.video_id, True)) if "has_audio" in videos else True
-            has_audio = has_audio and _probe_has_audio(segment.source)
-            pieces.append(_cut_clip(segment, count, has_audio, options, cache))
+    pieces.extend(_make_pieces(job.segments, piece_frames, videos, run, options, cache))
     with tempfile.TemporaryDirectory(prefix=".render-", dir=target.parent) as workdir:
         _join(pieces, options, target, Path(workdir), what=str(target))
     contact = output_contact_sheet(target, table, title_frames / options.fps)
