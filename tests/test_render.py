@@ -151,6 +151,14 @@ def test_selection_respects_per_video_and_total_limits_and_orders():
     [short] = select_segments([_segment("a", 0, 30, 0.5, best=15)], max_total_seconds=100, max_segments_per_video=5,
                               max_segment_seconds=6)  # fmt: skip
     assert (short.start, short.end) == (13, 19) and short.start <= short.best_timestamp <= short.end
+    # and its hits are the ones left inside it
+    frames, videos = _table({"a": ([float(t) for t in range(30)], 30.0)})
+    hits = pd.DataFrame({"frame_key": [f"a:{float(t)}" for t in range(5, 25)], "score": [0.9 if t == 15 else 0.5 for t in range(5, 25)]})
+    [long] = hit_segments(hits, frames, videos, padding_before=0, padding_after=0)
+    assert (long.start, long.end, long.hits) == (5.0, 25.0, 20)
+    [cut] = select_segments([long], max_total_seconds=100, max_segments_per_video=5, max_segment_seconds=6)
+    assert (cut.start, cut.end, cut.hits, cut.hit_timestamps) == (13.0, 19.0, 6, (13.0, 14.0, 15.0, 16.0, 17.0, 18.0))
+    assert cut.thumbnails == tuple(f"frames/a/{t}.jpg" for t in cut.hit_timestamps)
 
 
 # --- rendering -------------------------------------------------------------------------------------

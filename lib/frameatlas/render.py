@@ -123,6 +123,7 @@ class Segment:
     hits: int
     best_timestamp: float
     thumbnails: tuple[str, ...] = ()  # run-relative thumbnails of the hits, in time order
+    hit_timestamps: tuple[float, ...] = ()  # the hits' timestamps, in the same order
     still: bool = False  # shown as still thumbnails (slideshow) instead of cut from the source
 
     @property
@@ -197,7 +198,8 @@ def hit_segments(
             segments.append(Segment(
                 video_id=str(video_id), video_name=str(best.video_name), source=str(best.video_path),
                 start=float(start), end=float(end), score=float(best.score), hits=len(rows),
-                best_timestamp=float(best.timestamp), thumbnails=tuple(str(r.thumbnail) for r in rows), still=slideshow,
+                best_timestamp=float(best.timestamp), thumbnails=tuple(str(r.thumbnail) for r in rows),
+                hit_timestamps=tuple(float(r.timestamp) for r in rows), still=slideshow,
             ))  # fmt: skip
     return sorted(segments, key=lambda s: (s.video_name, s.start))
 
@@ -241,7 +243,12 @@ def select_segments(
 def _trim(segment: Segment, length: float) -> Segment:
     """The `length` seconds of a segment around its best hit (starting a little before it)."""
     start = min(max(segment.start, segment.best_timestamp - length / 3), segment.end - length)
-    return _replace(segment, start=start, end=start + length)
+    end = start + length
+    inside = [i for i, t in enumerate(segment.hit_timestamps) if start - 1e-9 <= t < end] if segment.hit_timestamps else []
+    if not inside:  # no per-hit detail: keep the counts as they were
+        return _replace(segment, start=start, end=end)
+    return _replace(segment, start=start, end=end, hits=len(inside), thumbnails=tuple(segment.thumbnails[i] for i in inside),
+                    hit_timestamps=tuple(segment.hit_timestamps[i] for i in inside))  # fmt: skip
 
 
 def _replace(segment: Segment, **changes: Any) -> Segment:
