@@ -318,7 +318,7 @@ def cluster_jobs(run: RunPaths | Path | str, options: RenderConfig) -> list[Rend
     latest = latest[latest.frame_key.isin(frames.frame_key) & (latest.label != NOISE)]
     jobs = []
     for label, group in latest.groupby("label", sort=True):
-        name = str(group.name.iloc[0])
+        name = str(group["name"].iloc[0])
         hits = pd.DataFrame({"frame_key": group.frame_key, "score": 1.0 - group.distance.fillna(1.0)})
         jobs.append(_make_job("cluster", f"cluster_{int(label):02d}_{_slug(name)}", f"Cluster {int(label)} · {name}",
                               hits, frames, videos, options, label=int(label)))  # fmt: skip
