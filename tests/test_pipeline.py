@@ -56,10 +56,14 @@ def test_full_run_reports_manifest_dashboard_and_reuse(project):
     assert result.stdout.strip().splitlines()[-1] == f"Dashboard: {run / 'index.html'}"
 
     manifest = json.loads((run / "manifest.json").read_text())
-    assert list(manifest["stages"]) == ["extract", "caption", "embed", "cluster", "visualize"]
+    assert list(manifest["stages"]) == ["extract", "caption", "embed", "cluster", "visualize", "render"]
     assert {entry["status"] for entry in manifest["stages"].values()} == {"done"}
     assert manifest["stages"]["cluster"]["counts"]["clusters"] == 3
     assert manifest["stages"]["visualize"]["counts"]["map_points"] == 10
+    render = manifest["stages"]["render"]["counts"]
+    # one video per cluster; none per query: the fallback descriptor cannot read text
+    assert (render["videos"], render["cluster_videos"], render["query_videos"], render["failed"]) == (3, 3, 0, 0)
+    assert render["segments"] >= 3 and render["output_seconds"] > 3 * 1.5
     extract = manifest["stages"]["extract"]
     assert extract["status"] == "done"
     assert extract["counts"]["frames"] == 6 + 4
@@ -95,13 +99,20 @@ def test_full_run_reports_manifest_dashboard_and_reuse(project):
 
     html = (run / "reports" / "01_extract.html").read_text()
     assert "alpha.mp4" in html and "data:image/jpeg;base64" in html
-    for report in ("01_extract.html", "02_caption.html", "03_embed.html", "04_cluster.html", "05_visualize.html"):
+    for report in ("01_extract.html", "02_caption.html", "03_embed.html", "04_cluster.html", "05_visualize.html", "06_render.html"):
         text = (run / "reports" / report).read_text()
         assert not re.search(r"<script[^>]+src=\"https?://", text), f"{report} must open offline"
         assert "could not be loaded (CLIP weights missing" in text and "text-to-image search" in text, report
     dashboard = (run / "index.html").read_text()
-    for report in ("01_extract", "02_caption", "03_embed", "04_cluster", "05_visualize"):
+    for report in ("01_extract", "02_caption", "03_embed", "04_cluster", "05_visualize", "06_render"):
         assert f'href="reports/{report}.html"' in dashboard
+    videos = sorted(p.name for p in (run / "videos").glob("*.mp4"))
+    assert len(videos) == 3 and all(name.startswith("cluster_") for name in videos)
+    for name in videos:
+        assert f'href="videos/{name}"' in dashboard
+        assert f'src="videos/{name[:-4]}.png"' in dashboard
+    render_html = (run / "reports" / "06_render.html").read_text()
+    assert f'src="../videos/{videos[0]}"' in render_html and "no video for query" in render_html
     assert 'href="plots/map_pca.html"' in dashboard and 'href="plots/map_tsne.html"' in dashboard
     assert "broken.mp4" in dashboard and "not a readable video" in dashboard
     assert "Model substituted" in dashboard and "fallback-colour-texture-v2" in dashboard
@@ -129,7 +140,7 @@ def test_a_failing_cell_stops_the_run_and_the_next_run_resumes(project, tmp_path
     notebook.cells.insert(3, nbformat.v4.new_code_cell('raise RuntimeError("disk on fire")'))
     nbformat.write(notebook, broken_notebooks / "01_extract.ipynb")
 
-    for later in ("02_caption.ipynb", "03_embed.ipynb", "04_cluster.ipynb", "05_visualize.ipynb"):
+    for later in ("02_caption.ipynb", "03_embed.ipynb", "04_cluster.ipynb", "05_visualize.ipynb", "06_render.ipynb"):
         shutil.copy(REPO / "notebooks" / later, broken_notebooks)
     failed = run_pipeline(str(project / "pipeline.yaml"), env={"FRAMEATLAS_NOTEBOOKS": str(broken_notebooks)})
     run = project / "out" / "tiny"
@@ -154,7 +165,7 @@ def test_invalid_config_stops_before_any_work(project):
     assert "extract.mode" in result.stderr and '"sometimes"' in result.stderr and "'keyframes'" in result.stderr
     assert not (project / "out").exists()
     unknown = run_pipeline(str(project / "pipeline.yaml"), "--stages", "extrct")
-    assert unknown.returncode == 2 and "unknown stage(s) extrct; stages are extract, caption, embed, cluster, visualize" in unknown.stderr
+    assert unknown.returncode == 2 and "unknown stage(s) extrct; stages are extract, caption, embed, cluster, visualize, render" in unknown.stderr
     commas = run_pipeline(str(project / "pipeline.yaml"), "--stages", "extract,captoin", "--force", "embed,nope")
     assert commas.returncode == 2 and "unknown stage(s) captoin;" in commas.stderr
 
@@ -211,3 +222,8 @@ def test_tiny_clip_run_records_the_model_that_ran(project, tmp_path):
     assert manifest["stages"]["visualize"]["counts"]["timeline_videos"] == 2
     timelines = sorted(p.name for p in (project / "out" / "tiny" / "plots").glob("timeline_*.html"))
     assert timelines == ["timeline_alpha.html", "timeline_beta.html"]
+    # and a video per query (random weights: the hits are arbitrary, but there are hits)
+    render = manifest["stages"]["render"]["counts"]
+    assert (render["cluster_videos"], render["query_videos"], render["failed"]) == (3, 3, 0)
+    videos = sorted(p.name for p in (project / "out" / "tiny" / "videos").glob("query_*.mp4"))
+    assert videos == ["query_a-bird-flying.mp4", "query_a-city-street-at-night.mp4", "query_a-rabbit-in-a-meadow.mp4"]

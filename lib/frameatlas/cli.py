@@ -4,6 +4,7 @@ Example:
     $ frameatlas demo fetch            # the demo videos into data/demo/
     $ frameatlas run pipeline.yaml --set extract.every_seconds=2
     $ frameatlas config check pipeline.yaml
+    $ frameatlas search outputs/demo "a red car" --export-video red_car.mp4
 """
 
 from __future__ import annotations
@@ -142,6 +143,27 @@ def _search(args: argparse.Namespace) -> int:
     print(format_hits(result))
     if args.export:
         print(f"exported to {export_hits(result, args.run_dir, args.export)}")
+    if args.export_video is not None:
+        return _export_video(result, args)
+    return 0
+
+
+def _export_video(result, args: argparse.Namespace) -> int:
+    """Render the hits of the search into one video (the render stage's code and the run's render options)."""
+    from .render import RenderError, render_search
+
+    dest = Path(args.export_video) if args.export_video else (Path(args.export) / "hits.mp4" if args.export else None)
+    if dest is None:
+        print("error: --export-video needs a file name (e.g. --export-video hits.mp4) unless --export DIR is given",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        rendered = render_search(result, args.run_dir, dest)
+    except RenderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"video: {rendered.path} ({rendered.duration:.1f} s, {len(rendered.segments)} segments; "
+          f"segments in {rendered.path.with_suffix('.csv')}, contact sheet {rendered.contact_sheet})")  # fmt: skip
     return 0
 
 
@@ -206,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--suppress", type=float, default=0.0, help="drop hits within N seconds of a better one")
     find.add_argument("--channels", help="comma-separated: visual,caption,ocr,speech (default: all available)")
     find.add_argument("--export", help="write hits.csv/.parquet and top_k/ + above_threshold/ frame folders here")
+    find.add_argument(
+        "--export-video", nargs="?", const="", default=None, metavar="PATH.mp4",
+        help="render the hits into one video cut from the sources (render options from the run's config); "
+             "without PATH: hits.mp4 in the --export folder",
+    )  # fmt: skip
     find.set_defaults(handler=_search)
 
     config = commands.add_parser("config", help="pipeline configs")

@@ -34,6 +34,7 @@ __all__ = [
     "TextModelConfig",
     "VisualizeConfig",
     "PipelineConfig",
+    "RenderConfig",
     "RunConfig",
     "apply_overrides",
     "config_from_dict",
@@ -228,6 +229,33 @@ class VisualizeConfig(_Section):
     seed: int = 0
 
 
+class RenderConfig(_Section):
+    enabled: bool = True
+    mode: Literal["clips", "slideshow", "auto"] = Field(
+        "clips", description="clips: cut from the sources; slideshow: still thumbnails; auto: stills where a source is gone."
+    )
+    clusters: bool = Field(True, description="One video per cluster of the latest labelling.")
+    queries: bool = Field(True, description="One video per search.queries entry (needs an image model with a text side).")
+    padding_before: float = Field(0.5, ge=0, le=60, description="Seconds added before each segment.")
+    padding_after: float = Field(0.5, ge=0, le=60, description="Seconds added after each segment.")
+    max_total_seconds: float = Field(20.0, gt=0, description="Longest total of segments per output video (title excluded).")
+    max_segments_per_video: int = Field(4, ge=1, le=10000, description="Most segments taken from one source video.")
+    max_segment_seconds: float | None = Field(
+        6.0, gt=0, description="Longer segments are shortened around their best hit; null = no limit."
+    )
+    order: Literal["time", "score"] = Field("time", description="time: by source and time; score: best first.")
+    width: int = Field(640, ge=64, le=7680, multiple_of=2, description="Output width (even; sources are letterboxed).")
+    height: int = Field(360, ge=64, le=4320, multiple_of=2, description="Output height (even).")
+    fps: float = Field(24.0, gt=0, le=120)
+    title_seconds: float = Field(1.5, ge=0, le=30, description="Title card length; 0 = no title card.")
+    slideshow_seconds: float = Field(1.0, gt=0, le=60, description="How long each still is shown in slideshow mode.")
+    crf: int = Field(23, ge=0, le=51, description="x264 quality (lower = better, larger).")
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"] = "veryfast"
+    audio_bitrate: int = Field(128, ge=32, le=512, description="AAC bitrate in kbit/s.")
+    timeout_seconds: float = Field(600.0, gt=0, description="Longest one ffmpeg call may take.")
+    workers: int = Field(2, ge=1, le=64, description="ffmpeg processes cutting segments at the same time.")
+
+
 class PipelineConfig(_Section):
     """The whole `pipeline.yaml`."""
 
@@ -241,6 +269,7 @@ class PipelineConfig(_Section):
     search: SearchConfig = SearchConfig()
     cluster: ClusterConfig = ClusterConfig()
     visualize: VisualizeConfig = VisualizeConfig()
+    render: RenderConfig = RenderConfig()
     source: Path | None = Field(None, description="The file this config was read from (set by the loader).")
 
     @property

@@ -99,6 +99,11 @@ STAGES: tuple[Stage, ...] = (
         "visualize", "05_visualize.ipynb", ("models", "visualize", "search"),
         inputs=("frames", "embeddings", "frames_annotated", "caption_embeddings"), outputs=("projections",),
     ),  # fmt: skip
+    Stage(
+        "render", "06_render.ipynb", ("models", "search", "render"),
+        inputs=("frames", "videos", "embeddings", "clusters", "caption_embeddings"),
+        outputs=("render_videos", "render_segments"),
+    ),  # fmt: skip
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 
@@ -378,6 +383,12 @@ def _extra_inputs(stage: Stage, cfg: PipelineConfig) -> Any:
 
             found["caption_weights"] = caption_weights_available(cfg.caption, cfg.models)
         return found
+    if stage.name == "render":
+        from .models import weights_available
+        from .render import source_files
+
+        # Videos are cut from the sources: one vanishing, coming back or changing matters.
+        return {"sources": source_files(RunPaths(cfg.run_dir)), "image_weights": weights_available(cfg.models)}
     return None
 
 

@@ -53,6 +53,20 @@ def _videos(run: RunPaths) -> list[dict[str, Any]]:
     return rows
 
 
+def _rendered_videos(run: RunPaths) -> list[dict[str, Any]]:
+    """The render stage's outputs that exist on disk, clusters first (from tables/render_videos)."""
+    path = run.table("render_videos")
+    if not path.exists():
+        return []
+    rows = []
+    for video in pd.read_parquet(path).to_dict("records"):
+        if video.get("path") and (run.root / video["path"]).exists():
+            sheet = video.get("contact_sheet")
+            video["contact_sheet"] = sheet if sheet and (run.root / sheet).exists() else None
+            rows.append(video)
+    return rows
+
+
 def _interactive_pages(run: RunPaths) -> list[dict[str, str]]:
     """Standalone pages under plots/ (3D maps, timelines), maps first."""
     folder = run.root / "plots"
@@ -76,6 +90,7 @@ def write_dashboard(run: RunPaths, manifest: dict[str, Any]) -> Path:
     html = _ENV.get_template("dashboard.html.j2").render(
         manifest=manifest, stages=stages, videos=_videos(run), skipped=manifest.get("skipped_inputs", []),
         banners=model_banners(manifest), models=manifest.get("models", []), pages=_interactive_pages(run),
+        rendered=_rendered_videos(run),
     )
     atomic_write_text(run.dashboard, html)
     return run.dashboard

@@ -119,6 +119,11 @@ class RunPaths:
         return self.root / "stages"
 
     @property
+    def videos(self) -> Path:
+        """Rendered videos (the render stage), with their contact sheets."""
+        return self.root / "videos"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 
