@@ -334,8 +334,13 @@ class FakeSentenceEncoder:
 def test_cluster_run_on_caption_vectors_names_from_captions(tmp_path):
     cfg, run = build_run(tmp_path, {"name": "fallback"}, vectors="caption", k=2, method="kmeans")
     with pytest.raises(
-        ClusterError, match=r"no caption vectors \(tables/caption_embeddings.parquet is missing\).*write_text_channel"
+        ClusterError, match=r"no caption vectors \(tables/caption_embeddings.parquet is missing; the caption stage has not "
+        r"run\): enable the caption stage \(caption.enabled: true\) and run it with the embed stage"
     ):
+        cluster_run(cfg, run)
+    write_table(pd.DataFrame({"frame_key": [], "prompt": []}), run.table("captions"))  # captioned, but nothing could caption
+    with pytest.raises(ClusterError, match=r"tables/captions.parquet holds no prompts: reports/02_caption.html says why\): "
+                       r"give the caption stage a model that can caption"):  # fmt: skip
         cluster_run(cfg, run)
     from frameatlas.search import write_text_channel
 

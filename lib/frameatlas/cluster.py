@@ -786,10 +786,17 @@ def _load_cluster_vectors(run: RunPaths, kind: str, encoder: Any) -> tuple[pd.Se
     if kind == "caption":
         path = run.table("caption_embeddings")
         if not path.exists():
+            captions = run.table("captions")
+            if captions.exists():  # captioned, but nothing to embed: no model could write a caption
+                why = f"{run.relative(captions)} holds no prompts: reports/02_caption.html says why"
+                fix = "give the caption stage a model that can caption (CLIP weights, or caption.caption_model)"
+            else:
+                why = "the caption stage has not run"
+                fix = "enable the caption stage (caption.enabled: true)"
             raise ClusterError(
-                f"cluster.vectors is 'caption' but this run has no caption vectors ({run.relative(path)} is missing): "
-                "caption the frames and store them with frameatlas.search.write_text_channel(run, 'caption', ...) "
-                "first, or set cluster.vectors: image"
+                f"cluster.vectors is 'caption' but this run has no caption vectors ({run.relative(path)} is missing; "
+                f"{why}): {fix} and run it with the embed stage (python run_pipeline.py --stages caption,embed), "
+                "or set cluster.vectors: image"
             )
     else:
         path = run.table("embeddings")
