@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,17 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/videogen.py
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["FRAMEATLAS_PROGRESS"] = "off"
+
+# Tests neither see nor fill the user's caches: weights cached there (real CLIP, say) would change
+# what a test runs, and term vectors or checksums of tiny test models do not belong there. numba's
+# compile cache for UMAP is the exception: it changes no result and saves a minute per session.
+from frameatlas.store import user_cache_dir  # noqa: E402  (reads no environment at import)
+
+os.environ.setdefault("NUMBA_CACHE_DIR", str(user_cache_dir("numba")))
+_TEST_CACHE = tempfile.mkdtemp(prefix="frameatlas-test-cache-")
+atexit.register(shutil.rmtree, _TEST_CACHE, ignore_errors=True)
+os.environ["XDG_CACHE_HOME"] = _TEST_CACHE
+os.environ["HF_HOME"] = os.path.join(_TEST_CACHE, "huggingface")
 
 REPO = Path(__file__).resolve().parent.parent
 

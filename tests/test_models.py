@@ -170,3 +170,14 @@ def test_universal_sentence_encoder_needs_its_extra():
     else:  # pragma: no cover - only where the [use] extra is installed
         with pytest.raises(ModelUnavailable, match="cannot be reached"):
             UniversalSentenceEncoder(str(Path("/nonexistent/use")))
+
+
+def test_user_caches_live_under_xdg_cache_home(tmp_path, monkeypatch, tiny_checkpoint):
+    """Term vectors and weight checksums share one root; models.cache_dir moves the term vectors beside the weights."""
+    from frameatlas.caption import term_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert term_cache_dir(ModelsConfig()) == tmp_path / "frameatlas" / "terms"
+    assert term_cache_dir(ModelsConfig(cache_dir=tmp_path / "hub")) == tmp_path / "hub" / "frameatlas-terms"
+    image_encoder(ModelsConfig(image=ImageModelConfig(name=tinyclip.TINY_NAME, pretrained=str(tiny_checkpoint))))
+    assert (tmp_path / "frameatlas" / "weights_sha256.json").is_file()

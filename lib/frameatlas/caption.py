@@ -45,7 +45,7 @@ from PIL import Image
 from .config import CaptionConfig, ModelsConfig, PipelineConfig
 from .models import ModelRecord, ModelUnavailable, image_encoder
 from .progress import progress_bar
-from .store import RunPaths, read_table, write_table
+from .store import RunPaths, read_table, user_cache_dir, write_table
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +112,10 @@ def term_lists(limit: int | None = None) -> dict[str, list[str]]:
 
 
 def term_cache_dir(models: ModelsConfig) -> Path:
-    """Where term embeddings are kept: beside the model cache (`models.cache_dir`), else ~/.cache/frameatlas."""
+    """Where term embeddings are kept: beside the model cache (`models.cache_dir`), else ~/.cache/frameatlas/terms."""
     if models.cache_dir is not None:
         return Path(models.cache_dir) / "frameatlas-terms"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "frameatlas" / "terms"
+    return user_cache_dir("terms")
 
 
 @dataclass

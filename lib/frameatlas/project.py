@@ -6,8 +6,8 @@
 * ``umap``: umap-learn, cosine metric, imported only when asked for.
 
 UMAP is numba code compiled on first use in every new process (~60 s here). Before umap is
-imported, `NUMBA_CACHE_DIR` is pointed at a persistent folder (``~/.cache/frameatlas/numba``
-unless already set) and caching is switched on for umap's own jitted functions (umap-learn
+imported, `NUMBA_CACHE_DIR` is pointed at a persistent folder (``~/.cache/frameatlas/numba``, or
+under ``$XDG_CACHE_HOME``, unless already set) and caching is switched on for umap's own jitted functions (umap-learn
 only caches a few of them), so later processes load compiled code instead (~5 s).
 
 Results are cached per (vectors digest, method, parameters, library version) as
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import atomic_write_bytes
+from .store import atomic_write_bytes, user_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ STATS: Counter = Counter()  # "computed" and "cache_hits" of `project` in this p
 
 def configure_numba_cache() -> Path:
     """Point numba's cache at a persistent folder (`$NUMBA_CACHE_DIR`, else ~/.cache/frameatlas/numba)."""
-    folder = os.environ.get(NUMBA_CACHE_ENV) or str(Path.home() / ".cache" / "frameatlas" / "numba")
+    folder = os.environ.get(NUMBA_CACHE_ENV) or str(user_cache_dir("numba"))
     os.environ[NUMBA_CACHE_ENV] = folder
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["RunPaths", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_table", "write_table"]
+__all__ = ["RunPaths", "user_cache_dir", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_table", "write_table"]
 
 
 def _umask() -> int:
@@ -71,6 +71,16 @@ def write_table(df: pd.DataFrame, path: Path | str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def user_cache_dir(*parts: str) -> Path:
+    """frameatlas's per-user cache folder (`$XDG_CACHE_HOME/frameatlas`, else ~/.cache/frameatlas), joined with `parts`.
+
+    Example:
+        >>> user_cache_dir("terms").parts[-2:]
+        ('frameatlas', 'terms')
+    """
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "frameatlas", *parts)
 
 
 def read_table(path: Path | str) -> pd.DataFrame:

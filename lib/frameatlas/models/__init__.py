@@ -54,8 +54,9 @@ def _weights_checksum(path: Path | None) -> str | None:
     if path is None:
         return None
     from ..corpus import HashCache, VideoFile
+    from ..store import user_cache_dir
 
-    cache = HashCache(Path.home() / ".cache" / "frameatlas" / "weights_sha256.json")
+    cache = HashCache(user_cache_dir("weights_sha256.json"))
     stat = path.stat()
     digest = cache.get(VideoFile(path.resolve(), stat.st_size, stat.st_mtime_ns))
     cache.save()
