@@ -45,7 +45,7 @@ from PIL import Image
 from .config import CaptionConfig, ModelsConfig, PipelineConfig
 from .models import ModelRecord, ModelUnavailable, image_encoder
 from .progress import progress_bar
-from .store import RunPaths, read_table, user_cache_dir, write_table
+from .store import RunPaths, frame_shards, in_frame_order, read_table, user_cache_dir, write_table
 
 log = logging.getLogger(__name__)
 
@@ -520,17 +520,8 @@ def caption_frames(
     lists = term_lists(options.term_limit) if has_clip else {}
     key = _settings_key(options, encoder.record.model_id if has_clip else "-", caption_model.record.model_id,
                         sum(map(len, lists.values())))  # fmt: skip
-    tables: list[pd.DataFrame] = []
-    todo: list[tuple[Path, pd.DataFrame]] = []
-    for (video_id, sampling), group in frames.groupby(["video_id", "sampling"], sort=True):
-        shard = run.root / "captions" / key / video_id / f"{sampling}.parquet"
-        if not force and shard.exists():
-            cached = pd.read_parquet(shard)
-            if set(cached.frame_key) == set(group.frame_key):
-                tables.append(cached)
-                summary.cached += len(cached)
-                continue
-        todo.append((shard, group))
+    tables, todo = frame_shards(frames, run.root / "captions" / key, force=force)
+    summary.cached = sum(map(len, tables))
 
     if todo:
         vectors = None
@@ -565,9 +556,7 @@ def caption_frames(
         finally:
             bar.close()
 
-    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=CAPTION_COLUMNS)
-    order = {frame_key: i for i, frame_key in enumerate(frames.frame_key)}
-    table = table.sort_values("frame_key", key=lambda keys: keys.map(order)).reset_index(drop=True)[CAPTION_COLUMNS]
+    table = in_frame_order(tables, frames, CAPTION_COLUMNS)
     write_table(table, run.table("captions"))
     summary.table = table
     log.info("caption: %d frames (%d new, %d cached), mode %s, %s + %s, %.3f s/frame",
@@ -582,11 +571,10 @@ def caption_frames(
 def caption_sample_html(run: RunPaths | Path | str, captions: pd.DataFrame, count: int = 12, width: int = 200) -> str:
     """An HTML table of `count` frames spread evenly over the captions table, each with its prompt
     (the caption model's part in bold). Thumbnails are embedded, so the saved report stands alone."""
-    import base64
     import html
-    import io
 
     from .frames import format_time
+    from .plots import frame_text_table
 
     run = run if isinstance(run, RunPaths) else RunPaths(run)
     if captions.empty:
@@ -596,19 +584,12 @@ def caption_sample_html(run: RunPaths | Path | str, captions: pd.DataFrame, coun
     rows = []
     for row in picks.itertuples():
         frame = frames.loc[row.frame_key]
-        with Image.open(run.absolute(frame.thumbnail)) as image:
-            image = image.convert("RGB")
-            image.thumbnail((width, width))
-            buffer = io.BytesIO()
-            image.save(buffer, "JPEG", quality=80)
-        source = base64.b64encode(buffer.getvalue()).decode()
         prompt = html.escape(str(row.prompt))
         if row.caption and str(row.prompt).startswith(str(row.caption)):
             prompt = f"<b>{html.escape(str(row.caption))}</b>{html.escape(str(row.prompt)[len(row.caption):])}"
-        rows.append(f'<tr><td><img src="data:image/jpeg;base64,{source}" width="{image.width}"></td>'
-                    f"<td>{html.escape(str(frame.video_name))}<br>{format_time(float(frame.timestamp))}</td>"
-                    f'<td style="text-align:left">{prompt}</td></tr>')  # fmt: skip
-    return '<table><tr><th>frame</th><th>video, time</th><th style="text-align:left">prompt</th></tr>' + "".join(rows) + "</table>"
+        where = f"{html.escape(str(frame.video_name))}<br>{format_time(float(frame.timestamp))}"
+        rows.append((run.absolute(frame.thumbnail), where, prompt))
+    return frame_text_table(rows, heading="prompt", width=width)
 
 
 def term_statistics(captions: pd.DataFrame, top: int = 20) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -1,4 +1,4 @@
-"""Figures shared by the notebooks and the dashboard: thumbnail grids.
+"""Figures shared by the notebooks and the dashboard: thumbnail grids, frames with their text.
 
 Example:
     >>> from frameatlas.plots import Tile, image_grid
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-__all__ = ["Tile", "image_grid"]
+__all__ = ["Tile", "frame_text_table", "image_grid"]
 
 LABEL_HEIGHT = 14
 
@@ -59,4 +59,23 @@ def image_grid(
         draw.text((x + 3, y + tile_height + 1), tile.label, fill="firebrick" if tile.highlight else "black")
     return sheet
 
+
+def frame_text_table(rows: Sequence[tuple[Path | str, str, str]], *, heading: str = "text", width: int = 200) -> str:
+    """An HTML table of (thumbnail path, where: e.g. video and time, text as HTML) rows. Thumbnails
+    are embedded, so a saved report stands alone."""
+    import base64
+    import io
+
+    cells = []
+    for path, where, text_html in rows:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            image.thumbnail((width, width))
+            buffer = io.BytesIO()
+            image.save(buffer, "JPEG", quality=80)
+        source = base64.b64encode(buffer.getvalue()).decode()
+        cells.append(f'<tr><td><img src="data:image/jpeg;base64,{source}" width="{image.width}"></td><td>{where}</td>'
+                     f'<td style="text-align:left">{text_html}</td></tr>')  # fmt: skip
+    return (f'<table><tr><th>frame</th><th>video, time</th><th style="text-align:left">{heading}</th></tr>'
+            + "".join(cells) + "</table>")  # fmt: skip
 

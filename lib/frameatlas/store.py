@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["RunPaths", "user_cache_dir", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_table", "write_table"]
+__all__ = ["RunPaths", "user_cache_dir", "frame_shards", "in_frame_order", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_table", "write_table"]
 
 
 def _umask() -> int:
@@ -88,6 +88,36 @@ def read_table(path: Path | str) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"{path}: table not found; run the stage that writes it first")
     return pd.read_parquet(path)
+
+
+def frame_shards(
+    frames: pd.DataFrame, folder: Path, *, force: bool = False
+) -> tuple[list[pd.DataFrame], list[tuple[Path, pd.DataFrame]]]:
+    """Per-frame results cached in one shard per (video, sampling) under `folder`.
+
+    Returns the cached shard tables that still cover exactly their frames, and the
+    (shard path, frames) pairs still to compute (all of them when `force`).
+    """
+    cached: list[pd.DataFrame] = []
+    todo: list[tuple[Path, pd.DataFrame]] = []
+    for (video_id, sampling), group in frames.groupby(["video_id", "sampling"], sort=True):
+        shard = folder / video_id / f"{sampling}.parquet"
+        if not force and shard.exists():
+            table = pd.read_parquet(shard)
+            if set(table.frame_key) == set(group.frame_key):
+                cached.append(table)
+                continue
+        todo.append((shard, group))
+    return cached, todo
+
+
+def in_frame_order(tables: list[pd.DataFrame], frames: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The shard tables joined and put in the frames table's row order, with `columns`."""
+    if not tables:
+        return pd.DataFrame(columns=columns)
+    order = {frame_key: i for i, frame_key in enumerate(frames.frame_key)}
+    table = pd.concat(tables, ignore_index=True)
+    return table.sort_values("frame_key", key=lambda keys: keys.map(order)).reset_index(drop=True)[columns]
 
 
 @dataclass(frozen=True)
