@@ -41,7 +41,8 @@ def project(tmp_path) -> Path:
         "extract": {"every_seconds": 0.5, "thumbnail_long_side": 96},
         # CLIP weights are not in this (empty) cache and HF_HUB_OFFLINE is set: the demo's fallback
         "models": {"cache_dir": "hub-cache", "image": {"on_missing_weights": "fallback"}},
-        "caption": {"term_limit": 20},  # the default caption model, blip-large, is not cached: CLIP-only
+        # the default caption model, blip-large, is not cached: CLIP-only; on-screen text is read (there is none)
+        "caption": {"term_limit": 20, "ocr": {"enabled": True}},
         "cluster": {"k": 3},
         "visualize": {"projections": ["pca", "tsne"]},  # UMAP has its own (slow) unit test
     }
@@ -94,6 +95,10 @@ def test_full_run_reports_manifest_dashboard_and_reuse(project):
     assert caption_model["requested"] == "blip-large" and "HF_HUB_OFFLINE is set" in caption_model["fallback_reason"]
     # neither CLIP nor BLIP: no captions, said in the report, and the run goes on
     assert manifest["stages"]["caption"]["counts"]["frames_captioned"] == 0
+    caption_counts = manifest["stages"]["caption"]["counts"]
+    assert (caption_counts["ocr_frames_read"], caption_counts["ocr_frames_with_text"]) == (10, 0)
+    assert next(m for m in manifest["models"] if m["kind"] == "ocr")["model_id"] == "rapidocr-ppocrv4"
+    assert "No frame shows text that the reader could read" in (run / "reports" / "02_caption.html").read_text()
     assert "no captions: the image model fallback-colour-texture-v2 has no text side" in (run / "reports" / "02_caption.html").read_text()
     assert (run / "index" / "chroma.sqlite3").exists()
 
@@ -216,7 +221,7 @@ def test_tiny_clip_run_records_the_model_that_ran(project, tmp_path):
     caption = manifest["stages"]["caption"]["counts"]
     assert caption["frames_captioned"] == 10 and caption["caption_model"] == "clip-only" and caption["terms_encoded"] > 0
     assert manifest["stages"]["embed"]["counts"]["caption_vectors"] == 10
-    assert {m["kind"] for m in manifest["models"]} == {"image", "caption", "text"}
+    assert {m["kind"] for m in manifest["models"]} == {"image", "caption", "text", "ocr"}
     assert "prompts hold CLIP-ranked terms only" in (project / "out" / "tiny" / "reports" / "02_caption.html").read_text()
     assert manifest["stages"]["cluster"]["counts"]["name_source"] == "captions"
     assert manifest["stages"]["visualize"]["counts"]["timeline_videos"] == 2

@@ -639,3 +639,29 @@ def make_audio_only(path: PathLike, *, seconds: float = 1.0, faststart: bool = T
         container.close()
     return path
 
+
+
+def make_text_video(
+    path: PathLike, captions: Sequence[str], *, seconds_each: float = 1.0, fps: int = 10, size: tuple[int, int] = (384, 216)
+) -> Path:
+    """A video showing each of `captions` in large black capitals on white for `seconds_each` seconds, in
+    order (an empty caption is a blank screen): on-screen text at known times for OCR tests."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    font = ImageFont.load_default(size=size[1] // 6)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for caption in captions:
+            image = Image.new("RGB", size, "white")
+            if caption:
+                draw = ImageDraw.Draw(image)
+                left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
+                draw.text(((size[0] - (right - left)) / 2, (size[1] - (bottom - top)) / 2), caption, fill="black", font=font)
+            frame = av.VideoFrame.from_image(image)
+            for _ in range(round(seconds_each * fps)):
+                container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path

@@ -134,6 +134,7 @@ def _search(args: argparse.Namespace) -> int:
             top_k=args.top_k, threshold=args.threshold, relative=not args.absolute,
             videos=args.video or None, time_range=(args.start, args.end) if args.start or args.end else None,
             suppress_seconds=args.suppress, channels=args.channels.split(",") if args.channels else None,
+            min_text_score=args.min_text_score,
         )  # fmt: skip
     except SearchError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -227,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--to", dest="end", type=float, help="only frames at or before this second")
     find.add_argument("--suppress", type=float, default=0.0, help="drop hits within N seconds of a better one")
     find.add_argument("--channels", help="comma-separated: visual,caption,ocr,speech (default: all available)")
+    find.add_argument("--min-text-score", type=float, help="text channels: ignore frames whose text scores below this "
+                      "(default: the run's search.min_text_score; -1 keeps all)")  # fmt: skip
     find.add_argument("--export", help="write hits.csv/.parquet and top_k/ + above_threshold/ frame folders here")
     find.add_argument(
         "--export-video", nargs="?", const="", default=None, metavar="PATH.mp4",

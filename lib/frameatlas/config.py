@@ -30,6 +30,7 @@ __all__ = [
     "ImageModelConfig",
     "IndexConfig",
     "ModelsConfig",
+    "OcrConfig",
     "SearchConfig",
     "TextModelConfig",
     "VisualizeConfig",
@@ -130,6 +131,17 @@ class ModelsConfig(_Section):
     text: TextModelConfig = TextModelConfig()
 
 
+class OcrConfig(_Section):
+    """On-screen text read from each thumbnail (RapidOCR), for the `ocr` search channel."""
+
+    enabled: bool = False
+    min_score: float = Field(0.7, ge=0, le=1, description="Recognised lines less confident than this are dropped.")
+    min_chars: int = Field(3, ge=1, le=100, description="Lines shorter than this (spaces aside) are dropped.")
+    detect_short_side: int = Field(
+        320, ge=32, le=2048, description="The thumbnail's short side is scaled to this for text detection."
+    )
+
+
 class CaptionConfig(_Section):
     enabled: bool = True
     mode: Literal["fast", "classic", "negative", "best"] = Field(
@@ -151,6 +163,7 @@ class CaptionConfig(_Section):
         2048, ge=16, le=100000, description="best/negative: candidate flavors kept before chaining."
     )
     term_batch_size: int = Field(256, ge=1, le=8192, description="Term texts per CLIP text forward pass.")
+    ocr: OcrConfig = OcrConfig()
 
 
 class EmbedConfig(_Section):
@@ -181,6 +194,9 @@ class SearchConfig(_Section):
     threshold: float | None = Field(0.9, gt=0, description="Also keep frames scoring at least this (see relative).")
     relative: bool = Field(True, description="threshold is a fraction of the best score (0.9 = 90% of the max).")
     suppress_seconds: float = Field(2.0, ge=0, description="Drop hits this close to a better hit of the same video.")
+    min_text_score: float = Field(
+        0.35, ge=-1, le=1, description="Text channels: frames whose text is less similar than this are no hits; -1 keeps all."
+    )
 
     @field_validator("queries")
     @classmethod
@@ -235,7 +251,7 @@ class RenderConfig(_Section):
         "clips", description="clips: cut from the sources; slideshow: still thumbnails; auto: stills where a source is gone."
     )
     clusters: bool = Field(True, description="One video per cluster of the latest labelling.")
-    queries: bool = Field(True, description="One video per search.queries entry (needs an image model with a text side).")
+    queries: bool = Field(True, description="One video per search.queries entry (needs CLIP, caption or on-screen text to answer it).")
     padding_before: float = Field(0.5, ge=0, le=60, description="Seconds added before each segment.")
     padding_after: float = Field(0.5, ge=0, le=60, description="Seconds added after each segment.")
     max_total_seconds: float = Field(20.0, gt=0, description="Longest total of segments per output video (title excluded).")

@@ -38,7 +38,10 @@ from .store import RunPaths, read_table, write_table
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EmbedSummary", "cached_frame_vectors", "embed_captions", "embed_frames", "encode_image_files", "load_vectors", "nearest_neighbour_grid"]
+__all__ = [
+    "TEXT_SOURCES", "EmbedSummary", "cached_frame_vectors", "embed_captions", "embed_frames", "embed_text_channel",
+    "embed_text_channels", "encode_image_files", "load_vectors", "nearest_neighbour_grid",
+]  # fmt: skip
 
 EMBEDDING_COLUMNS = ["frame_key", "video_id", "model_id", "vector"]
 
@@ -214,39 +217,63 @@ def sync_index(
     return upserted, removed
 
 
-def embed_captions(
-    cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False
-) -> tuple[dict[str, Any], ModelRecord | None]:
-    """Caption prompts (from 02_caption) through the sentence encoder into `caption_embeddings` and
-    the index collection `<prefix>-caption-<text model>`. Returns counts for the manifest and the
-    sentence encoder's record (None when there was nothing to embed).
+# Where each text channel's texts come from: (table written by 02_caption, its text column).
+TEXT_SOURCES = {"caption": ("captions", "prompt"), "ocr": ("ocr", "text")}
 
-    Without captions (stage off, or no model could caption) the caption channel is removed, so search
-    and clustering never use stale caption vectors.
+
+def embed_text_channel(
+    cfg: PipelineConfig, run: RunPaths | Path | str, channel: str, *, force: bool = False
+) -> tuple[dict[str, Any], ModelRecord | None]:
+    """One text channel's texts (caption prompts, on-screen text; see `TEXT_SOURCES`) through the sentence
+    encoder into `<channel>_embeddings` and the index collection `<prefix>-<channel>-<text model>`.
+    Returns counts for the manifest (keys start with the channel) and the sentence encoder's record
+    (None when there was nothing to embed).
+
+    Without texts (stage or option off, or no model could write any) the channel is removed, so search
+    and clustering never use stale vectors. Frames with empty text get no vector.
     """
     from .models import text_encoder
     from .search import write_text_channel
 
     run = run if isinstance(run, RunPaths) else RunPaths(run)
-    path = run.table("captions")
-    captions = read_table(path) if path.exists() else pd.DataFrame(columns=["frame_key", "prompt"])
-    captions = captions[captions.prompt.fillna("").astype(str).str.strip() != ""]
-    channel = run.table("caption_embeddings")
-    if captions.empty:
-        channel.unlink(missing_ok=True)
-        return {"caption_vectors": 0}, None
+    source, column = TEXT_SOURCES[channel]
+    path = run.table(source)
+    texts = read_table(path) if path.exists() else pd.DataFrame(columns=["frame_key", column])
+    texts = texts[texts[column].fillna("").astype(str).str.strip() != ""]
+    vectors_path = run.table(f"{channel}_embeddings")
+    if texts.empty:
+        vectors_path.unlink(missing_ok=True)
+        return {f"{channel}_vectors": 0}, None
     encoder = text_encoder(cfg.models)
     started = time.perf_counter()
-    write_text_channel(run, "caption", list(captions.frame_key), list(captions.prompt), encoder)
-    table = read_table(channel)
+    write_text_channel(run, channel, list(texts.frame_key), list(texts[column]), encoder)
+    table = read_table(vectors_path)
     index = open_index(run.root, cfg.index.url, cfg.index.collection_prefix)
-    collection = index.collection(f"caption-{encoder.record.model_id}", dim=encoder.dim)
+    collection = index.collection(f"{channel}-{encoder.record.model_id}", dim=encoder.dim)
     frames = read_table(run.table("frames"))
     upserted, removed = sync_index(index, collection, frames, table[table.frame_key.isin(set(frames.frame_key))], force=force)
-    counts = {"caption_vectors": len(table), "caption_text_model": encoder.record.model_id,
-              "caption_index_upserted": upserted, "caption_index_removed": removed,
-              "caption_embed_seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
+    counts = {f"{channel}_vectors": len(table), f"{channel}_text_model": encoder.record.model_id,
+              f"{channel}_index_upserted": upserted, f"{channel}_index_removed": removed,
+              f"{channel}_embed_seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
     return counts, encoder.record
+
+
+def embed_captions(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False):
+    """The caption prompts of 02_caption into the caption channel (see `embed_text_channel`)."""
+    return embed_text_channel(cfg, run, "caption", force=force)
+
+
+def embed_text_channels(
+    cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False
+) -> tuple[dict[str, Any], ModelRecord | None]:
+    """Every text channel of `TEXT_SOURCES`; merged counts and the sentence encoder's record (None if unused)."""
+    counts: dict[str, Any] = {}
+    used = None
+    for channel in TEXT_SOURCES:
+        channel_counts, record = embed_text_channel(cfg, run, channel, force=force)
+        counts.update(channel_counts)
+        used = used or record
+    return counts, used
 
 
 def load_vectors(run: RunPaths | Path | str, model_id: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:

@@ -86,9 +86,9 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("extract", "01_extract.ipynb", ("corpus", "extract"), inputs=(), outputs=("frames", "videos")),
-    Stage("caption", "02_caption.ipynb", ("models", "caption"), inputs=("frames",), outputs=("captions",)),
+    Stage("caption", "02_caption.ipynb", ("models", "caption"), inputs=("frames",), outputs=("captions",)),  # + ocr when on
     Stage(
-        "embed", "03_embed.ipynb", ("models", "embed", "index", "search"), inputs=("frames", "captions"),
+        "embed", "03_embed.ipynb", ("models", "embed", "index", "search"), inputs=("frames", "captions", "ocr"),
         outputs=("embeddings",),
     ),  # fmt: skip
     Stage(
@@ -97,11 +97,11 @@ STAGES: tuple[Stage, ...] = (
     ),  # fmt: skip
     Stage(
         "visualize", "05_visualize.ipynb", ("models", "visualize", "search"),
-        inputs=("frames", "embeddings", "frames_annotated", "caption_embeddings"), outputs=("projections",),
+        inputs=("frames", "embeddings", "frames_annotated", "caption_embeddings", "ocr_embeddings"), outputs=("projections",),
     ),  # fmt: skip
     Stage(
         "render", "06_render.ipynb", ("models", "search", "render"),
-        inputs=("frames", "videos", "embeddings", "clusters", "caption_embeddings"),
+        inputs=("frames", "videos", "embeddings", "clusters", "caption_embeddings", "ocr_embeddings"),
         outputs=("render_videos", "render_segments"),
     ),  # fmt: skip
 )
@@ -382,6 +382,10 @@ def _extra_inputs(stage: Stage, cfg: PipelineConfig) -> Any:
             from .caption import caption_weights_available
 
             found["caption_weights"] = caption_weights_available(cfg.caption, cfg.models)
+            if cfg.caption.ocr.enabled:
+                from .models.ocr import ocr_available
+
+                found["ocr_package"] = ocr_available()  # installing it later must re-run the stage
         return found
     if stage.name == "render":
         from .models import weights_available

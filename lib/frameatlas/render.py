@@ -346,7 +346,8 @@ def query_jobs(run: RunPaths | Path | str, cfg: PipelineConfig) -> tuple[list[Re
     jobs, notes, names = [], [], set()
     for query in cfg.search.queries:
         try:
-            result = search(run, query, top_k=cfg.search.top_k, threshold=cfg.search.threshold, relative=cfg.search.relative)
+            result = search(run, query, top_k=cfg.search.top_k, threshold=cfg.search.threshold, relative=cfg.search.relative,
+                            min_text_score=cfg.search.min_text_score)  # fmt: skip
         except SearchError as error:
             notes.append(f"no video for query {query!r}: {error}")
             continue

@@ -198,6 +198,7 @@ def search(
     time_range: tuple[float | None, float | None] | None = None,
     suppress_seconds: float = 0.0,
     channels: list[str] | None = None,
+    min_text_score: float | None = None,
 ) -> SearchResult:
     """Rank the run's frames against a text, an image (path, PIL image or array) or a frame.
 
@@ -211,6 +212,9 @@ def search(
         time_range: only frames with start <= timestamp <= end (either end may be None).
         suppress_seconds: drop hits within this many seconds of a better hit in the same video.
         channels: which channels to use (default: every channel that can answer).
+        min_text_score: in the text channels (caption, ocr, speech), frames whose text is less similar
+            than this are no hits, so a query no text is about gets no answer from them rather than
+            noise; None: the run's `search.min_text_score`, -1: keep every frame.
 
     Returns:
         A `SearchResult`; its `hits` table is empty (not an error) when nothing matches.
@@ -226,6 +230,8 @@ def search(
     if threshold is not None and relative and not 0 < threshold <= 1:
         raise SearchError(f"relative threshold = {threshold}: must be in (0, 1], e.g. 0.9 for 90% of the best score")
     cfg = _run_config(run)
+    if min_text_score is None:
+        min_text_score = cfg.search.min_text_score
     present = available_channels(run)
     if "visual" not in present:
         raise SearchError(f"{run.root}: no frame vectors yet; run the embed stage (python run_pipeline.py --stages embed)")
@@ -264,7 +270,15 @@ def search(
             notes.append(note)
         if query_vector is None:
             continue
-        scores[channel] = pd.Series(vectors @ np.asarray(query_vector, np.float32), index=table.frame_key.to_numpy())
+        channel_scores = pd.Series(vectors @ np.asarray(query_vector, np.float32), index=table.frame_key.to_numpy())
+        if channel != "visual" and frame_key is None:
+            best = float(channel_scores.max())
+            channel_scores = channel_scores[channel_scores >= min_text_score]
+            if channel_scores.empty:
+                notes.append(f"{channel} channel: no frame's text is similar enough to the query "
+                             f"(best {best:.3f}, below search.min_text_score {min_text_score})")  # fmt: skip
+                continue
+        scores[channel] = channel_scores
     for note in notes:
         log.info("search: %s", note)
     if not scores:
@@ -396,7 +410,7 @@ def configured_searches(run: RunPaths | Path | str, cfg: PipelineConfig) -> list
         try:
             outcomes.append((query, search(
                 run, query, top_k=options.top_k, threshold=options.threshold, relative=options.relative,
-                suppress_seconds=options.suppress_seconds,
+                suppress_seconds=options.suppress_seconds, min_text_score=options.min_text_score,
             )))  # fmt: skip
         except SearchError as error:
             outcomes.append((query, str(error)))

@@ -1,0 +1,159 @@
+"""On-screen text of every frame (part of the caption stage), for the `ocr` search channel.
+
+Each thumbnail is read by `models.ocr.OcrReader` (RapidOCR, weights inside its package). The
+result is `tables/ocr.parquet`: one row per frame with its lines joined by newlines (empty when
+the frame shows no text), how many lines, their mean confidence and the engine. Work is cached
+per video and settings under ``ocr/<settings>/``, so a re-run reads nothing it has read before;
+`03_embed` then embeds the non-empty texts with the sentence encoder into the `ocr` channel.
+
+Example:
+    >>> from frameatlas.ocr import read_frame_text
+    >>> summary = read_frame_text(cfg, "outputs/demo")  # doctest: +SKIP
+    >>> summary.table[summary.table.text != ""][["timestamp", "text"]].head()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .config import PipelineConfig
+from .models.base import ModelRecord
+from .models.ocr import OcrReader, OcrUnavailable, unavailable_record
+from .progress import progress_bar
+from .store import RunPaths, frame_shards, in_frame_order, read_table, write_table
+
+log = logging.getLogger(__name__)
+
+__all__ = ["OCR_COLUMNS", "OcrSummary", "ocr_sample_html", "read_frame_text"]
+
+OCR_COLUMNS = ["frame_key", "video_id", "timestamp", "text", "lines", "score", "engine"]
+
+
+@dataclass
+class OcrSummary:
+    """What the OCR pass did; `counts` goes to the caption stage's manifest entry."""
+
+    table: pd.DataFrame
+    record: ModelRecord | None = None  # None: OCR is off in the config
+    frames: int = 0
+    read: int = 0
+    cached: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        if self.record is None:
+            return {"ocr": "off"}
+        with_text = int((self.table.text != "").sum()) if len(self.table) else 0
+        return {
+            "ocr_engine": self.record.model_id,
+            "ocr_frames_read": self.read,
+            "ocr_frames_cached": self.cached,
+            "ocr_frames_with_text": with_text,
+            "ocr_seconds": round(self.seconds, 2),
+            "ocr_seconds_per_frame": round(self.seconds / self.read, 4) if self.read else 0.0,
+        }
+
+
+def _settings_key(cfg: PipelineConfig, engine: str) -> str:
+    options = cfg.caption.ocr
+    settings = f"{engine}|{options.min_score}|{options.min_chars}|{options.detect_short_side}"
+    return hashlib.sha256(settings.encode()).hexdigest()[:12]
+
+
+def _read_group(run: RunPaths, reader: OcrReader, group: pd.DataFrame, bar) -> pd.DataFrame:
+    texts, counts, scores = [], [], []
+    for thumbnail in group.thumbnail:
+        path = run.absolute(thumbnail)
+        try:
+            with Image.open(path) as image:
+                lines = reader.read(image.convert("RGB"))
+        except (OSError, ValueError) as error:
+            raise FileNotFoundError(f"{path}: thumbnail cannot be read ({error}); re-run the extract stage with --force extract") from None
+        texts.append("\n".join(line.text for line in lines))
+        counts.append(len(lines))
+        scores.append(round(sum(line.score for line in lines) / len(lines), 4) if lines else 0.0)
+        bar.update(1)
+    return pd.DataFrame({
+        "frame_key": group.frame_key.to_numpy(), "video_id": group.video_id.to_numpy(), "timestamp": group.timestamp.to_numpy(),
+        "text": texts, "lines": counts, "score": scores, "engine": reader.record.model_id,
+    })  # fmt: skip
+
+
+def read_frame_text(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False, reader: OcrReader | None = None) -> OcrSummary:
+    """Read the on-screen text of every frame into `tables/ocr.parquet` (see the module docstring).
+
+    With `caption.ocr.enabled: false` the table is removed, so no stale text outlives the setting.
+    Without the OCR package the run goes on: the summary's record says why there is no text.
+    """
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    table_path = run.table("ocr")
+    if not cfg.caption.ocr.enabled:
+        table_path.unlink(missing_ok=True)
+        return OcrSummary(pd.DataFrame(columns=OCR_COLUMNS))
+    frames = read_table(run.table("frames"))
+    summary = OcrSummary(pd.DataFrame(columns=OCR_COLUMNS), frames=len(frames))
+    if reader is None:
+        try:
+            reader = OcrReader(cfg.caption.ocr, cfg.models.threads)
+        except OcrUnavailable as error:
+            log.warning("caption: %s", error)
+            summary.record = unavailable_record(str(error))
+            summary.notes.append(f"no on-screen text: {error}")
+            table_path.unlink(missing_ok=True)
+            return summary
+    summary.record = reader.record
+    key = _settings_key(cfg, reader.record.model_id)
+    tables, todo = frame_shards(frames, run.root / "ocr" / key, force=force)
+    summary.cached = sum(map(len, tables))
+    if todo:
+        started = time.perf_counter()
+        bar = progress_bar(total=sum(len(g) for _, g in todo), desc="on-screen text", unit="frame")
+        try:
+            for shard, group in todo:
+                table = _read_group(run, reader, group, bar)
+                write_table(table, shard)  # finished videos survive an interrupted run
+                tables.append(table)
+                summary.read += len(table)
+        finally:
+            bar.close()
+        summary.seconds = time.perf_counter() - started
+    table = in_frame_order(tables, frames, OCR_COLUMNS)
+    write_table(table, table_path)
+    summary.table = table
+    log.info("caption: on-screen text of %d frames (%d read, %d cached), %d with text, %.3f s per frame read",
+             summary.frames, summary.read, summary.cached, summary.counts["ocr_frames_with_text"],
+             summary.counts["ocr_seconds_per_frame"])  # fmt: skip
+    return summary
+
+
+def ocr_sample_html(run: RunPaths | Path | str, table: pd.DataFrame, count: int = 12, width: int = 200) -> str:
+    """An HTML table of up to `count` frames that show text, spread evenly over the run, each with its lines."""
+    import html
+
+    from .frames import format_time
+    from .plots import frame_text_table
+
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    with_text = table[table.text.fillna("") != ""]
+    if with_text.empty:
+        return "<p>No frame shows text that the reader could read.</p>"
+    frames = read_table(run.table("frames")).set_index("frame_key")
+    picks = with_text.iloc[np.unique(np.linspace(0, len(with_text) - 1, min(count, len(with_text))).round().astype(int))]
+    rows = []
+    for row in picks.itertuples():
+        frame = frames.loc[row.frame_key]
+        where = f"{html.escape(str(frame.video_name))}<br>{format_time(float(frame.timestamp))}"
+        rows.append((run.absolute(frame.thumbnail), where, "<br>".join(map(html.escape, str(row.text).split("\n")))))
+    return frame_text_table(rows, heading="on-screen text", width=width)
+

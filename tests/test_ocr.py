@@ -1,0 +1,90 @@
+"""On-screen text: RapidOCR (weights from its package) reads generated frames, the ocr channel finds them."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import videogen
+from frameatlas.embed import embed_text_channels
+from frameatlas.ocr import OCR_COLUMNS, ocr_sample_html, read_frame_text
+from frameatlas.search import SearchError, search
+from frameatlas.store import read_table
+from runs import embedded_run
+
+# One caption per second; frames are sampled every 0.5 s, so two frames show each.
+CAPTIONS = ["FRAME ATLAS", "", "RED CAR PARKING", "OPEN MOVIE"]
+
+
+def text_run(tmp_path, **ocr):
+    videogen.make_text_video(tmp_path / "videos" / "signs.mp4", CAPTIONS)
+    return embedded_run(tmp_path, {"name": "fallback"}, name="ocr", extract={"thumbnail_long_side": 384},
+                        caption={"ocr": {"enabled": True, **ocr}})  # fmt: skip
+
+
+def squeeze(text: str) -> str:
+    """OCR may drop or add the space between two words; compare letters only."""
+    return "".join(text.split()).upper()
+
+
+def test_every_frame_gets_the_text_it_shows_and_a_rerun_reads_nothing(tmp_path):
+    cfg, run = text_run(tmp_path)
+    summary = read_frame_text(cfg, run)
+    table = read_table(run.table("ocr"))
+    assert list(table.columns) == OCR_COLUMNS and len(table) == 8
+    assert table.timestamp.tolist() == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]
+    assert [squeeze(text) for text in table.text] == [squeeze(CAPTIONS[int(t)]) for t in table.timestamp]
+    shown = table[table.text != ""]
+    assert (shown.lines == 1).all() and (shown.score >= cfg.caption.ocr.min_score).all()
+    assert (table[table.text == ""].lines == 0).all()
+    assert set(table.engine) == {"rapidocr-ppocrv4"}
+    counts = summary.counts
+    assert (counts["ocr_frames_read"], counts["ocr_frames_cached"], counts["ocr_frames_with_text"]) == (8, 0, 6)
+    assert summary.record.model_id == "rapidocr-ppocrv4" and summary.record.weights.endswith("models")
+
+    again = read_frame_text(cfg, run)
+    assert (again.read, again.cached) == (0, 8)
+    assert again.table.equals(summary.table)
+    html = ocr_sample_html(run, again.table)
+    assert html.count("<img") == 6 and "PARKING" in html and "ATLAS" in html
+
+
+def test_the_ocr_channel_finds_a_frame_by_the_words_it_shows(tmp_path):
+    cfg, run = text_run(tmp_path)
+    read_frame_text(cfg, run)
+    counts, record = embed_text_channels(cfg, run)
+    assert counts["ocr_vectors"] == 6 and counts["ocr_index_upserted"] == 6 and counts["caption_vectors"] == 0
+    assert record.model_id == counts["ocr_text_model"]
+
+    result = search(run, "a red car is parked", top_k=2)
+    assert result.channels == ["ocr"]  # the fallback descriptor has no text side: only the text answers
+    assert sorted(result.hits.timestamp) == [2.0, 2.5]
+    assert result.hits.score_ocr.min() >= cfg.search.min_text_score
+
+    with pytest.raises(SearchError, match=r"ocr channel: no frame's text is similar enough to the query \(best -?0\.\d+, "
+                                          r"below search.min_text_score 0.35\)"):  # fmt: skip
+        search(run, "a flock of birds over the sea")
+    everything = search(run, "a flock of birds over the sea", min_text_score=-1, top_k=100)
+    assert len(everything.hits) == 6  # every frame with text, however unrelated; the blank ones have no vector
+
+
+def test_ocr_off_leaves_no_table_and_no_channel(tmp_path):
+    cfg, run = text_run(tmp_path)
+    read_frame_text(cfg, run)
+    embed_text_channels(cfg, run)
+    assert run.table("ocr_embeddings").exists()
+    cfg.caption.ocr.enabled = False
+    summary = read_frame_text(cfg, run)
+    assert summary.counts == {"ocr": "off"} and not run.table("ocr").exists()
+    counts, _ = embed_text_channels(cfg, run)
+    assert counts["ocr_vectors"] == 0 and not run.table("ocr_embeddings").exists()  # stale text never outlives its table
+
+
+def test_without_the_ocr_package_the_stage_says_so_and_goes_on(tmp_path, monkeypatch):
+    cfg, run = text_run(tmp_path)
+    monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)  # import fails as if not installed
+    summary = read_frame_text(cfg, run)
+    assert summary.record.model_id == "ocr-off" and not run.table("ocr").exists()
+    assert "pip install rapidocr-onnxruntime" in summary.record.fallback_reason
+    assert "caption.ocr.enabled: false" in summary.notes[0]
+    assert "Off in this run: on-screen text (OCR) search channel" in summary.record.banner
