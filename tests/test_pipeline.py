@@ -137,6 +137,13 @@ def test_full_run_reports_manifest_dashboard_and_reuse(project):
     assert manifest["stages"]["extract"]["status"] == "done"
     assert manifest["stages"]["extract"]["counts"]["videos_processed"] == 2
 
+    # Turning on-screen text off: no OCR table, and the manifest no longer lists the OCR model as one that ran.
+    off = run_pipeline(str(project / "pipeline.yaml"), "--stages", "caption", "--set", "caption.ocr.enabled=false")
+    assert off.returncode == 3, off.stderr  # broken.mp4 is still skipped
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["caption"]["counts"]["ocr"] == "off" and not (run / "tables" / "ocr.parquet").exists()
+    assert {m["kind"] for m in manifest["models"]} == {"image", "caption"}
+
 
 def test_a_failing_cell_stops_the_run_and_the_next_run_resumes(project, tmp_path):
     broken_notebooks = tmp_path / "broken_notebooks"

@@ -78,6 +78,7 @@ class Stage:
     sections: tuple[str, ...]
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
+    model_kinds: tuple[str, ...] = ()  # kinds of model this stage alone records: gone from the manifest when it stops using them
 
     @property
     def report_stem(self) -> str:
@@ -86,7 +87,10 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("extract", "01_extract.ipynb", ("corpus", "extract"), inputs=(), outputs=("frames", "videos")),
-    Stage("caption", "02_caption.ipynb", ("models", "caption"), inputs=("frames",), outputs=("captions",)),  # + ocr when on
+    Stage(
+        "caption", "02_caption.ipynb", ("models", "caption"), inputs=("frames",), outputs=("captions",),  # + ocr when on
+        model_kinds=("caption", "ocr"),
+    ),  # fmt: skip
     Stage(
         "embed", "03_embed.ipynb", ("models", "embed", "index", "search"), inputs=("frames", "captions", "ocr"),
         outputs=("embeddings",),
@@ -396,8 +400,8 @@ def _extra_inputs(stage: Stage, cfg: PipelineConfig) -> Any:
     return None
 
 
-def _merge_models(manifest: dict[str, Any], records: list[dict[str, Any]]) -> None:
-    kinds = {record["kind"] for record in records}
+def _merge_models(manifest: dict[str, Any], records: list[dict[str, Any]], owned: tuple[str, ...] = ()) -> None:
+    kinds = {record["kind"] for record in records} | set(owned)
     manifest["models"] = [m for m in manifest.get("models", []) if m.get("kind") not in kinds] + records
 
 
@@ -480,8 +484,8 @@ def run_pipeline(
         try:
             notebook = _execute_notebook(stage, cfg, run, forced, show_progress)
             result = _read_stage_result(run, stage)
-            if result.get("models"):
-                _merge_models(manifest, result["models"])
+            if result.get("models") or stage.model_kinds:
+                _merge_models(manifest, result.get("models", []), stage.model_kinds)
             banners = model_banners(manifest)
             html = export_html(notebook, f"{cfg.run.name} · {stage.notebook}", banners)
         except StageFailed as error:

@@ -3,7 +3,8 @@
 * image-text: CLIP through open_clip (`clip.py`), or the weight-free colour/texture
   descriptor (`fallback.py`) when the config allows falling back;
 * sentence: sentence-transformers (default all-MiniLM-L6-v2) or the Universal Sentence
-  Encoder (`sentence.py`).
+  Encoder (`sentence.py`);
+* on-screen text: RapidOCR with the weights inside its package (`ocr.py`).
 
 What actually loaded is described by each encoder's `record` (a `ModelRecord`), which the
 stages copy into the run manifest.

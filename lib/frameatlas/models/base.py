@@ -34,7 +34,7 @@ class ModelUnavailable(RuntimeError):
 class ModelRecord:
     """What actually ran, for the manifest and the reports."""
 
-    kind: str  # "image" | "text" | "caption"
+    kind: str  # "image" | "text" | "caption" | "ocr"
     model_id: str  # stable id used for caches and index collections
     requested: str
     backend: str
