@@ -573,23 +573,18 @@ def caption_sample_html(run: RunPaths | Path | str, captions: pd.DataFrame, coun
     (the caption model's part in bold). Thumbnails are embedded, so the saved report stands alone."""
     import html
 
-    from .frames import format_time
-    from .plots import frame_text_table
+    from .plots import frame_text_sample
+
+    def prompt_html(row) -> str:
+        prompt = str(row.prompt)
+        if row.caption and prompt.startswith(str(row.caption)):
+            return f"<b>{html.escape(str(row.caption))}</b>{html.escape(prompt[len(row.caption):])}"
+        return html.escape(prompt)
 
     run = run if isinstance(run, RunPaths) else RunPaths(run)
     if captions.empty:
         return "<p>No captions.</p>"
-    frames = read_table(run.table("frames")).set_index("frame_key")
-    picks = captions.iloc[np.unique(np.linspace(0, len(captions) - 1, min(count, len(captions))).round().astype(int))]
-    rows = []
-    for row in picks.itertuples():
-        frame = frames.loc[row.frame_key]
-        prompt = html.escape(str(row.prompt))
-        if row.caption and str(row.prompt).startswith(str(row.caption)):
-            prompt = f"<b>{html.escape(str(row.caption))}</b>{html.escape(str(row.prompt)[len(row.caption):])}"
-        where = f"{html.escape(str(frame.video_name))}<br>{format_time(float(frame.timestamp))}"
-        rows.append((run.absolute(frame.thumbnail), where, prompt))
-    return frame_text_table(rows, heading="prompt", width=width)
+    return frame_text_sample(run, captions, prompt_html, count=count, heading="prompt", width=width)
 
 
 def term_statistics(captions: pd.DataFrame, top: int = 20) -> tuple[pd.DataFrame, pd.DataFrame]:

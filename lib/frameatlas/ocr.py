@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -141,19 +140,11 @@ def ocr_sample_html(run: RunPaths | Path | str, table: pd.DataFrame, count: int 
     """An HTML table of up to `count` frames that show text, spread evenly over the run, each with its lines."""
     import html
 
-    from .frames import format_time
-    from .plots import frame_text_table
+    from .plots import frame_text_sample
 
     run = run if isinstance(run, RunPaths) else RunPaths(run)
     with_text = table[table.text.fillna("") != ""]
     if with_text.empty:
         return "<p>No frame shows text that the reader could read.</p>"
-    frames = read_table(run.table("frames")).set_index("frame_key")
-    picks = with_text.iloc[np.unique(np.linspace(0, len(with_text) - 1, min(count, len(with_text))).round().astype(int))]
-    rows = []
-    for row in picks.itertuples():
-        frame = frames.loc[row.frame_key]
-        where = f"{html.escape(str(frame.video_name))}<br>{format_time(float(frame.timestamp))}"
-        rows.append((run.absolute(frame.thumbnail), where, "<br>".join(map(html.escape, str(row.text).split("\n")))))
-    return frame_text_table(rows, heading="on-screen text", width=width)
-
+    return frame_text_sample(run, with_text, lambda row: "<br>".join(map(html.escape, str(row.text).split("\n"))),
+                             count=count, heading="on-screen text", width=width)  # fmt: skip

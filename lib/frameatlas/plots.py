@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-__all__ = ["Tile", "frame_text_table", "image_grid"]
+__all__ = ["Tile", "frame_text_sample", "frame_text_table", "image_grid"]
 
 LABEL_HEIGHT = 14
 
@@ -78,4 +78,24 @@ def frame_text_table(rows: Sequence[tuple[Path | str, str, str]], *, heading: st
                      f'<td style="text-align:left">{text_html}</td></tr>')  # fmt: skip
     return (f'<table><tr><th>frame</th><th>video, time</th><th style="text-align:left">{heading}</th></tr>'
             + "".join(cells) + "</table>")  # fmt: skip
+
+
+def frame_text_sample(run, table, text_html, *, count: int = 12, heading: str = "text", width: int = 200) -> str:
+    """`frame_text_table` of up to `count` rows spread evenly over `table` (rows with a `frame_key`),
+    each shown with its thumbnail, video and time, and `text_html(row)`."""
+    import html
+
+    import numpy as np
+
+    from .frames import format_time
+    from .store import read_table
+
+    frames = read_table(run.table("frames")).set_index("frame_key")
+    picks = table.iloc[np.unique(np.linspace(0, len(table) - 1, min(count, len(table))).round().astype(int))]
+    rows = []
+    for row in picks.itertuples():
+        frame = frames.loc[row.frame_key]
+        where = f"{html.escape(str(frame.video_name))}<br>{format_time(float(frame.timestamp))}"
+        rows.append((run.absolute(frame.thumbnail), where, text_html(row)))
+    return frame_text_table(rows, heading=heading, width=width)
 
