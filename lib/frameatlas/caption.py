@@ -45,7 +45,7 @@ from PIL import Image
 from .config import CaptionConfig, ModelsConfig, PipelineConfig
 from .models import ModelRecord, ModelUnavailable, image_encoder
 from .progress import progress_bar
-from .store import RunPaths, frame_shards, in_frame_order, read_table, user_cache_dir, write_table
+from .store import RunPaths, frame_shards, in_frame_order, read_table, read_thumbnail, user_cache_dir, write_table
 
 log = logging.getLogger(__name__)
 
@@ -467,25 +467,13 @@ def _settings_key(options: CaptionConfig, clip_id: str, caption_id: str, term_co
     return f"{options.mode}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
 
 
-def _load_images(run: RunPaths, thumbnails) -> list[Image.Image]:
-    images = []
-    for thumbnail in thumbnails:
-        path = run.absolute(thumbnail)
-        try:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
-        except (OSError, ValueError) as error:
-            raise FileNotFoundError(f"{path}: thumbnail cannot be read ({error}); re-run the extract stage with --force extract") from None
-    return images
-
-
 def _model_captions(run: RunPaths, model: CaptionModel, options: CaptionConfig, group: pd.DataFrame, bar) -> list[str]:
     if not model.available:
         return [""] * len(group)
     captions: list[str] = []
     thumbnails = list(group.thumbnail)
     for start in range(0, len(thumbnails), options.caption_batch_size):
-        images = _load_images(run, thumbnails[start : start + options.caption_batch_size])
+        images = [read_thumbnail(run.absolute(t)) for t in thumbnails[start : start + options.caption_batch_size]]
         captions.extend(model.captions(images, options.max_caption_tokens))
         bar.update(len(images))
     return captions

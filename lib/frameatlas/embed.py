@@ -34,7 +34,7 @@ from .index import VectorIndex, frame_metadata, open_index
 from .models import ImageEncoder, ModelRecord, image_encoder
 from .plots import Tile, image_grid
 from .progress import progress_bar
-from .store import RunPaths, read_table, write_table
+from .store import RunPaths, read_table, read_thumbnail, write_table
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +52,7 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
 
 
 def _load_batch(encoder: ImageEncoder, paths: Sequence[Path]) -> list:
-    prepared = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                prepared.append(encoder.preprocess(image))
-        except (OSError, ValueError) as error:
-            raise FileNotFoundError(
-                f"{path}: thumbnail cannot be read ({error}); re-run the extract stage with --force extract"
-            ) from None
-    return prepared
+    return [encoder.preprocess(read_thumbnail(path)) for path in paths]
 
 
 def encode_image_files(

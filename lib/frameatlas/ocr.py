@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PIL import Image
 
 from .config import PipelineConfig
 from .models.base import ModelRecord
 from .models.ocr import OcrReader, OcrUnavailable, unavailable_record
 from .progress import progress_bar
-from .store import RunPaths, frame_shards, in_frame_order, read_table, write_table
+from .store import RunPaths, frame_shards, in_frame_order, read_table, read_thumbnail, write_table
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +72,7 @@ def _settings_key(cfg: PipelineConfig, engine: str) -> str:
 def _read_group(run: RunPaths, reader: OcrReader, group: pd.DataFrame, bar) -> pd.DataFrame:
     texts, counts, scores = [], [], []
     for thumbnail in group.thumbnail:
-        path = run.absolute(thumbnail)
-        try:
-            with Image.open(path) as image:
-                lines = reader.read(image.convert("RGB"))
-        except (OSError, ValueError) as error:
-            raise FileNotFoundError(f"{path}: thumbnail cannot be read ({error}); re-run the extract stage with --force extract") from None
+        lines = reader.read(read_thumbnail(run.absolute(thumbnail)))
         texts.append("\n".join(line.text for line in lines))
         counts.append(len(lines))
         scores.append(round(sum(line.score for line in lines) / len(lines), 4) if lines else 0.0)

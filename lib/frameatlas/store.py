@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from PIL import Image
 
-__all__ = ["RunPaths", "user_cache_dir", "frame_shards", "in_frame_order", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_table", "write_table"]
+__all__ = ["RunPaths", "user_cache_dir", "frame_shards", "in_frame_order", "read_thumbnail", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_table", "write_table"]
 
 
 def _umask() -> int:
@@ -81,6 +82,15 @@ def user_cache_dir(*parts: str) -> Path:
         ('frameatlas', 'terms')
     """
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "frameatlas", *parts)
+
+
+def read_thumbnail(path: Path | str) -> Image.Image:
+    """A frame's thumbnail, loaded as RGB; an unreadable one raises FileNotFoundError saying how to remake it."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(f"{path}: thumbnail cannot be read ({error}); re-run the extract stage with --force extract") from None
 
 
 def read_table(path: Path | str) -> pd.DataFrame:
