@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def evaluate_run(args, scratch: Path) -> dict:
-    from frameatlas.embed import encode_image_files, load_vectors
+    from frameatlas.embed import encode_image_files
+    from frameatlas.store import load_vectors
     from frameatlas.models import FALLBACK_MODEL_ID, ColourTextureEncoder
     from frameatlas.store import RunPaths, read_table
 

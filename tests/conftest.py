@@ -22,7 +22,7 @@ os.environ["FRAMEATLAS_PROGRESS"] = "off"
 # Tests neither see nor fill the user's caches: weights cached there (real CLIP, say) would change
 # what a test runs, and term vectors or checksums of tiny test models do not belong there. numba's
 # compile cache for UMAP is the exception: it changes no result and saves a minute per session.
-from frameatlas.store import user_cache_dir  # noqa: E402  (reads no environment at import)
+from frameatlas.files import user_cache_dir  # noqa: E402  (reads no environment at import)
 
 os.environ.setdefault("NUMBA_CACHE_DIR", str(user_cache_dir("numba")))
 _TEST_CACHE = tempfile.mkdtemp(prefix="frameatlas-test-cache-")

@@ -9,8 +9,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from frameatlas import corpus
-from frameatlas.corpus import DemoFetchError, DemoVideo, HashCache, content_hash, discover_videos, fetch_demo
+from frameatlas import corpus, files
+from frameatlas.corpus import DemoFetchError, DemoVideo, content_hash, discover_videos, fetch_demo
+from frameatlas.files import HashCache
 
 
 def test_discovery_lists_videos_and_explains_unusable_files(tmp_path):
@@ -54,7 +55,7 @@ def test_content_hash_is_by_bytes_and_cached_by_stat(tmp_path, monkeypatch):
     first = content_hash(a, cache)
     cache.save()
     reads = []
-    monkeypatch.setattr(corpus, "sha256_file", lambda path: reads.append(path) or "0" * 64)
+    monkeypatch.setattr(files, "sha256_file", lambda path: reads.append(path) or "0" * 64)
     again = HashCache(tmp_path / "hashes.json")
     assert content_hash(a, again) == first and reads == []  # unchanged file: not read again
     a.write_bytes(b"new bytes!")  # same size, new mtime

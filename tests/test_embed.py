@@ -11,7 +11,8 @@ import tinyclip
 import videogen
 from frameatlas import models
 from frameatlas.config import config_from_dict
-from frameatlas.embed import embed_frames, encode_image_files, load_vectors, nearest_neighbour_grid
+from frameatlas.embed import embed_frames, encode_image_files, nearest_neighbour_grid
+from frameatlas.store import load_vectors
 from frameatlas.frames import extract_corpus
 from frameatlas.index import open_index
 from frameatlas.store import RunPaths, read_table

@@ -14,7 +14,7 @@ import tinyclip
 from frameatlas import models
 from frameatlas import project as project_module
 from frameatlas.config import config_from_dict
-from frameatlas.embed import load_vectors
+from frameatlas.store import load_vectors
 from frameatlas.project import even_sample, project
 from frameatlas.store import RunPaths, read_table, write_table
 from frameatlas.visualize import NO_CLUSTERS_NOTE, map_3d, similarity_timelines, write_visualizations

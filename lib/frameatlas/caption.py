@@ -45,7 +45,8 @@ from PIL import Image
 from .config import CaptionConfig, ModelsConfig, PipelineConfig
 from .models import ModelRecord, ModelUnavailable, image_encoder
 from .progress import progress_bar
-from .store import RunPaths, frame_shards, in_frame_order, read_table, read_thumbnail, user_cache_dir, write_table
+from .store import RunPaths, frame_shards, in_frame_order, read_table, read_thumbnail, write_table
+from .files import user_cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,8 @@ from PIL import Image
 from .config import ClusterConfig, PipelineConfig
 from .models.base import l2_normalise
 from .plots import Tile, image_grid
-from .store import RunPaths, atomic_write_bytes, atomic_write_text, read_table, write_table
+from .store import RunPaths, read_table, write_table
+from .files import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -639,7 +640,7 @@ def time_ranges(annotated: pd.DataFrame, column: str = "cluster") -> pd.DataFram
 
 def _format_ranges(ranges: pd.DataFrame, limit: int = RANGES_SHOWN) -> str:
     """'one.mp4 00:00.00–00:01.50, 00:03.00; two.mp4 00:00.00 (+4 more)'."""
-    from .frames import format_time
+    from .plots import format_time
 
     parts, shown = [], 0
     for video_name, group in ranges.groupby("video_name", sort=True):
@@ -681,7 +682,7 @@ def cluster_montage(
     Example:
         >>> image = cluster_montage(frames.head(16), "outputs/demo")  # a 4 x 4 grid  # doctest: +SKIP
     """
-    from .frames import format_time
+    from .plots import format_time
 
     run = run if isinstance(run, RunPaths) else RunPaths(run)
     if labels is None:
@@ -983,7 +984,7 @@ def _write_montages(
 
 
 def _write_keyframe_strips(run: RunPaths, frames: pd.DataFrame, keyframes: pd.DataFrame) -> dict[str, Path]:
-    from .frames import format_time
+    from .plots import format_time
 
     folder = run.root / "plots" / "keyframes"
     details = frames.set_index("frame_key")

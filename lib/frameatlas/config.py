@@ -55,6 +55,9 @@ class _Section(BaseModel):
 class RunConfig(_Section):
     name: str = Field("demo", description="Run name: results go to <output_dir>/<name>/.")
     output_dir: Path = Field(Path("outputs"), description="Folder holding all runs.")
+    stage_timeout_minutes: float = Field(
+        240.0, gt=0, le=10080, description="Longest one stage notebook may run before it is stopped and marked failed."
+    )
 
     @field_validator("name")
     @classmethod
@@ -176,6 +179,10 @@ class EmbedConfig(_Section):
 class IndexConfig(_Section):
     url: str | None = Field(None, description="Chroma server URL; null = embedded store under the run.")
     collection_prefix: str = Field("frames", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{1,40}$")
+    shared_collection: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{1,60}$",
+        description="Also add the image vectors to this collection shared with other runs (ids carry the run id); only adds, never deletes.",
+    )  # fmt: skip
 
     @field_validator("url")
     @classmethod

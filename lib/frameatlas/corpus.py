@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import DEFAULT_EXTENSIONS
-from .store import atomic_write_text
+from .files import HashCache, atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,6 @@ __all__ = [
     "fetch_demo",
 ]
 
-HASH_CHUNK = 4 << 20
 VIDEO_ID_LENGTH = 16
 
 
@@ -125,43 +123,6 @@ def _unusable_reason(path: Path) -> str | None:
     if size == 0:
         return "empty file (0 bytes)"
     return None
-
-
-def sha256_file(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-class HashCache:
-    """Remembers content hashes per (path, size, mtime_ns) in a small JSON file."""
-
-    def __init__(self, path: Path | None):
-        self.path = path
-        self._entries: dict[str, list] = {}
-        self._dirty = False
-        if path and path.exists():
-            try:
-                self._entries = json.loads(path.read_text())
-            except (OSError, ValueError):
-                log.warning("ignoring unreadable hash cache %s", path)
-
-    def get(self, video: VideoFile) -> str:
-        key = str(video.path.resolve())
-        cached = self._entries.get(key)
-        if cached and cached[0] == video.size and cached[1] == video.mtime_ns:
-            return cached[2]
-        digest = sha256_file(video.path)
-        self._entries[key] = [video.size, video.mtime_ns, digest]
-        self._dirty = True
-        return digest
-
-    def save(self) -> None:
-        if self.path and self._dirty:
-            atomic_write_text(self.path, json.dumps(self._entries, indent=0, sort_keys=True))
-            self._dirty = False
 
 
 def content_hash(path: Path | str, cache: HashCache | None = None) -> str:

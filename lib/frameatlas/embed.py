@@ -34,7 +34,7 @@ from .index import VectorIndex, frame_metadata, open_index
 from .models import ImageEncoder, ModelRecord, image_encoder
 from .plots import Tile, image_grid
 from .progress import progress_bar
-from .store import RunPaths, read_table, read_thumbnail, write_table
+from .store import RunPaths, load_vectors, read_table, read_thumbnail, write_table
 
 log = logging.getLogger(__name__)
 
@@ -265,16 +265,6 @@ def embed_text_channels(
         counts.update(channel_counts)
         used = used or record
     return counts, used
-
-
-def load_vectors(run: RunPaths | Path | str, model_id: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:
-    """The embeddings table (one model) and its vectors as an (n, dim) array."""
-    run = run if isinstance(run, RunPaths) else RunPaths(run)
-    table = read_table(run.table("embeddings"))
-    if model_id is not None:
-        table = table[table.model_id == model_id].reset_index(drop=True)
-    vectors = np.stack(table.vector.to_numpy()).astype(np.float32) if len(table) else np.zeros((0, 0), np.float32)
-    return table.drop(columns=["vector"]), vectors
 
 
 def nearest_neighbour_grid(

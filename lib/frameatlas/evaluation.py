@@ -544,7 +544,7 @@ def compare_run_indexes(run, model_id: str | None = None, *, queries: int = 200,
     Example:
         >>> table = compare_run_indexes("outputs/demo", queries=100)  # doctest: +SKIP
     """
-    from .embed import load_vectors
+    from .store import load_vectors
 
     table, vectors = load_vectors(run, model_id)
     models = sorted(set(table.model_id)) if len(table) else []
@@ -657,7 +657,7 @@ def noise_robustness(
         (0 = first), `mean_cosine` (noisy vs clean vector), `n_queries`.
 
     Example:
-        >>> from frameatlas.embed import load_vectors
+        >>> from frameatlas.store import load_vectors
         >>> from frameatlas.models import ColourTextureEncoder
         >>> table, vectors = load_vectors("outputs/demo")  # doctest: +SKIP
         >>> thumbs = read_table("outputs/demo/tables/frames.parquet").set_index("frame_key").thumbnail  # doctest: +SKIP

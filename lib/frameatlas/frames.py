@@ -44,9 +44,11 @@ import pandas as pd
 from PIL import Image
 
 from .config import ExtractConfig, PipelineConfig
-from .corpus import CorpusListing, HashCache, SkippedInput, VideoFile, content_hash, demo_missing, discover_videos, fetch_demo
+from .corpus import CorpusListing, SkippedInput, VideoFile, content_hash, demo_missing, discover_videos, fetch_demo
+from .files import HashCache
 from .progress import progress_bar
-from .store import RunPaths, atomic_write_json, read_table, write_table
+from .store import RunPaths, read_table, write_table
+from .files import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -611,7 +613,7 @@ def contact_sheet(
     Example:
         >>> sheet = contact_sheet(frames[frames.video_name == "bikes.mp4"], "outputs/demo")  # doctest: +SKIP
     """
-    from .plots import Tile, image_grid
+    from .plots import Tile, format_time, image_grid
 
     run = run if isinstance(run, RunPaths) else RunPaths(run)
     frames = frames.sort_values("timestamp")
@@ -621,12 +623,6 @@ def contact_sheet(
     aspect = float((frames["height"] / frames["width"]).median()) if len(frames) else 0.5
     tiles = [Tile(run.absolute(row.thumbnail), format_time(row.timestamp)) for row in frames.itertuples()]
     return image_grid(tiles, columns=columns, tile_width=tile_width, aspect=aspect)
-
-
-def format_time(seconds: float) -> str:
-    """mm:ss.ss, as on contact sheets and in tables."""
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes):02d}:{rest:05.2f}"
 
 
 def summary_table(run: RunPaths | Path | str) -> pd.DataFrame:
@@ -640,7 +636,6 @@ def summary_table(run: RunPaths | Path | str) -> pd.DataFrame:
 
 def save_contact_sheets(run: RunPaths | Path | str, **sheet_options) -> list[tuple[dict, Path]]:
     """Write one contact-sheet JPEG per video of the run (`plots/contact_sheets/`); returns (video, path)."""
-    from .report import contact_sheet_path
 
     run = run if isinstance(run, RunPaths) else RunPaths(run)
     frames = read_table(run.table("frames"))
@@ -648,7 +643,7 @@ def save_contact_sheets(run: RunPaths | Path | str, **sheet_options) -> list[tup
     saved = []
     for video in videos.to_dict("records"):
         sheet = contact_sheet(frames[frames.video_id == video["video_id"]], run, **sheet_options)
-        path = contact_sheet_path(run, video["video_id"])
+        path = run.contact_sheet(video["video_id"])
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         sheet.save(tmp, format="JPEG", quality=85)

@@ -37,7 +37,9 @@ from .config import ConfigError, PipelineConfig, config_from_dict, load_config
 from .corpus import SkippedInput
 from .progress import PROGRESS_ENV
 from .report import model_banners
-from .store import RunPaths, atomic_write_json, atomic_write_text
+from .store import RunPaths
+from .summary import StageSummary
+from .files import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -125,15 +127,20 @@ class StageContext:
     force: bool = False
     started: float = field(default_factory=time.perf_counter)
 
-    def finish(self, counts: dict[str, Any], skipped: Iterable[SkippedInput] = (), **extra: Any) -> dict[str, Any]:
-        """Record the stage's counts and skipped inputs for the runner's manifest."""
-        result = {
-            "stage": self.stage,
-            "seconds": round(time.perf_counter() - self.started, 3),
-            "counts": counts,
-            "skipped": [item.as_dict() for item in skipped],
-            **extra,
-        }
+    def finish(
+        self, summary: StageSummary | dict[str, Any], skipped: Iterable[SkippedInput] = (), **extra: Any
+    ) -> dict[str, Any]:
+        """Record the stage's result for the runner's manifest: a `StageSummary` (or, for old
+        notebooks, its counts and skipped inputs)."""
+        if isinstance(summary, StageSummary):
+            base = summary.result()
+        else:
+            base = {"counts": summary, "skipped": [item.as_dict() for item in skipped]}
+        if "models" in extra:
+            base["models"] = extra.pop("models")
+        if not base.get("models"):
+            base.pop("models", None)
+        result = {"stage": self.stage, "seconds": round(time.perf_counter() - self.started, 3), **base, **extra}
         atomic_write_json(self.run.stage_result(self.stage), result)
         return result
 

@@ -18,6 +18,17 @@ __all__ = ["Tile", "frame_text_sample", "frame_text_table", "image_grid"]
 LABEL_HEIGHT = 14
 
 
+def format_time(seconds: float) -> str:
+    """mm:ss.ss, as on contact sheets and in tables.
+
+    Example:
+        >>> format_time(75.5)
+        '01:15.50'
+    """
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes):02d}:{rest:05.2f}"
+
+
 @dataclass(frozen=True)
 class Tile:
     """One thumbnail in a grid, with a one-line label under it."""
@@ -87,7 +98,6 @@ def frame_text_sample(run, table, text_html, *, count: int = 12, heading: str = 
 
     import numpy as np
 
-    from .frames import format_time
     from .store import read_table
 
     frames = read_table(run.table("frames")).set_index("frame_key")

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import atomic_write_bytes, user_cache_dir
+from .files import atomic_write_bytes, user_cache_dir
 
 log = logging.getLogger(__name__)
 

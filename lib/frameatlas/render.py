@@ -58,7 +58,8 @@ from PIL import Image, ImageDraw, ImageFont
 from .config import PipelineConfig, RenderConfig
 from .corpus import SkippedInput
 from .progress import progress_bar
-from .store import RunPaths, atomic_write_json, read_table, write_table
+from .store import RunPaths, read_table, write_table
+from .files import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -829,7 +830,7 @@ def output_contact_sheet(video: Path, segments: pd.DataFrame, title_seconds: flo
     labelled with the source and time they were cut from."""
     import av
 
-    from .frames import format_time
+    from .plots import format_time
 
     wanted = []
     if title_seconds > 0:

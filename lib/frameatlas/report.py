@@ -12,9 +12,11 @@ from typing import Any
 import jinja2
 import pandas as pd
 
-from .store import RunPaths, atomic_write_text
+from .store import RunPaths
 
-__all__ = ["contact_sheet_path", "model_banners", "write_dashboard"]
+from .files import atomic_write_text
+
+__all__ = ["model_banners", "write_dashboard"]
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("frameatlas", "templates"),
@@ -22,10 +24,6 @@ _ENV = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-
-
-def contact_sheet_path(run: RunPaths, video_id: str) -> Path:
-    return run.root / "plots" / "contact_sheets" / f"{video_id}.jpg"
 
 
 def model_banners(manifest: dict[str, Any]) -> list[str]:
@@ -47,7 +45,7 @@ def _videos(run: RunPaths) -> list[dict[str, Any]]:
     videos = pd.read_parquet(path).sort_values("video_name")
     rows = []
     for video in videos.to_dict("records"):
-        sheet = contact_sheet_path(run, video["video_id"])
+        sheet = run.contact_sheet(video["video_id"])
         video["contact_sheet"] = run.relative(sheet) if sheet.exists() else None
         rows.append(video)
     return rows

@@ -388,7 +388,7 @@ def write_text_channel(
 
 def gallery(result: SearchResult, run: RunPaths | Path | str, *, columns: int = 8, tile_width: int = 150, limit: int = 24):
     """The hits as an image grid, best first, labelled with rank, score, video and time."""
-    from .frames import format_time
+    from .plots import format_time
     from .plots import Tile, image_grid
 
     run = run if isinstance(run, RunPaths) else RunPaths(run)

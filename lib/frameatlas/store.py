@@ -1,7 +1,8 @@
 """The run directory and its tables: the contract between stages.
 
-Every write is atomic (temporary file + rename), so a run killed at any moment leaves
-either the old file or the new one, never half of one.
+Every write goes through the one atomic writer (`frameatlas.files.atomic_path`), so a run
+killed at any moment leaves either the old file or the new one, never half of one. Paths
+read from tables resolve inside the run (`RunPaths.resolve`), or are refused.
 
 Example:
     >>> from frameatlas.store import RunPaths, read_table
@@ -12,76 +13,26 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import numpy as np
 from PIL import Image
 
-__all__ = ["RunPaths", "user_cache_dir", "frame_shards", "in_frame_order", "read_thumbnail", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_table", "write_table"]
+from .files import UnsafePath, atomic_path, atomic_write_json, contained_path
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
-
-
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600 files; results are meant to be shared
-    return fd, tmp
-
-
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path | str, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path | str, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+__all__ = ["RunPaths", "UnsafePath", "frame_shards", "in_frame_order", "load_vectors", "read_thumbnail", "read_table", "write_table"]
 
 
 def write_table(df: pd.DataFrame, path: Path | str) -> Path:
     """Write a DataFrame as Parquet, atomically."""
     path = Path(path)
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
-
-
-def user_cache_dir(*parts: str) -> Path:
-    """frameatlas's per-user cache folder (`$XDG_CACHE_HOME/frameatlas`, else ~/.cache/frameatlas), joined with `parts`.
-
-    Example:
-        >>> user_cache_dir("terms").parts[-2:]
-        ('frameatlas', 'terms')
-    """
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "frameatlas", *parts)
 
 
 def read_thumbnail(path: Path | str) -> Image.Image:
@@ -193,3 +144,41 @@ class RunPaths:
 
     def absolute(self, relative: str) -> Path:
         return self.root / relative
+
+    def resolve(self, relative: str | Path, *, what: str = "path") -> Path:
+        """A path read from a table or the config, resolved inside the run; `UnsafePath` otherwise.
+
+        `what` says where it came from, e.g. "tables/frames.parquet row 3, column thumbnail".
+        """
+        return contained_path(relative, [self.root], what=what)
+
+    def contact_sheet(self, video_id: str) -> Path:
+        """One strip of a video's frames (extract stage), linked from the dashboard."""
+        return self.root / "plots" / "contact_sheets" / f"{video_id}.jpg"
+
+    @property
+    def identity_file(self) -> Path:
+        return self.root / "run.json"
+
+    def run_id(self, *, create: bool = False) -> str | None:
+        """The run's identity (a random id made once, kept in `run.json`): it scopes the run's
+        collections on a shared Chroma server. None when the run has none yet and `create` is false
+        (only a writer holding the run's lock may create it)."""
+        try:
+            return str(json.loads(self.identity_file.read_text())["run_id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            if not create:
+                return None
+        run_id = uuid.uuid4().hex[:12]
+        atomic_write_json(self.identity_file, {"run_id": run_id, "name": self.root.name})
+        return run_id
+
+
+def load_vectors(run: RunPaths | Path | str, model_id: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """The embeddings table (one model) and its vectors as an (n, dim) array."""
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    table = read_table(run.table("embeddings"))
+    if model_id is not None:
+        table = table[table.model_id == model_id].reset_index(drop=True)
+    vectors = np.stack(table.vector.to_numpy()).astype(np.float32) if len(table) else np.zeros((0, 0), np.float32)
+    return table.drop(columns=["vector"]), vectors

@@ -39,12 +39,13 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from .config import PipelineConfig
-from .embed import load_vectors
-from .frames import format_time
+from .store import load_vectors
+from .plots import format_time
 from .progress import progress_bar
 from .project import STATS as PROJECTION_STATS
 from .project import even_sample, project
-from .store import RunPaths, atomic_write_text, read_table, write_table
+from .store import RunPaths, read_table, write_table
+from .files import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -54,12 +54,10 @@ def clear_loaded() -> None:
 def _weights_checksum(path: Path | None) -> str | None:
     if path is None:
         return None
-    from ..corpus import HashCache, VideoFile
-    from ..store import user_cache_dir
+    from ..files import HashCache, user_cache_dir
 
     cache = HashCache(user_cache_dir("weights_sha256.json"))
-    stat = path.stat()
-    digest = cache.get(VideoFile(path.resolve(), stat.st_size, stat.st_mtime_ns))
+    digest = cache.digest_of(path.resolve())
     cache.save()
     return digest
 
