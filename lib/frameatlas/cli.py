@@ -1,6 +1,8 @@
-"""The `frameatlas` command: run the pipeline, fetch the demo corpus, check a config.
+"""The `frameatlas` command: start a project, run the pipeline, fetch the demo corpus, check a config.
 
 Example:
+    $ frameatlas init street-cams --videos /data/cams   # street-cams/pipeline.yaml for those videos
+    $ frameatlas run street-cams/pipeline.yaml          # from any folder
     $ frameatlas demo fetch            # the demo videos into data/demo/
     $ frameatlas run pipeline.yaml --set extract.every_seconds=2
     $ frameatlas config check pipeline.yaml
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -38,12 +41,19 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    """Run the pipeline; exit status as documented in run_pipeline.py (1 also when another process holds the run)."""
+    from .files import UnsafePath
+    from .lock import RunLocked
     from .pipeline import run_pipeline
 
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
-    return run_pipeline(
-        args.config, stages=args.stages, force=args.force, overrides=args.overrides, show_progress=not args.no_progress
-    )
+    try:
+        return run_pipeline(
+            args.config, stages=args.stages, force=args.force, overrides=args.overrides, show_progress=not args.no_progress
+        )
+    except (RunLocked, UnsafePath) as error:  # run_pipeline.py calls this without main()
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -54,6 +64,43 @@ def setup_logging(level: int = logging.INFO) -> None:
         logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+
+
+def _init(args: argparse.Namespace) -> int:
+    from .scaffold import ProjectExists, init_project
+
+    try:
+        project = init_project(args.dir, args.videos, name=args.name, force=args.force)
+    except ProjectExists as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(next_steps(project, shown_as=Path(args.dir) / project.config_path.name))
+    return 0
+
+
+def next_steps(project, shown_as: Path) -> str:
+    """What `frameatlas init` tells the user to do next, with the paths as they typed them."""
+    cfg = project.config
+    videos = cfg.corpus.videos
+    if project.created_videos_folder:
+        fill = f"put your videos into {videos} (sub-folders are searched too)"
+    elif videos.is_dir():
+        fill = f"videos: {videos}"
+    else:
+        fill = f"{videos} does not exist yet: create it and put your videos there, or edit corpus.videos"
+    return "\n".join([
+        f"wrote {shown_as} (run {cfg.run.name!r}; results will go to {cfg.run_dir})",
+        "next:",
+        f"  1. {fill}",
+        f"  2. set search.queries in {shown_as} to what you look for (it holds the demo's queries now)",
+        f"  3. CLIP {cfg.models.image.name} weights are needed (models.image.on_missing_weights: error): "
+        "a connected machine fetches them on the first run; offline, see `frameatlas models download --help`",
+        f"  4. frameatlas config check {shlex.quote(str(shown_as))} --show",
+        f"  5. frameatlas run {shlex.quote(str(shown_as))}",
+    ])  # fmt: skip
 
 
 def _demo_fetch(args: argparse.Namespace) -> int:
@@ -191,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"frameatlas {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    init = commands.add_parser("init", help="start a project: DIR/pipeline.yaml for your own videos, every key commented")
+    init.add_argument("dir", metavar="DIR", help="the project folder (created if missing)")
+    init.add_argument("--videos", metavar="PATH", help="folder of videos (default: DIR/videos, created empty)")
+    init.add_argument("--name", help="run name (default: DIR's name, made folder-safe)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing DIR/pipeline.yaml")
+    init.set_defaults(handler=_init)
+
     run = commands.add_parser("run", help="run the pipeline (same as run_pipeline.py)")
     add_run_arguments(run)
     run.set_defaults(handler=run_from_args)
@@ -249,8 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .files import UnsafePath
+    from .lock import RunLocked
+
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except (RunLocked, UnsafePath) as error:  # another writer, or a path outside the run: the message says it all
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
