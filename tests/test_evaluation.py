@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,6 +18,7 @@ from frameatlas.evaluation import (
     salt_and_pepper,
     synthetic_corpus,
 )
+from frameatlas.evaluation.index_comparison import SCRATCH_PREFIX
 from frameatlas.models import ColourTextureEncoder
 from PIL import Image
 
@@ -46,9 +50,9 @@ def test_exact_search_agrees_with_brute_force_and_sorts_by_score():
 
 def test_exact_search_chunks_queries_clips_k_and_breaks_ties_by_row():
     corpus, queries = synthetic_corpus(500, 8, queries=130, clusters=5, seed=1)
-    from frameatlas import evaluation
+    from frameatlas.evaluation import index_comparison
 
-    small_blocks = evaluation._topk_unit(corpus, queries, 4, block_bytes=4 * 500 * 3)  # 3 queries per chunk
+    small_blocks = index_comparison._topk_unit(corpus, queries, 4, block_bytes=4 * 500 * 3)  # 3 queries per chunk
     np.testing.assert_array_equal(small_blocks[0], exact_search(corpus, queries, 4)[0])
 
     indices, scores = exact_search(np.eye(3, dtype=np.float32), np.array([1.0, 0, 0]), k=10)
@@ -76,6 +80,30 @@ def test_compare_indexes_recall_latency_and_cleanup(clustered, tmp_path):
     assert "128 bits" in table.set_index("method").notes["faiss-lsh"]  # default 2 x dim
     assert table.attrs["n"] == 2_000 and table.attrs["queries"] == 50 and table.attrs["k"] == 10
     assert list(tmp_path.iterdir()) == []  # Chroma's temporary store is gone
+
+
+def test_chroma_scratch_index_removes_only_the_folder_it_made(tmp_path):
+    corpus, queries = synthetic_corpus(300, 16, queries=5, clusters=10, seed=2)
+    # What the work folder already holds, including a folder whose name looks like a scratch index.
+    (tmp_path / "keep.txt").write_text("mine")
+    lookalike = tmp_path / f"{SCRATCH_PREFIX}old"
+    lookalike.mkdir()
+    (lookalike / "data.bin").write_bytes(b"x")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+
+    table = compare_indexes(corpus, queries, k=3, methods=("chroma-hnsw",), workdir=tmp_path, batched=False)
+    assert table["recall@3"].iloc[0] > 0.5 and table.index_mb.iloc[0] > 0  # the index was built in a folder of its own
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+    with pytest.raises(Exception, match="no-such-space"):  # a build failing half way removes its own folder, only it
+        compare_indexes(corpus, queries, k=3, methods=("chroma-hnsw",), workdir=tmp_path, hnsw={"space": "no-such-space"})
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_evaluation_does_not_import_the_embed_stage():
+    code = "import sys, frameatlas.evaluation; print(sorted(m for m in sys.modules if m.startswith('frameatlas.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "frameatlas.evaluation.robustness" in loaded and "frameatlas.embed" not in loaded
 
 
 def test_compare_indexes_on_corpus_rows_lsh_bits_and_rerank(clustered):
