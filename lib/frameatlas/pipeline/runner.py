@@ -1,0 +1,285 @@
+"""The runner behind `run_pipeline.py` and `frameatlas run`: stages in order, each re-run only
+when its fingerprint (parameters, input tables, notebook, library code, outside inputs)
+changed, under the run's lock, with the manifest and the dashboard kept up to date.
+
+Example:
+    >>> from frameatlas.pipeline import run_pipeline
+    >>> exit_code = run_pipeline("pipeline.yaml", stages=["extract"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..config import ConfigError, PipelineConfig, load_config
+from ..files import remove_orphan_temps
+from ..lock import RunLocked, acquire_run_lock
+from ..report import model_banners, write_dashboard
+from ..store import RunPaths
+from .execute import StageFailed, execute_stage, export_html, notebooks_dir
+from .manifest import load_manifest, merge_models, now, package_versions, write_manifest
+from .registry import STAGE_NAMES, STAGES, Stage
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EXIT_FAILED", "EXIT_INVALID", "EXIT_LOCKED", "EXIT_OK", "EXIT_SKIPPED_INPUTS", "run_pipeline", "stage_fingerprint"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # a stage failed
+EXIT_INVALID = 2  # bad config or arguments: nothing was run
+EXIT_SKIPPED_INPUTS = 3  # finished, but some inputs were skipped (see manifest.json)
+EXIT_LOCKED = 4  # another process is writing into the run folder: nothing was run
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _code_digest() -> str:
+    """Changes whenever the library's code changes, so stages re-run after an upgrade or edit."""
+    digest = hashlib.sha256(__version__.encode())
+    for path in sorted(PACKAGE_DIR.rglob("*")):
+        if path.suffix in {".py", ".j2"}:
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def stage_fingerprint(stage: Stage, cfg: PipelineConfig, run: RunPaths, extra: Any = None) -> str:
+    """Everything a stage's result depends on: parameters, input tables, notebook, library code."""
+    return _digest(
+        {
+            "params": cfg.stage_params(*stage.sections),
+            "inputs": {name: _file_digest(run.table(name)) for name in stage.inputs},
+            "notebook": _file_digest(notebooks_dir() / stage.notebook),
+            "code": _code_digest(),
+            "extra": extra,
+        }
+    )
+
+
+def _split_names(names: Iterable[str]) -> list[str]:
+    """`--stages extract caption` and `--stages extract,caption` mean the same."""
+    return [name.strip() for item in names for name in item.split(",") if name.strip()]
+
+
+def _select_stages(names: list[str] | None) -> list[Stage]:
+    if names:
+        unknown = [n for n in names if n not in STAGE_NAMES]
+        if unknown:
+            raise ConfigError(f"--stages: unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGE_NAMES)}")
+    wanted = set(names) if names else None
+    return [s for s in STAGES if (wanted is None or s.name in wanted)]
+
+
+def _refresh_report_banners(run: RunPaths, manifest: dict[str, Any]) -> None:
+    """Re-export reports whose banners are out of date (e.g. exported before a fallback was known)."""
+    banners = model_banners(manifest)
+    for stage in STAGES:
+        entry = manifest.get("stages", {}).get(stage.name, {})
+        if entry.get("status") not in {"done", "unchanged"} or entry.get("banners", []) == banners:
+            continue
+        notebook = run.reports / stage.notebook
+        if notebook.exists():
+            export_html(notebook, f"{manifest['run']} · {stage.notebook}", banners)
+            entry["banners"] = banners
+
+
+def run_pipeline(
+    config_path: str | Path = "pipeline.yaml",
+    *,
+    stages: Iterable[str] | None = None,
+    force: Iterable[str] = (),
+    overrides: Iterable[str] = (),
+    show_progress: bool = True,
+) -> int:
+    """Run the enabled stages; returns an exit code (`EXIT_*`). Prints the dashboard path."""
+    started = time.perf_counter()
+    try:
+        cfg = load_config(config_path, list(overrides))
+        selected = _select_stages(_split_names(stages) if stages else None)
+        forced = set(_split_names(force))
+        bad_force = forced - set(STAGE_NAMES) - {"all"}
+        if bad_force:
+            raise ConfigError(f"--force: unknown stage(s) {', '.join(sorted(bad_force))}; stages are {', '.join(STAGE_NAMES)} or all")
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    run = RunPaths(cfg.run_dir)
+    try:
+        lock = acquire_run_lock(run.root)  # names this command line as the holder
+    except RunLocked as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_LOCKED
+    try:
+        remove_orphan_temps(run.root)
+        handler = _log_to_file(run)
+        try:
+            return _run_stages(cfg, run, selected, forced, show_progress, started)
+        finally:
+            logging.getLogger("frameatlas").removeHandler(handler)
+            handler.close()
+    finally:
+        lock.release()
+
+
+def _run_stages(
+    cfg: PipelineConfig, run: RunPaths, selected: list[Stage], forced: set[str], show_progress: bool, started: float
+) -> int:
+    manifest = load_manifest(run)
+    manifest.update(
+        {
+            "frameatlas": __version__,
+            "run": cfg.run.name,
+            "run_dir": str(run.root),
+            "config_file": str(cfg.source) if cfg.source else None,
+            "config": cfg.to_parameters(),
+            "versions": package_versions(),
+            "models": manifest.get("models", []),
+        }
+    )
+    manifest.setdefault("created", now())
+    entries: dict[str, Any] = manifest.setdefault("stages", {})
+    exit_code = EXIT_OK
+    for stage in selected:
+        if not _run_stage(stage, cfg, run, manifest, entries, forced, show_progress):
+            exit_code = EXIT_FAILED
+            break
+    _refresh_report_banners(run, manifest)
+    manifest["total_seconds"] = round(time.perf_counter() - started, 3)
+    write_manifest(run, manifest)
+    dashboard = write_dashboard(run, manifest)
+    if exit_code == EXIT_OK and manifest["skipped_inputs"]:
+        exit_code = EXIT_SKIPPED_INPUTS
+    _print_summary(manifest, selected, dashboard)
+    return exit_code
+
+
+def _run_stage(
+    stage: Stage, cfg: PipelineConfig, run: RunPaths, manifest: dict[str, Any], entries: dict[str, Any],
+    forced: set[str], show_progress: bool,
+) -> bool:  # fmt: skip
+    """Run (or reuse) one stage and record it in the manifest; False when it failed."""
+    entry = entries.get(stage.name, {})
+    if not stage.enabled(cfg):
+        entries[stage.name] = {**entry, "status": "disabled"}
+        log.info("%s: disabled in the config", stage.name)
+        return True
+    stage_started = time.perf_counter()
+    try:
+        extra = stage.external_inputs(cfg) if stage.external_inputs else None
+        fingerprint = stage_fingerprint(stage, cfg, run, extra)
+    except Exception as error:  # e.g. the demo corpus could not be fetched
+        log.error("%s: cannot prepare inputs: %s", stage.name, error)
+        entries[stage.name] = {**entry, "status": "failed", "error": str(error), "finished": now()}
+        return False
+    is_forced = stage.name in forced or "all" in forced
+    outputs_present = all(run.table(name).exists() for name in stage.outputs)
+    unchanged = entry.get("status") in {"done", "unchanged"} and entry.get("fingerprint") == fingerprint
+    if unchanged and outputs_present and not is_forced:
+        entry.update({"status": "unchanged", "checked": now(), "check_seconds": round(time.perf_counter() - stage_started, 3)})
+        entries[stage.name] = entry
+        log.info("%s: inputs and parameters unchanged, reusing its results", stage.name)
+        return True
+    log.info("%s: running %s", stage.name, stage.notebook)
+    entries[stage.name] = {"status": "running", "started": now(), "fingerprint": None}
+    write_manifest(run, manifest)
+    try:
+        notebook = execute_stage(stage, cfg, run, is_forced, show_progress)
+        result = _read_stage_result(run, stage)
+        if result.get("models") or stage.model_kinds:
+            merge_models(manifest, result.get("models", []), stage.model_kinds)
+        banners = model_banners(manifest)
+        html = export_html(notebook, f"{cfg.run.name} · {stage.notebook}", banners)
+    except StageFailed as error:
+        entries[stage.name] = {
+            "status": "failed",
+            "error": error.error,
+            "notebook": _rel(run, error.notebook),
+            "report": _rel(run, error.notebook.with_suffix(".html")),
+            "seconds": round(time.perf_counter() - stage_started, 3),
+            "finished": now(),
+        }
+        print(f"\nerror: {error}", file=sys.stderr)
+        return False
+    entries[stage.name] = {
+        "status": "done",
+        "fingerprint": fingerprint,
+        "started": entries[stage.name]["started"],
+        "finished": now(),
+        "seconds": round(time.perf_counter() - stage_started, 3),
+        "work_seconds": result.get("seconds"),
+        "counts": result.get("counts", {}),
+        "skipped": result.get("skipped", []),
+        "notebook": _rel(run, notebook),
+        "report": _rel(run, html) if html else None,
+        "banners": banners,
+        **{k: v for k, v in result.items() if k not in {"stage", "seconds", "counts", "skipped", "models"}},
+    }
+    write_manifest(run, manifest)
+    return True
+
+
+def _rel(run: RunPaths, path: Path) -> str:
+    try:
+        return run.relative(path)
+    except ValueError:
+        return str(path)
+
+
+def _read_stage_result(run: RunPaths, stage: Stage) -> dict[str, Any]:
+    path = run.stage_result(stage.name)
+    if not path.exists():
+        log.warning("%s: the notebook did not record a result (%s missing)", stage.name, path)
+        return {}
+    return json.loads(path.read_text())
+
+
+def _log_to_file(run: RunPaths) -> logging.Handler:
+    run.logs.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run.logs / "pipeline.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("frameatlas").addHandler(handler)
+    return handler
+
+
+def _print_summary(manifest: dict[str, Any], selected: list[Stage], dashboard: Path) -> None:
+    lines = ["", f"frameatlas run '{manifest['run']}' in {manifest['total_seconds']:.1f} s"]
+    for stage in selected:
+        entry = manifest["stages"].get(stage.name, {})
+        counts = ", ".join(f"{k}={v}" for k, v in entry.get("counts", {}).items())
+        seconds = entry.get("check_seconds") if entry.get("status") == "unchanged" else entry.get("seconds")
+        timing = f"{seconds:7.1f} s" if isinstance(seconds, (int, float)) else " " * 9
+        lines.append(f"  {stage.name:<10} {entry.get('status', '-'):<10} {timing}  {counts}")
+    skipped = manifest.get("skipped_inputs", [])
+    if skipped:
+        lines.append(f"  {len(skipped)} input(s) skipped:")
+        lines.extend(f"    {item['path']}: {item['reason']}" for item in skipped)
+    lines.append(f"Dashboard: {_display_path(dashboard)}")
+    print("\n".join(lines))
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,224 @@
+"""The run folder's contract, with real processes: one writer at a time, stale locks taken over,
+a time limit per stage, and a run killed at random moments that resumes to the same result."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import chromadb
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+import videogen
+import yaml
+from conftest import REPO
+
+from frameatlas.files import is_temp_name
+from frameatlas.lock import LOCK_FILE, lock_holder
+
+pytestmark = pytest.mark.slow
+
+
+def runner(*args: str, env: dict | None = None) -> list[str]:
+    return [sys.executable, str(REPO / "run_pipeline.py"), *args, "--no-progress"]
+
+
+def run_pipeline(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(runner(*args), capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def write_project(root: Path, **sections: dict) -> Path:
+    videos = root / "videos"
+    if not videos.exists():
+        videogen.make_video(videos / "alpha.mp4", seconds=3, fps=25, audio=True)
+        videogen.make_video(videos / "beta.mp4", seconds=2, fps=10, scene_cuts=[1.0])
+    config = {
+        "run": {"name": "tiny", "output_dir": "out"},
+        "corpus": {"videos": "videos", "demo": False},
+        "extract": {"every_seconds": 0.5, "thumbnail_long_side": 96},
+        "models": {"cache_dir": "hub-cache", "image": {"on_missing_weights": "fallback"}},
+        "caption": {"term_limit": 20},
+        "cluster": {"k": 3},
+        "visualize": {"enabled": False},
+    }
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    path = root / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def temp_files(run: Path) -> list[Path]:
+    """Temporaries of the atomic writer anywhere in the run (Chroma's own folder aside)."""
+    return [p for p in run.rglob("*") if is_temp_name(p.name) and "index" not in p.relative_to(run).parts[:1]]
+
+
+def test_a_second_runner_fails_at_once_naming_the_first(tmp_path):
+    config = write_project(tmp_path)
+    run = tmp_path / "out" / "tiny"
+    first = subprocess.Popen(runner(str(config)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while lock_holder(run) is None:
+            assert first.poll() is None and time.monotonic() < deadline, "the first runner never took the lock"
+            time.sleep(0.1)
+        second = run_pipeline(str(config), timeout=120)
+        assert second.returncode == 4, second.stderr
+        assert f"pid {first.pid} on " in second.stderr and "run_pipeline.py" in second.stderr
+        assert "only one writer may work on a run folder at a time" in second.stderr
+        out, err = first.communicate(timeout=900)
+    finally:
+        first.kill()
+    assert first.returncode == 0, err
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert {entry["status"] for entry in manifest["stages"].values()} == {"done", "disabled"}
+    assert lock_holder(run) is None  # released cleanly
+    assert temp_files(run) == []
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
+    config = write_project(tmp_path)
+    run = tmp_path / "out" / "tiny"
+    holder = subprocess.run(
+        [sys.executable, "-c", "import os, signal, sys; from frameatlas.lock import acquire_run_lock; "
+         "acquire_run_lock(sys.argv[1], 'a writer that dies'); os.kill(os.getpid(), signal.SIGKILL)", str(run)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert holder.returncode == -signal.SIGKILL
+    stale = lock_holder(run)
+    assert stale is not None and stale.command == "a writer that dies"
+    result = run_pipeline(str(config), "--stages", "extract", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"taking over the lock of {run}: its holder (pid {stale.pid} on" in result.stderr
+    assert "a writer that dies" in result.stderr
+    assert json.loads((run / "manifest.json").read_text())["stages"]["extract"]["status"] == "done"
+
+
+def test_a_stage_past_its_time_limit_is_stopped_with_the_key_named(tmp_path):
+    config = write_project(tmp_path)
+    notebooks = tmp_path / "slow_notebooks"
+    notebooks.mkdir()
+    notebook = nbformat.read(REPO / "notebooks" / "01_extract.ipynb", as_version=4)
+    notebook.cells.insert(2, nbformat.v4.new_code_cell("import time\ntime.sleep(600)"))
+    nbformat.write(notebook, notebooks / "01_extract.ipynb")
+    started = time.monotonic()
+    result = run_pipeline(str(config), "--stages", "extract", "--set", "run.stage_timeout_minutes=0.25",
+                          env={"FRAMEATLAS_NOTEBOOKS": str(notebooks)}, timeout=300)  # fmt: skip
+    assert result.returncode == 1
+    assert time.monotonic() - started < 240  # stopped, not left to sleep its 600 s
+    assert "stage 'extract' failed: stopped after 0.25 min, the stage time limit (run.stage_timeout_minutes" in result.stderr
+    run = tmp_path / "out" / "tiny"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["extract"]["status"] == "failed"
+    partial = nbformat.read(run / "reports" / "01_extract.ipynb", as_version=4)  # the partial notebook, whole
+    assert any("time.sleep(600)" in cell.source for cell in partial.cells)
+    assert temp_files(run) == []
+
+
+# --- killed at random moments -------------------------------------------------------------------
+
+KILL_TRIALS = 10
+# Columns that say when or how fast, or whether work was reused: not part of the result.
+VOLATILE = {"seconds", "status", "decode_seconds", "note", "render_seconds"}
+TABLE_KEYS = {
+    "frames": ["frame_key"], "videos": ["video_id"], "captions": ["frame_key"], "embeddings": ["frame_key", "model_id"],
+    "caption_embeddings": ["frame_key"], "clusters": ["labelling", "frame_key"], "frames_annotated": ["frame_key"],
+    "keyframes": ["video_id", "frame_key"], "render_videos": ["name"], "render_segments": ["output", "position"],
+}  # fmt: skip
+
+
+def read_tables(run: Path) -> dict[str, pd.DataFrame]:
+    tables = {}
+    for path in sorted((run / "tables").glob("*.parquet")):
+        table = pd.read_parquet(path)
+        table = table.drop(columns=[c for c in table.columns if c in VOLATILE], errors="ignore")
+        keys = [k for k in TABLE_KEYS.get(path.stem, []) if k in table.columns] or list(table.columns[:1])
+        tables[path.stem] = table.sort_values(keys).reset_index(drop=True)
+    return tables
+
+
+def assert_same_tables(expected: dict[str, pd.DataFrame], actual: dict[str, pd.DataFrame], trial: str) -> None:
+    assert sorted(actual) == sorted(expected), trial
+    for name, table in expected.items():
+        other = actual[name]
+        assert list(other.columns) == list(table.columns) and len(other) == len(table), f"{trial}: {name}"
+        for column in table.columns:
+            left, right = table[column].tolist(), other[column].tolist()
+            if column == "vector":
+                np.testing.assert_allclose(np.stack(left), np.stack(right), atol=1e-5, err_msg=f"{trial}: {name}.{column}")
+            elif pd.api.types.is_float_dtype(table[column]):
+                np.testing.assert_allclose(table[column], other[column], atol=1e-6, err_msg=f"{trial}: {name}.{column}")
+            else:
+                assert left == right, f"{trial}: {name}.{column} differs"
+
+
+def assert_index_matches(run: Path) -> None:
+    embeddings = pd.read_parquet(run / "tables" / "embeddings.parquet")
+    client = chromadb.PersistentClient(path=str(run / "index"), settings=chromadb.config.Settings(anonymized_telemetry=False))
+    image = [c for c in client.list_collections() if (c.metadata or {}).get("model_id") == embeddings.model_id.iloc[0]]
+    assert len(image) == 1 and image[0].count() == len(embeddings)
+    assert set(image[0].get(include=[])["ids"]) == set(embeddings.frame_key)
+
+
+@pytest.fixture(scope="module")
+def kill_project(tmp_path_factory):
+    """A run with every stage that writes per video (extract, caption with OCR, embed, render), tiny CLIP."""
+    import tinyclip
+
+    root = tmp_path_factory.mktemp("killed")
+    clip = tinyclip.save_tiny_local_dir(root / "tiny-clip")
+    config = write_project(
+        root,
+        models={"cache_dir": "hub-cache", "image": {"name": f"local-dir:{clip}", "pretrained": None, "on_missing_weights": "error"}},
+        caption={"term_limit": 20, "ocr": {"enabled": True}},
+        search={"queries": ["a red square", "a blue circle"]},
+        render={"max_total_seconds": 4.0},
+    )
+    started = time.monotonic()
+    reference = run_pipeline(str(config))
+    assert reference.returncode == 0, reference.stderr
+    return config, root / "out" / "tiny", time.monotonic() - started
+
+
+def test_a_run_killed_at_random_moments_resumes_to_the_same_result(kill_project, tmp_path):
+    config, reference_run, full_seconds = kill_project
+    expected = read_tables(reference_run)
+    assert {"frames", "captions", "ocr", "embeddings", "render_videos", "render_segments"} <= set(expected)
+    rng = random.Random(20261202)
+    stages_hit: set[str] = set()
+    for trial in range(KILL_TRIALS):
+        project = tmp_path / f"trial{trial}"
+        project.mkdir()
+        for name in ("videos", "tiny-clip"):
+            (project / name).symlink_to(config.parent / name)
+        trial_config = project / "pipeline.yaml"
+        trial_config.write_text(config.read_text())
+        run = project / "out" / "tiny"
+        kill_after = rng.uniform(0.5, 0.95 * full_seconds)
+        process = subprocess.Popen(runner(str(trial_config)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            process.wait(timeout=kill_after)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        manifest = run / "manifest.json"
+        if manifest.exists():
+            running = [n for n, e in json.loads(manifest.read_text()).get("stages", {}).items() if e.get("status") == "running"]
+            stages_hit.update(running)
+        resumed = run_pipeline(str(trial_config))
+        label = f"trial {trial} (killed after {kill_after:.1f} s)"
+        assert resumed.returncode == 0, f"{label}: {resumed.stderr[-2000:]}"
+        assert_same_tables(expected, read_tables(run), label)
+        assert_index_matches(run)
+        assert temp_files(run) == [], label
+        assert lock_holder(run) is None
+    # the seeded kill times land in the middle of the stages that write per video
+    assert {"extract", "caption", "embed", "render"} & stages_hit, stages_hit
