@@ -12,6 +12,7 @@ from conftest import REPO
 
 from frameatlas.cli import main
 from frameatlas.config import load_config
+from frameatlas.store import read_table
 from frameatlas.scaffold import default_template, set_yaml_value
 
 
@@ -122,3 +123,35 @@ def test_a_run_held_by_another_process_is_one_error_line(tmp_path):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert f"pid {holder.pid}" in result.stderr and "frameatlas run held-by-test" in result.stderr
+
+
+def test_search_exports_refused_by_the_run_lock_or_a_foreign_folder_are_one_error_line(tmp_path, capsys):
+    from runs import embedded_run
+
+    cfg, run = embedded_run(tmp_path, {"name": "fallback"}, videos={"one.mp4": (2, 10, [1.0])})
+    frame_key = read_table(run.table("frames")).frame_key.iloc[0]
+    search = ["search", str(run.root), "--frame", frame_key, "--top-k", "2"]
+
+    foreign = tmp_path / "my documents"
+    foreign.mkdir()
+    (foreign / "thesis.txt").write_text("keep me")
+    assert main([*search, "--export", str(foreign)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and str(foreign) in error
+    assert sorted(p.name for p in foreign.iterdir()) == ["thesis.txt"]
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from frameatlas.lock import run_lock\n"
+         f"with run_lock({str(run.root)!r}, 'held-by-test'):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main([*search, "--export", str(run.root / "hits")]) == 1  # into the run: a writer of the run
+        assert main([*search, "--export-video", str(tmp_path / "hits.mp4")]) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 2 and all(e.startswith("error: ") and f"pid {holder.pid}" in e for e in errors), errors
+    assert not (tmp_path / "hits.mp4").exists() and not (run.root / "hits").exists()

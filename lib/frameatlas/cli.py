@@ -190,7 +190,12 @@ def _search(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     print(format_hits(result))
     if args.export:
-        print(f"exported to {export_hits(result, args.run_dir, args.export)}")
+        try:
+            exported = export_hits(result, args.run_dir, args.export)
+        except SearchError as error:  # e.g. a destination holding files no export wrote
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(f"exported to {exported}")
     if args.export_video is not None:
         return _export_video(result, args)
     return 0
