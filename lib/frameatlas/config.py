@@ -49,7 +49,7 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     # Unknown keys are errors: a typo must never be silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # inf or nan is never a setting
 
 
 class RunConfig(_Section):
