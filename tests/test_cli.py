@@ -12,6 +12,7 @@ from conftest import REPO
 
 from frameatlas.cli import main
 from frameatlas.config import load_config
+from frameatlas.pipeline import EXIT_LOCKED
 from frameatlas.store import read_table
 from frameatlas.scaffold import default_template, set_yaml_value
 
@@ -70,10 +71,13 @@ def test_init_refuses_to_overwrite_unless_forced(tmp_path, capsys):
     assert load_config(config).run.name == "proj"
 
 
-def test_init_refuses_a_run_name_that_is_not_a_folder_name(tmp_path, capsys):
+def test_init_refuses_a_run_name_that_is_not_a_folder_name_and_a_file_as_folder(tmp_path, capsys):
     assert main(["init", str(tmp_path / "proj"), "--name", "../up"]) == 2
     assert "--name '../up'" in capsys.readouterr().err
     assert not (tmp_path / "proj").exists()
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["init", str(tmp_path / "notes.txt")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'notes.txt'}: exists and is not a folder")
 
 
 @pytest.mark.parametrize(
@@ -120,7 +124,7 @@ def test_a_run_held_by_another_process_is_one_error_line(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    assert result.returncode != 0
+    assert result.returncode == EXIT_LOCKED
     assert "Traceback" not in result.stderr
     assert f"pid {holder.pid}" in result.stderr and "frameatlas run held-by-test" in result.stderr
 
@@ -147,8 +151,8 @@ def test_search_exports_refused_by_the_run_lock_or_a_foreign_folder_are_one_erro
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "held"
-        assert main([*search, "--export", str(run.root / "hits")]) == 1  # into the run: a writer of the run
-        assert main([*search, "--export-video", str(tmp_path / "hits.mp4")]) == 1
+        assert main([*search, "--export", str(run.root / "hits")]) == EXIT_LOCKED  # into the run: a writer of the run
+        assert main([*search, "--export-video", str(tmp_path / "hits.mp4")]) == EXIT_LOCKED
     finally:
         holder.kill()
         holder.wait()

@@ -112,6 +112,17 @@ def test_a_wheel_installed_into_a_fresh_venv_runs_a_pipeline_from_an_unrelated_f
         assert f"frameatlas/notebooks/{stage.notebook}" in packed
     for template in ("pipeline.yaml", "dashboard.html.j2", "nbconvert/frameatlas_report/index.html.j2"):
         assert f"frameatlas/templates/{template}" in packed
+    # every module and data file of the package (a new sub-package without __init__.py, a new template)
+    shipped_kinds = {".py", ".ipynb", ".j2", ".json", ".yaml", ".html", ".css", ".js"}
+    expected = set()
+    for folder, subfolders, names in os.walk(source / "lib" / "frameatlas", followlinks=True):  # into the symlinks
+        subfolders[:] = [name for name in subfolders if name not in ("__pycache__", ".ipynb_checkpoints")]
+        for name in names:
+            path = Path(folder, name)
+            if path.suffix in shipped_kinds and path.is_file():
+                expected.add(path.relative_to(source / "lib").as_posix())
+    assert {"frameatlas/__init__.py", "frameatlas/notebooks/01_extract.ipynb"} <= expected
+    assert expected - packed == set()
 
     # a fresh venv gets the wheel alone; torch & co. come from this environment through a .pth file,
     # which adds that site-packages folder but runs none of its .pth files (the checkout's editable install)
@@ -121,7 +132,8 @@ def test_a_wheel_installed_into_a_fresh_venv_runs_a_pipeline_from_an_unrelated_f
     _run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", "--no-index", wheel])
     fresh_site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
     ours = sysconfig.get_paths()
-    (fresh_site / "heavy_dependencies.pth").write_text("".join(f"{p}\n" for p in dict.fromkeys([ours["purelib"], ours["platlib"]])))
+    ours = dict.fromkeys([ours["purelib"], ours["platlib"]])  # one folder on most systems
+    (fresh_site / "heavy_dependencies.pth").write_text("".join(f"{folder}\n" for folder in ours))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FRAMEATLAS_NOTEBOOKS", "VIRTUAL_ENV")}
     env["PATH"] = f"{fresh / 'bin'}{os.pathsep}{env.get('PATH', '')}"  # a kernel found by name runs the fresh python
     # nbconvert's HTML templates are data files under the prefix that installed nbconvert, not in site-packages

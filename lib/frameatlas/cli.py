@@ -52,8 +52,16 @@ def run_from_args(args: argparse.Namespace) -> int:
             args.config, stages=args.stages, force=args.force, overrides=args.overrides, show_progress=not args.no_progress
         )
     except (RunLocked, UnsafePath) as error:  # run_pipeline.py calls this without main()
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return _refused(error)
+
+
+def _refused(error: Exception) -> int:
+    """Print a refusal (another writer holds the run, or a path lies outside it) as one line; its exit status."""
+    from .lock import RunLocked
+    from .pipeline import EXIT_FAILED, EXIT_LOCKED
+
+    print(f"error: {error}", file=sys.stderr)
+    return EXIT_LOCKED if isinstance(error, RunLocked) else EXIT_FAILED
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -89,6 +97,8 @@ def next_steps(project, shown_as: Path) -> str:
         fill = f"put your videos into {videos} (sub-folders are searched too)"
     elif videos.is_dir():
         fill = f"videos: {videos}"
+    elif videos.exists():
+        fill = f"{videos} is not a folder: set corpus.videos to the folder holding your videos"
     else:
         fill = f"{videos} does not exist yet: create it and put your videos there, or edit corpus.videos"
     return "\n".join([
@@ -315,8 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (RunLocked, UnsafePath) as error:  # another writer, or a path outside the run: the message says it all
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return _refused(error)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -128,6 +128,8 @@ def init_project(
     """
     directory = Path(directory).expanduser().resolve()
     config_path = directory / CONFIG_NAME
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory}: exists and is not a folder; give a new or existing folder for the project")
     if config_path.exists() and not force:
         raise ProjectExists(f"{config_path} already exists; edit it, choose another folder, or pass --force to overwrite it")
     if name is None:
