@@ -4,7 +4,8 @@
     python run_pipeline.py [CONFIG] [--stages STAGE ...] [--force STAGE] [--set section.key=value]
 
 Exit status: 0 done; 1 a stage failed; 2 invalid config or arguments (nothing ran);
-3 done, but some inputs were skipped (reasons in outputs/<run>/manifest.json).
+3 done, but some inputs were skipped (reasons in outputs/<run>/manifest.json); 4 another
+process is writing into the run folder (its pid, host and command are named; nothing ran).
 All logic lives in frameatlas.pipeline.
 """
 
