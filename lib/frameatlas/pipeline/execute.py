@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -111,11 +112,13 @@ def _kernel_manager_class():
     return StageKernelManager
 
 
-def _kernel_config():
+def _kernel_config(socket_folder: Path):
     from traitlets.config import Config
 
     config = Config()
     config.KernelManager.transport = "ipc"  # local sockets: the kernel is never reachable from the network
+    # ...kept out of the run and the package (which may be read-only): a private temporary folder
+    config.KernelManager.ip = str(socket_folder / "kernel")
     return config
 
 
@@ -139,7 +142,11 @@ def execute_stage(stage: Stage, cfg: PipelineConfig, run: RunPaths, force: bool,
     env = {PROGRESS_ENV: "report", "PATH": path, "PYDEVD_DISABLE_FILE_VALIDATION": "1", **child_environment(run.root)}
     # papermill saves the notebook after every cell: into a temporary file, renamed when the stage
     # ends (done or failed), so the report in place is always a whole notebook.
-    with atomic_path(output) as partial, _environment(**env):
+    with (
+        atomic_path(output) as partial,
+        _environment(**env),
+        tempfile.TemporaryDirectory(prefix="frameatlas-kernel-") as sockets,
+    ):
         _CLOCK.append(clock)
         clock.start()
         try:
@@ -148,10 +155,10 @@ def execute_stage(stage: Stage, cfg: PipelineConfig, run: RunPaths, force: bool,
                 str(partial),
                 parameters=parameters,
                 kernel_name="python3",
-                cwd=str(source.parent),
+                cwd=str(run.reports),  # relative links written by a notebook resolve from its report
                 progress_bar=show_progress,
                 log_output=True,
-                config=_kernel_config(),
+                config=_kernel_config(Path(sockets)),
                 kernel_manager_class=_kernel_manager_class(),
             )
         except PapermillExecutionError as error:
