@@ -6,6 +6,10 @@ import json
 import math
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import av
@@ -16,7 +20,18 @@ import pytest
 import videogen
 from frameatlas import render
 from frameatlas.config import RenderConfig, config_from_dict
-from frameatlas.render import RenderError, RenderJob, Segment, hit_segments, render_job, render_run, select_segments
+from frameatlas.files import is_temp_name
+from frameatlas.lock import RunLocked
+from frameatlas.render import (
+    RenderError,
+    RenderJob,
+    Segment,
+    hit_segments,
+    render_job,
+    render_run,
+    render_search,
+    select_segments,
+)
 from frameatlas.store import RunPaths, read_table, write_table
 from runs import embedded_run
 
@@ -276,10 +291,146 @@ def test_a_vanished_source_fails_only_the_videos_that_need_it(tmp_path, expect_l
     assert [i for i in indices if i is not None] and set(i for i in indices if i is not None) == set(kept)
 
 
+def _leftovers(root: Path) -> list[str]:
+    """Temporary files (the atomic writer's, or any other kind) and scratch files left under `root`."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if is_temp_name(p.name) or ".tmp" in p.name or p.name.startswith((".render-", "join-")))  # fmt: skip
+
+
+def test_a_source_path_outside_the_corpus_and_the_run_is_refused_and_the_others_render(tmp_path, expect_logged_errors):
+    cfg, run = _cluster_run(tmp_path)
+    frames = read_table(run.table("frames"))
+    # a crafted table: two.mp4's frames point at a real, playable copy outside the corpus and the run
+    outside = tmp_path / "elsewhere" / "two.mp4"
+    outside.parent.mkdir()
+    shutil.copy(tmp_path / "videos" / "two.mp4", outside)
+    frames.loc[frames.video_name == "two.mp4", "video_path"] = str(outside)
+    write_table(frames, run.table("frames"))
+    # while a link in the user's own corpus folder is followed, wherever it points
+    linked = tmp_path / "elsewhere" / "one.mp4"
+    (tmp_path / "videos" / "one.mp4").rename(linked)
+    (tmp_path / "videos" / "one.mp4").symlink_to(linked)
+    summary = render_run(cfg, run)
+    status = dict(zip(summary.videos.name, summary.videos.status))
+    assert status == {"cluster_00_group-0": "rendered", "cluster_01_group-1": "failed", "cluster_02_group-2": "failed"}
+    rows = set(frames.index[frames.video_name == "two.mp4"])
+    for failed in (r for r in summary.rendered if r.status == "failed"):
+        [row] = [row for row in rows if f"tables/frames.parquet row {row}, column video_path" in failed.error]
+        assert f"path '{outside}'" in failed.error and failed.error.endswith("refused")
+    assert [(s.path, s.stage) for s in summary.skipped] == [(str(outside), "render")]
+    assert not (run.videos / "cluster_01_group-1.mp4").exists()
+    assert _leftovers(run.root) == []
+
+    # slideshow mode reads no source, only thumbnails, and those must lie in the run
+    picture = tmp_path / "elsewhere" / "picture.jpg"
+    shutil.copy(run.root / frames.thumbnail.iloc[0], picture)
+    row = frames.index[frames.frame_key == frames_of(run, "one.mp4").frame_key[0]][0]  # a hit of cluster 0
+    frames.loc[row, "thumbnail"] = str(picture)
+    write_table(frames, run.table("frames"))
+    slides = render_run(cfg.model_copy(update={"render": cfg.render.model_copy(update={"mode": "slideshow"})}), run)
+    status = dict(zip(slides.videos.name, slides.videos.status))
+    assert status == {"cluster_00_group-0": "failed", "cluster_01_group-1": "rendered", "cluster_02_group-2": "rendered"}
+    error = slides.videos.set_index("name").error["cluster_00_group-0"]
+    assert f"tables/frames.parquet row {row}, column thumbnail" in error and f"path '{picture}'" in error
+
+
+def _hits_of(run: RunPaths, rows: list[int], query: str = "hits"):
+    """A stand-in for a `search.SearchResult`: a query and the hits it kept."""
+    hits = frames_of(run, "one.mp4").iloc[rows].assign(score=1.0)
+    return type("Result", (), {"query": query, "hits": hits})()
+
+
+def test_export_video_waits_for_no_one_a_locked_run_fails_at_once(shared_run, tmp_path):
+    cfg, run = shared_run
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom frameatlas.lock import run_lock\n"
+         "with run_lock(sys.argv[1], 'frameatlas run pipeline.yaml'):\n    print('held', flush=True)\n    sys.stdin.read()",
+         str(run.root)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.perf_counter()
+        with pytest.raises(RunLocked, match=f"pid {holder.pid} .*frameatlas run pipeline.yaml"):
+            render_search(_hits_of(run, [3]), run, tmp_path / "locked.mp4")
+        assert time.perf_counter() - started < 5
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def test_export_video_overwrites_only_what_an_export_wrote(shared_run, tmp_path):
+    cfg, run = shared_run
+    theirs = tmp_path / "theirs.mp4"
+    theirs.write_bytes(b"someone's video")
+    with pytest.raises(RenderError, match=f"{theirs}: already exists and was not written by frameatlas"):
+        render_search(_hits_of(run, [3]), run, theirs)
+    assert theirs.read_bytes() == b"someone's video"
+    notes = tmp_path / "notes.csv"  # a sidecar name counts too
+    notes.write_text("mine")
+    with pytest.raises(RenderError, match=f"{notes}: already exists"):
+        render_search(_hits_of(run, [3]), run, tmp_path / "notes.mp4")
+    assert notes.read_text() == "mine" and not (tmp_path / "notes.mp4").exists()
+
+    first = render_search(_hits_of(run, [3]), run, tmp_path / "ours.mp4", options(title_seconds=0))
+    again = render_search(_hits_of(run, [3, 4]), run, tmp_path / "ours.mp4", options(title_seconds=0))
+    assert (first.status, again.status) == ("rendered", "rendered") and len(again.segments) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.csv", "ours.csv", "ours.json", "ours.mp4", "ours.png", "theirs.mp4"]
+
+
+def test_an_ffmpeg_call_past_the_time_limit_is_stopped_and_says_which_key(shared_run, tmp_path):
+    cfg, run = shared_run
+    one = frames_of(run, "one.mp4")
+    hits = one.iloc[[6]].assign(score=1.0)
+    segments = hit_segments(hits, read_table(run.table("frames")), read_table(run.table("videos")))
+    opts = options(title_seconds=0, crf=37, timeout_seconds=0.001)  # crf 37: a cut no other test has cached
+    with pytest.raises(RenderError) as info:
+        render_job(RenderJob("slow", "query", "slow", segments), run, opts, dest=tmp_path / "slow.mp4")
+    message = str(info.value)
+    assert "took longer than 0.001 s (render.timeout_seconds) and was stopped" in message
+    assert f"{segments[0].source} " in message and f"making {run.cache / 'render'}/clip-" in message
+    assert info.value.sources == {segments[0].source: message}
+    assert not (tmp_path / "slow.mp4").exists()
+    assert _leftovers(run.root) == [] and _leftovers(tmp_path) == []
+    assert [c for c in psutil.Process().children(recursive=True) if "ffmpeg" in c.name()] == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_ffmpeg_dies_with_the_process_that_started_it(tmp_path):
+    script = (
+        "import sys\nfrom frameatlas.render import run_ffmpeg\n"
+        "run_ffmpeg(['-re', '-f', 'lavfi', '-i', 'testsrc=size=64x64:rate=25', '-f', 'null', '-'], output='null', timeout=600,"
+        " what='endless')"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 30
+        children: list[psutil.Process] = []
+        while not children and time.monotonic() < deadline:
+            children = [c for c in psutil.Process(parent.pid).children() if "ffmpeg" in c.name()]
+            time.sleep(0.05)
+        [ffmpeg] = children
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        try:
+            ffmpeg.wait(timeout=10)
+        except psutil.TimeoutExpired:
+            alive = ffmpeg.status() != psutil.STATUS_ZOMBIE
+            if alive:
+                ffmpeg.kill()  # the test fails, but leaves nothing running
+            assert not alive, "ffmpeg kept running after its parent was killed"
+    finally:
+        parent.kill()
+        parent.wait()
+
+
 def test_rerun_reuses_unchanged_videos_and_removes_outputs_no_longer_wanted(tmp_path):
     cfg, run = _cluster_run(tmp_path)
     first = render_run(cfg, run)
     assert set(first.videos.status) == {"rendered"} and first.counts["videos"] == 3
+    assert _leftovers(run.root) == [], "a render leaves no temporary or scratch files"
+    assert all(not p.name.startswith(".") for p in run.videos.iterdir())
     path = run.videos / "cluster_01_group-1.mp4"
     stamp = path.stat().st_mtime_ns
     again = render_run(cfg, run)
@@ -296,6 +447,7 @@ def test_rerun_reuses_unchanged_videos_and_removes_outputs_no_longer_wanted(tmp_
     _write_clusters(run, {0: list(one.frame_key[:3])})  # fewer clusters now
     render_run(cfg, run)
     assert sorted(p.name for p in run.videos.iterdir()) == [f"cluster_00_group-0.{s}" for s in ("json", "mp4", "png")]
+    assert _leftovers(run.root) == []
 
 
 def test_query_videos_need_a_text_side_and_say_so(tmp_path):
@@ -332,7 +484,8 @@ def test_ffmpeg_failures_name_the_file_and_show_ffmpeg_s_message(shared_run, tmp
     broken = videogen.make_text_file_with_video_extension(tmp_path / "broken.mp4")
     segment = Segment("x", "broken.mp4", str(broken), 0.0, 1.0, 1.0, 1, 0.0)
     with pytest.raises(RenderError, match=f"{broken}") as info:
-        render_job(RenderJob("broken", "query", "broken", [segment]), run, options(), dest=tmp_path / "out.mp4")
+        render_job(RenderJob("broken", "query", "broken", [segment]), run, options(), dest=tmp_path / "out.mp4",
+                   source_roots=[tmp_path])  # fmt: skip
     assert "cannot open the source video" in str(info.value) or "ffmpeg failed" in str(info.value)
     assert not (tmp_path / "out.mp4").exists()
 
