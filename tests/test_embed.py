@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,8 @@ from frameatlas.config import config_from_dict
 from frameatlas.embed import embed_frames, encode_image_files, nearest_neighbour_grid
 from frameatlas.store import load_vectors
 from frameatlas.frames import extract_corpus
-from frameatlas.index import open_index
-from frameatlas.store import RunPaths, read_table
+from frameatlas.index import IndexNotReady, RunScope, collection_name, open_index
+from frameatlas.store import RunPaths, read_table, write_table
 from PIL import Image
 
 
@@ -134,13 +135,73 @@ def test_neighbour_grid_shows_each_sample_with_itself_first(extracted):
     assert list(firsts.frame_key) == list(firsts["query"]) and (firsts.score > 0.999).all()
 
 
-def test_a_missing_thumbnail_is_named(extracted):
+def test_a_video_with_an_unreadable_thumbnail_is_skipped_and_the_stage_goes_on(extracted):
     cfg = extracted
     run = RunPaths(cfg.run_dir)
     frames = read_table(run.table("frames"))
-    run.absolute(frames.thumbnail[3]).unlink()
-    with pytest.raises(FileNotFoundError, match=r"t\d+\.jpg: thumbnail cannot be read.*--force extract"):
-        embed_frames(cfg, cfg.run_dir)
+    missing = frames.iloc[3]  # a frame of one.mp4
+    run.absolute(missing.thumbnail).unlink()
+    summary = embed_frames(cfg, cfg.run_dir)
+    [skipped] = summary.skipped
+    assert skipped.path == missing.video_path and skipped.stage == "embed"
+    assert re.search(r"t\d+\.jpg: thumbnail cannot be read.*--force extract", skipped.reason)
+    two = frames[frames.video_name == "two.mp4"]
+    assert list(read_table(run.table("embeddings")).frame_key) == list(two.frame_key)
+    assert summary.result()["skipped"][0]["path"] == missing.video_path and summary.counts["videos_skipped"] == 1
+    index = open_index(run.root)
+    assert index.ids(index.collection(summary.model.model_id, create=False)) == set(two.frame_key)
+
+
+def test_any_error_reading_a_thumbnail_skips_only_that_video(extracted, monkeypatch):
+    cfg = extracted
+    run = RunPaths(cfg.run_dir)
+    frames = read_table(run.table("frames"))
+    two = frames[frames.video_name == "two.mp4"]
+    # PIL refuses an image far above MAX_IMAGE_PIXELS with DecompressionBombError, which is not an OSError
+    Image.new("RGB", (400, 400), "red").save(run.absolute(two.thumbnail.iloc[1]))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 96 * 96)
+    summary = embed_frames(cfg, cfg.run_dir)
+    assert [s.path for s in summary.skipped] == [two.video_path.iloc[0]]
+    assert "DecompressionBombError" in summary.skipped[0].reason and "--force extract" in summary.skipped[0].reason
+    assert summary.embedded == len(frames) - len(two)
+
+
+def test_a_thumbnail_outside_the_run_is_refused_naming_the_row(extracted):
+    cfg = extracted
+    run = RunPaths(cfg.run_dir)
+    frames = read_table(run.table("frames"))
+    frames.loc[2, "thumbnail"] = "../../../../../../etc/hostname"
+    write_table(frames, run.table("frames"))
+    summary = embed_frames(cfg, cfg.run_dir)
+    [skipped] = summary.skipped
+    assert skipped.path == frames.video_path[2]
+    assert "tables/frames.parquet row 2, column thumbnail: path '../../../../../../etc/hostname'" in skipped.reason
+
+
+def test_collections_carry_the_run_identity_and_readers_need_one(extracted, tmp_path):
+    cfg = extracted
+    run = RunPaths(cfg.run_dir)
+    with pytest.raises(IndexNotReady, match=r"no index identity \(run.json is missing\).*re-run the embed stage"):
+        open_index(run)
+    assert not run.identity_file.exists()  # a reader never creates the identity
+    summary = embed_frames(cfg, cfg.run_dir)
+    run_id = run.run_id()
+    assert summary.collection == f"frames-t-{run_id}-{summary.model.model_id}"
+    assert summary.counts["index_collection"] == summary.collection
+    names = {c.name for c in open_index(run).client.list_collections()}
+    assert names == {summary.collection}
+    embed_frames(cfg, cfg.run_dir)
+    assert run.run_id() == run_id  # made once, kept
+
+
+def test_collection_names_follow_chroma_rules():
+    scope = RunScope("my run (copy)", "0123456789ab")
+    assert collection_name("frames", "clip/ViT..B", scope=scope) == "frames-my-run-copy-0123456789ab-clip-ViT.B"
+    long = collection_name("frames", "m" * 600, scope=scope)
+    other = collection_name("frames", "m" * 599 + "n", scope=scope)
+    assert len(long) == 512 and long != other and long.startswith("frames-my-run-copy-0123456789ab-mmm")
+    assert all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]", n) for n in (long, other))
+    assert collection_name("eval", "ann") == "eval-ann"  # throwaway indexes keep the unscoped form
 
 
 def test_loader_keeps_order_across_batches_and_threads(tmp_path):
@@ -154,41 +215,3 @@ def test_loader_keeps_order_across_batches_and_threads(tmp_path):
     got = encode_image_files(encoder, paths, batch_size=3, loader_threads=2, prefetch_batches=3)
     assert np.array_equal(got, expected)
     assert pd.Series(got.shape).tolist() == [11, encoder.dim]
-
-
-@pytest.mark.slow
-def test_index_url_uses_a_chroma_server(extracted, tmp_path):
-    import os
-    import shutil
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    chroma = shutil.which("chroma", path=os.path.dirname(sys.executable))
-    assert chroma, "the chroma CLI comes with chromadb"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [chroma, "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with socket.socket() as client:
-                if client.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.2)
-        cfg = extracted.model_copy(deep=True)
-        cfg.index.url = f"http://127.0.0.1:{port}"
-        summary = embed_frames(cfg, cfg.run_dir)
-        assert summary.index_location == cfg.index.url and summary.indexed == 10
-        remote = open_index(tmp_path / "unused", url=cfg.index.url)
-        frames = read_table(RunPaths(cfg.run_dir).table("frames"))
-        assert remote.ids(remote.collection(summary.model.model_id, create=False)) == set(frames.frame_key)
-        assert not (RunPaths(cfg.run_dir).root / "index").exists()
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
