@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from frameatlas.cluster import (
     NOISE,
     ClusterError,
     ClusterLabels,
+    cluster_montage,
     cluster_run,
     cluster_table,
     cluster_vectors,
@@ -28,6 +30,7 @@ from frameatlas.cluster import (
     video_keyframes,
 )
 from frameatlas.config import ClusterConfig, ImageModelConfig, ModelsConfig
+from frameatlas.files import UnsafePath
 from frameatlas.models import ColourTextureEncoder, ModelRecord
 from frameatlas.plots import LABEL_HEIGHT
 from frameatlas.store import read_table, write_table
@@ -313,6 +316,13 @@ def test_cluster_run_writes_tables_montages_keyframes_and_keeps_other_labellings
     # Re-running a labelling replaces its rows instead of adding more.
     cluster_run(cfg, run)
     assert len(read_table(run.table("clusters"))) == 24
+    # Only finished files are left under plots/ (no temporary file of the atomic writer) and tables/.
+    plots = sorted(p.relative_to(run.root / "plots").as_posix() for p in (run.root / "plots").rglob("*") if p.is_file())
+    montages = [f"clusters/kmeans-k2-pca4/cluster_{n}.png" for n in range(2)] + [
+        f"clusters/kmeans-k4-pca4/cluster_{n}.png" for n in range(4)
+    ]
+    assert plots == sorted(montages + [f"keyframes/{p.name}" for p in strips]), plots
+    assert sorted(p.name for p in run.tables.iterdir() if p.name.startswith(".")) == []
     with pytest.raises(ClusterError, match="stored labellings: kmeans-k4-pca4, kmeans-k2-pca4"):
         cluster_table(run, "kmeans-k99")
 
@@ -372,6 +382,22 @@ def test_stale_vectors_of_removed_frames_are_ignored(tmp_path):
     assert summary.counts["frames"] == 8
     assert set(read_table(run.table("keyframes")).video_id) == {frames.video_id[0]}
     assert len(list((run.root / "plots" / "keyframes").glob("*.png"))) == 1
+
+
+@pytest.mark.parametrize("outside", ["../../etc/passwd", "/etc/passwd"])
+def test_a_thumbnail_outside_the_run_is_refused_naming_table_row_and_path(tmp_path, outside):
+    cfg, run = build_run(tmp_path, {"name": "fallback"}, k=2)
+    frames = read_table(run.table("frames"))
+    frames.loc[5, "thumbnail"] = outside
+    write_table(frames, run.table("frames"))
+    refused = rf"tables/frames.parquet row 5, column thumbnail: path '{re.escape(outside)}' resolves to \S+, outside {run.root}; refused"
+
+    with pytest.raises(UnsafePath, match=refused):  # colour names read the central thumbnails first
+        cluster_run(cfg, run)
+    assert not run.table("clusters").exists() and not (run.root / "plots").exists()  # nothing written from it
+    with pytest.raises(UnsafePath, match=refused):  # montages and keyframe strips
+        cluster_montage(frames.iloc[[4, 5]], run)
+    assert cluster_montage(frames.iloc[[4, 6]], run).size[0] == 2 * MONTAGE_TILE_WIDTH  # other rows draw as before
 
 
 @pytest.mark.slow

@@ -13,8 +13,10 @@ import tinyclip
 from frameatlas import models
 from frameatlas.cli import main as cli_main
 from frameatlas.config import config_from_dict
+from frameatlas.files import UnsafePath
+from frameatlas.lock import RunLocked
 from frameatlas.search import SearchError, _rank, _suppress_neighbours, export_hits, search, write_text_channel
-from frameatlas.store import RunPaths, read_table
+from frameatlas.store import RunPaths, read_table, write_table
 from PIL import Image
 from runs import embedded_run
 
@@ -152,6 +154,81 @@ def test_export_writes_tables_and_frame_folders(run, tmp_path):
     assert "query: frame" in (dest / "query.txt").read_text()
 
 
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_export_refuses_a_foreign_folder_and_touches_nothing_in_it(run, tmp_path):
+    result = search(run, frame_key=frames_of(run).frame_key[0], top_k=3)
+    foreign = tmp_path / "my-documents"
+    (foreign / "top_k").mkdir(parents=True)
+    (foreign / "top_k" / "holiday.jpg").write_bytes(b"not ours")
+    (foreign / "hits.csv").write_text("mine")
+    before = snapshot(foreign)
+    with pytest.raises(SearchError, match=rf"{foreign}: folder is not empty and no frameatlas export wrote it"):
+        export_hits(result, run, foreign)
+    assert snapshot(foreign) == before
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert export_hits(result, run, empty) == empty
+    assert len(list((empty / "top_k").iterdir())) == 3 and (empty / ".frameatlas-export.json").is_file()
+
+
+def test_re_export_replaces_only_what_the_previous_export_wrote(run, tmp_path):
+    frames = frames_of(run)
+    dest = tmp_path / "export"
+    first = export_hits(search(run, frame_key=frames.frame_key[0], top_k=4), run, dest)
+    first_frames = set(p.name for p in (dest / "top_k").iterdir())
+    (dest / "top_k" / "my-note.txt").write_text("keep me")
+    (dest / "README.txt").write_text("keep me too")
+    second = search(run, frame_key=frames.frame_key[len(frames) - 1], top_k=2)
+    export_hits(second, run, first)
+    names = {p.name for p in (dest / "top_k").iterdir()}
+    wanted = {p.name for p in (dest / "top_k").iterdir() if p.suffix == ".jpg"}
+    assert names == wanted | {"my-note.txt"} and len(wanted) == 2 and not (first_frames - wanted) & names
+    assert (dest / "README.txt").read_text() == "keep me too"
+    assert pd.read_csv(dest / "hits.csv").frame_key.tolist() == second.hits.frame_key.tolist()
+    for hit, name in zip(second.top_k.itertuples(), sorted(wanted)):
+        assert (dest / "top_k" / name).read_bytes() == run.absolute(hit.thumbnail).read_bytes()
+    assert not [p for p in dest.rglob("*") if ".fa-" in p.name]  # no temp file left
+
+
+def test_export_refuses_a_thumbnail_outside_the_run(run, tmp_path):
+    result = search(run, frame_key=frames_of(run).frame_key[0], top_k=3)
+    result.hits.loc[1, "thumbnail"] = "../../../etc/passwd"
+    with pytest.raises(UnsafePath, match=r"search hits row 1 \(frame .*\), column thumbnail: path '../../../etc/passwd'"):
+        export_hits(result, run, tmp_path / "export")
+    assert not (tmp_path / "export").exists()  # refused before anything was written
+
+    frames = frames_of(run)  # a crafted run folder: the frames table itself points outside
+    frames.loc[5, "thumbnail"] = "../../../etc/passwd"
+    write_table(frames, run.table("frames"))
+    crafted = search(run, frame_key=frames.frame_key[5], top_k=1)
+    with pytest.raises(UnsafePath, match=r"tables/frames.parquet row 5, column thumbnail: path '../../../etc/passwd'"):
+        export_hits(crafted, run, tmp_path / "export")
+
+
+def test_export_into_the_run_takes_the_run_lock(run, tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from frameatlas.lock import run_lock\n"
+         "with run_lock(sys.argv[1], 'another writer'):\n    print('held', flush=True); time.sleep(60)", str(run.root)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = search(run, frame_key=frames_of(run).frame_key[0], top_k=2)  # reading needs no lock
+        with pytest.raises(RunLocked, match="another writer"):
+            export_hits(result, run, run.root / "exports" / "q1")
+        assert not (run.root / "exports").exists()
+        assert export_hits(result, run, tmp_path / "outside").is_dir()  # outside the run: no lock needed
+    finally:
+        holder.kill()
+        holder.wait()
+    export_hits(result, run, run.root / "exports" / "q1")
+    assert len(list((run.root / "exports" / "q1" / "top_k").iterdir())) == 2
+
+
 def test_query_errors(run, tmp_path):
     with pytest.raises(SearchError, match="exactly one query"):
         search(run, "   ")
@@ -185,6 +262,11 @@ def test_cli_prints_a_table_and_reports_errors(run, capsys, tmp_path):
     assert "run folder not found" in capsys.readouterr().err
     assert cli_main(["search", str(run.root), ""]) == 2
     assert "exactly one query" in capsys.readouterr().err
+    (tmp_path / "foreign" / "keep.txt").parent.mkdir()
+    (tmp_path / "foreign" / "keep.txt").write_text("mine")
+    assert cli_main(["search", str(run.root), "--frame", frames.frame_key[0], "--export", str(tmp_path / "foreign")]) == 2
+    assert "no frameatlas export wrote it" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "foreign").iterdir()] == ["keep.txt"]
 
 
 @pytest.mark.slow

@@ -23,8 +23,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,14 +35,18 @@ import pandas as pd
 from PIL import Image
 
 from .config import PipelineConfig, config_from_dict
+from .files import UnsafePath, atomic_write_bytes, atomic_write_json, atomic_write_text, contained_path
+from .lock import run_lock
 from .store import RunPaths, read_table, write_table
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "EXPORT_MARKER",
     "TEXT_CHANNELS",
     "SearchError",
     "SearchResult",
+    "UnsafeHitPath",
     "configured_searches",
     "export_hits",
     "gallery",
@@ -51,11 +56,18 @@ __all__ = [
 
 TEXT_CHANNELS = ("caption", "ocr", "speech")
 RRF_K = 60
+EXPORT_MARKER = ".frameatlas-export.json"  # marks a folder an export wrote, and lists what it wrote
+EXPORT_FOLDERS = ("top_k", "above_threshold")
 HIT_COLUMNS = ["rank", "score", "video_name", "timestamp", "thumbnail", "frame_key", "video_id", "in_top_k", "above_threshold"]
 
 
 class SearchError(ValueError):
     """A search that cannot run; the message says what is missing and how to get it."""
+
+
+class UnsafeHitPath(SearchError, UnsafePath):
+    """A hit's thumbnail path that points outside the run: an export refuses it (both a
+    `SearchError` for the CLI and an `UnsafePath` like every refused table path)."""
 
 
 @dataclass
@@ -79,8 +91,6 @@ class SearchResult:
 
 def _run_config(run: RunPaths) -> PipelineConfig:
     """The config the run's stages ran with (models must match the stored vectors)."""
-    import json
-
     if not run.config_file.exists():
         raise SearchError(f"{run.root}: not a frameatlas run (no config.json); run `python run_pipeline.py` first")
     return config_from_dict(json.loads(run.config_file.read_text()), source=str(run.config_file))
@@ -332,28 +342,118 @@ def _filter(ranked: pd.DataFrame, videos: list[str] | None, time_range) -> pd.Da
     return ranked
 
 
+def _thumbnail_sources(result: SearchResult, run: RunPaths) -> list[Path]:
+    """Every hit's thumbnail resolved inside the run, or `UnsafePath` naming the table, row and path.
+
+    A hit whose thumbnail is the frames table's own is named by its row there (where a crafted
+    path would have come from); any other by its row in the hits table.
+    """
+    frames = read_table(run.table("frames")) if run.table("frames").exists() else pd.DataFrame(columns=["frame_key", "thumbnail"])
+    frame_rows = {key: row for row, key in enumerate(frames.frame_key)}
+    sources = []
+    for row, hit in enumerate(result.hits.itertuples()):
+        frame_row = frame_rows.get(hit.frame_key)
+        if frame_row is not None and frames.thumbnail.iloc[frame_row] == hit.thumbnail:
+            what = f"tables/frames.parquet row {frame_row}, column thumbnail"
+        else:
+            what = f"search hits row {row} (frame {hit.frame_key}), column thumbnail"
+        try:
+            sources.append(run.resolve(hit.thumbnail, what=what))
+        except UnsafePath as error:
+            raise UnsafeHitPath(str(error)) from None
+    return sources
+
+
+def _previous_export(dest: Path) -> list[str] | None:
+    """The files a previous export wrote into `dest` (its marker's list); None if no export wrote `dest`."""
+    marker = dest / EXPORT_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        files = json.loads(marker.read_text())["files"]
+        return [str(name) for name in files]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SearchError(f"{marker}: unreadable export marker ({error}); export into a new or empty folder") from None
+
+
+def _claim_export_folder(dest: Path) -> list[str]:
+    """Check that an export may write into `dest`: a folder it creates, an empty one, or one a
+    previous frameatlas export wrote. Returns the files that previous export wrote (or [])."""
+    if dest.exists() and not dest.is_dir():
+        raise SearchError(f"{dest}: exists and is not a folder; export into a new or empty folder")
+    if not dest.exists():
+        dest.mkdir(parents=True)
+        return []
+    previous = _previous_export(dest)
+    if previous is not None:
+        return previous
+    if any(dest.iterdir()):
+        raise SearchError(
+            f"{dest}: folder is not empty and no frameatlas export wrote it (no {EXPORT_MARKER}); "
+            "refusing to write into it. Export into a new or empty folder, or into a previous export's folder"
+        )
+    return []
+
+
+def _export_name(hit) -> str:
+    return f"{hit.rank:04d}_{hit.score:.4f}_{Path(hit.video_name).stem}_{hit.timestamp:09.3f}s.jpg"
+
+
 def export_hits(result: SearchResult, run: RunPaths | Path | str, dest: Path | str) -> Path:
     """Write the hits as `hits.csv` + `hits.parquet` and copy their thumbnails into `top_k/`
-    and `above_threshold/` (file names start with the rank). Returns `dest`."""
+    and `above_threshold/` (file names start with the rank). Returns `dest`.
+
+    `dest` must be a folder the export creates, an empty one, or a previous export's (marked by
+    `.frameatlas-export.json`, which lists what it wrote); anything else is refused. Re-exporting
+    removes only the files the previous export wrote. Every thumbnail path must lie inside the
+    run (`UnsafePath` otherwise, before anything is written). When `dest` is inside the run
+    folder, the run's lock is held while writing.
+    """
     run = run if isinstance(run, RunPaths) else RunPaths(run)
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    result.hits.to_csv(dest / "hits.csv", index=False)
-    write_table(result.hits, dest / "hits.parquet")
-    for folder, subset in (("top_k", result.top_k), ("above_threshold", result.above_threshold)):
-        target = dest / folder
-        if target.exists():
-            shutil.rmtree(target)  # a previous export of another query must not mix in
-        target.mkdir()
-        for hit in subset.itertuples():
-            name = f"{hit.rank:04d}_{hit.score:.4f}_{Path(hit.video_name).stem}_{hit.timestamp:09.3f}s.jpg"
-            shutil.copy(run.absolute(hit.thumbnail), target / name)
-    (dest / "query.txt").write_text(
-        f"query: {result.query}\nchannels: {', '.join(result.channels)}\n"
-        + (f"threshold score: {result.threshold_value:.4f}\n" if result.threshold_value is not None else "")
-        + "".join(f"note: {n}\n" for n in result.notes)
-    )
+    dest = Path(dest).absolute()
+    sources = _thumbnail_sources(result, run)
+    writes_into_run = dest.resolve().is_relative_to(run.root)
+    guard = run_lock(run.root, "frameatlas search --export") if writes_into_run else contextlib.nullcontext()
+    with guard:
+        previous = _claim_export_folder(dest)
+        thumbnails = dict(zip(result.hits.frame_key, sources))
+        planned: list[tuple[str, Path]] = []  # (file relative to dest, thumbnail to copy)
+        for folder, subset in (("top_k", result.top_k), ("above_threshold", result.above_threshold)):
+            planned += [(f"{folder}/{_export_name(hit)}", thumbnails[hit.frame_key]) for hit in subset.itertuples()]
+        files = ["hits.csv", "hits.parquet", "query.txt", *(name for name, _ in planned)]
+        # list old and new files first: an export killed halfway leaves nothing the next one cannot clean
+        atomic_write_json(dest / EXPORT_MARKER, {"frameatlas_export": 1, "query": result.query,
+                                                  "files": sorted(set(previous) | set(files))})  # fmt: skip
+        for name in sorted(set(previous) - set(files)):  # a previous query's frames must not mix in
+            _remove_exported(dest, name)
+        for folder in EXPORT_FOLDERS:
+            (dest / folder).mkdir(exist_ok=True)
+        atomic_write_text(dest / "hits.csv", result.hits.to_csv(index=False))
+        write_table(result.hits, dest / "hits.parquet")
+        for name, source in planned:
+            atomic_write_bytes(dest / name, source.read_bytes())
+        atomic_write_text(
+            dest / "query.txt",
+            f"query: {result.query}\nchannels: {', '.join(result.channels)}\n"
+            + (f"threshold score: {result.threshold_value:.4f}\n" if result.threshold_value is not None else "")
+            + "".join(f"note: {n}\n" for n in result.notes),
+        )
+        atomic_write_json(dest / EXPORT_MARKER, {"frameatlas_export": 1, "query": result.query, "files": files})
     return dest
+
+
+def _remove_exported(dest: Path, name: str) -> None:
+    """Remove one file a previous export listed in its marker, if it is one an export writes
+    (a frame in top_k/ or above_threshold/, or the tables); a sub-folder left empty goes too."""
+    path = contained_path(name, [dest], what=f"{dest / EXPORT_MARKER} entry")
+    relative = path.relative_to(dest.resolve())
+    exported_frame = len(relative.parts) == 2 and relative.parts[0] in EXPORT_FOLDERS and relative.suffix == ".jpg"
+    if not (exported_frame or relative.as_posix() in {"hits.csv", "hits.parquet", "query.txt"}):
+        return  # not a name an export writes: a hand-edited marker cannot make us delete it
+    path.unlink(missing_ok=True)
+    if exported_frame:
+        with contextlib.suppress(OSError):  # not empty: the user put something there; keep it
+            path.parent.rmdir()
 
 
 def write_text_channel(
@@ -388,13 +488,13 @@ def write_text_channel(
 
 def gallery(result: SearchResult, run: RunPaths | Path | str, *, columns: int = 8, tile_width: int = 150, limit: int = 24):
     """The hits as an image grid, best first, labelled with rank, score, video and time."""
-    from .plots import format_time
-    from .plots import Tile, image_grid
+    from .plots import Tile, format_time, image_grid
 
     run = run if isinstance(run, RunPaths) else RunPaths(run)
+    shown = SearchResult(result.hits.head(limit), result.query, result.channels)
     tiles = [
-        Tile(run.absolute(hit.thumbnail), f"#{hit.rank} {hit.score:.3f} {Path(hit.video_name).stem[:8]} {format_time(hit.timestamp)}")
-        for hit in result.hits.head(limit).itertuples()
+        Tile(source, f"#{hit.rank} {hit.score:.3f} {Path(hit.video_name).stem[:8]} {format_time(hit.timestamp)}")
+        for hit, source in zip(shown.hits.itertuples(), _thumbnail_sources(shown, run))
     ]
     return image_grid(tiles, columns=columns, tile_width=tile_width)
 
