@@ -14,10 +14,11 @@ import tinyclip
 from frameatlas import models
 from frameatlas import project as project_module
 from frameatlas.config import config_from_dict
-from frameatlas.store import load_vectors
+from frameatlas.files import UnsafePath
+from frameatlas.plots import table_paths
 from frameatlas.project import even_sample, project
-from frameatlas.store import RunPaths, read_table, write_table
-from frameatlas.visualize import NO_CLUSTERS_NOTE, map_3d, similarity_timelines, write_visualizations
+from frameatlas.store import RunPaths, load_vectors, read_table, write_table
+from frameatlas.visualize import NO_CLUSTERS_NOTE, map_3d, similarity_timelines, write_standalone_html, write_visualizations
 from runs import embedded_run
 
 QUERIES = ["a red square", "a blue sky", "a checkerboard"]
@@ -151,7 +152,10 @@ def test_maps_are_offline_html_with_every_frame_once_and_relative_thumbnails(fal
     assert again.counts["projections_cached"] == 2
     # a projection no longer configured loses its file
     write_visualizations(stage_cfg(run, projections=["pca"]), run)
-    assert sorted(p.name for p in (run.root / "plots").glob("map_*.html")) == ["map_pca.html"]
+    # Only the finished page is left: no temporary file of the atomic writer, nothing else.
+    assert sorted(p.name for p in (run.root / "plots").iterdir()) == ["map_pca.html"]
+    cached = sorted(p.name for p in (run.cache / "projections").iterdir())
+    assert len(cached) == 2 and all(re.fullmatch(r"(pca|tsne)-[0-9a-f]{24}\.npy", name) for name in cached), cached
 
 
 def test_maps_colour_by_cluster_when_the_cluster_table_exists(fallback_run, tmp_path):
@@ -174,6 +178,40 @@ def test_maps_colour_by_cluster_when_the_cluster_table_exists(fallback_run, tmp_
 
     by_video = write_visualizations(stage_cfg(run, projections=["pca"], color_by="video", timelines=False), run)
     assert [t.name.split(" (")[0] for t in by_video.maps["pca"].data] == ["one.mp4", "two.mp4"]
+
+
+@pytest.mark.parametrize("outside", ["../../etc/passwd", "/etc/passwd"])
+def test_a_thumbnail_outside_the_run_is_refused_naming_table_row_and_path(fallback_run, tmp_path, outside):
+    run = copy_run(fallback_run, tmp_path / "run")
+    frames = read_table(run.table("frames"))
+    frames.loc[3, "thumbnail"] = outside
+    write_table(frames, run.table("frames"))
+    expected = rf"tables/frames.parquet row 3, column thumbnail: path '{re.escape(outside)}' resolves to \S+, outside {run.root}; refused"
+    with pytest.raises(UnsafePath, match=expected):
+        write_visualizations(stage_cfg(run, projections=["pca"]), run)
+    assert not (run.root / "plots").exists() or not any((run.root / "plots").iterdir())  # no page points there
+
+    # A figure built elsewhere is checked too when written as a page.
+    fig = map_3d(np.zeros((len(frames), 3)), frames, color_by="video")
+    with pytest.raises(UnsafePath, match=r"figure 'Frames in 3D' trace 0 \(one.mp4 \(\d+\)\) point 3, customdata thumbnail: "
+                       rf"path '{re.escape(outside)}'"):  # fmt: skip
+        write_standalone_html(fig, run.root / "plots" / "crafted.html", run)
+    assert not (run.root / "plots" / "crafted.html").exists()
+
+
+def test_table_paths_resolve_like_run_resolve_symlinks_included(tmp_path):
+    run = RunPaths(tmp_path / "run")
+    (run.root / "frames" / "v").mkdir(parents=True)
+    (run.root / "frames" / "v" / "a.jpg").write_bytes(b"")
+    (run.root / "frames" / "v" / "inside.jpg").symlink_to(run.root / "frames" / "v" / "a.jpg")
+    (run.root / "frames" / "v" / "escape.jpg").symlink_to("/etc/passwd")
+    (run.root / "frames" / "etc").symlink_to("/etc")
+    inside = ["frames/v/a.jpg", "frames/v/inside.jpg", "frames/v/missing.jpg", "frames/v/..", "frames//v/./a.jpg",
+              str(run.root / "frames" / "v" / "a.jpg"), f"../{run.root.name}/frames/v/a.jpg"]  # fmt: skip
+    assert table_paths(run, inside, table="frames", column="thumbnail") == [run.resolve(p) for p in inside]
+    for outside in ["frames/v/escape.jpg", "frames/etc/passwd", "frames/v/../../..", "/etc/passwd"]:
+        with pytest.raises(UnsafePath, match=rf"tables/frames.parquet row 7, column thumbnail: path '{re.escape(outside)}'"):
+            table_paths(run, [*inside, outside], table="frames", column="thumbnail")  # the row after the 7 good ones
 
 
 def test_map_3d_hover_and_customdata():

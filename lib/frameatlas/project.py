@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write_bytes, user_cache_dir
+from .files import atomic_path, user_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -222,9 +222,6 @@ def project(
     STATS["computed"] += 1
     log.info("%s projection of %d vectors done in %.1f s", method, len(vectors), time.perf_counter() - started)
     if cached is not None:
-        import io
-
-        buffer = io.BytesIO()
-        np.save(buffer, points)
-        atomic_write_bytes(cached, buffer.getvalue())
+        with atomic_path(cached) as tmp:  # the temporary name keeps the .npy suffix, so np.save adds none
+            np.save(tmp, points)
     return points

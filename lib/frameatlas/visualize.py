@@ -12,6 +12,8 @@
 * **Standalone HTML** (`write_standalone_html`): plotly.js embedded (no network needed), and
   the hovered or clicked point's thumbnail shown next to the plot. Thumbnails are referenced
   relative to the HTML file (`plots/` inside the run), so a zipped run folder keeps working.
+  Every thumbnail path read from `tables/frames.parquet` must resolve inside the run, or the
+  stage stops naming the row and the path: a crafted table cannot point a page elsewhere.
 
 Every trace carries ``customdata = [thumbnail, frame_key]`` per point (`CUSTOMDATA`).
 
@@ -39,13 +41,13 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from .config import PipelineConfig
-from .store import load_vectors
-from .plots import format_time
+from .files import atomic_write_text
+from .plots import format_time, resolve_paths, table_paths
 from .progress import progress_bar
 from .project import STATS as PROJECTION_STATS
 from .project import even_sample, project
-from .store import RunPaths, read_table, write_table
-from .files import atomic_write_text
+from .store import RunPaths, load_vectors, read_table, write_table
+from .summary import StageSummary
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +88,13 @@ def _run(run: RunPaths | Path | str) -> RunPaths:
 def annotated_frames(run: RunPaths | Path | str) -> pd.DataFrame:
     """The frames table plus `cluster` / `cluster_name` (cluster stage) and `caption` when known.
 
-    `tables/frames.parquet` decides which frames exist; cluster columns come from
+    `tables/frames.parquet` decides which frames exist, in its order (the index is the row number
+    in that table); cluster columns come from
     `tables/frames_annotated.parquet` (frames it does not know get cluster -2, "not clustered"),
     captions from its `caption` column or from `tables/caption_embeddings.parquet`.
     """
     run = _run(run)
-    frames = read_table(run.table("frames"))
+    frames = read_table(run.table("frames")).reset_index(drop=True)
     annotated_path = run.table("frames_annotated")
     if annotated_path.exists():
         annotated = read_table(annotated_path)
@@ -127,9 +130,12 @@ def _frames_with_vectors(run: RunPaths) -> tuple[pd.DataFrame, np.ndarray, str]:
     if table.model_id.nunique() > 1:  # as search does: the first model's vectors
         keep = (table.model_id == model_id).to_numpy()
         table, vectors = table[keep].reset_index(drop=True), vectors[keep]
-    frames = annotated_frames(run)
+    frames = annotated_frames(run)  # frames-table order; index = row number
     position = pd.Series(np.arange(len(table)), index=table.frame_key.to_numpy())
-    frames = frames[frames.frame_key.isin(position.index)].reset_index(drop=True)
+    frames = frames[frames.frame_key.isin(position.index)]
+    # Every thumbnail becomes a hover preview: refuse the table if one points outside the run.
+    table_paths(run, frames.thumbnail.astype(str).tolist(), table="frames", column="thumbnail", rows=frames.index)
+    frames = frames.reset_index(drop=True)
     return frames, vectors[position.loc[frames.frame_key].to_numpy()], model_id
 
 
@@ -299,27 +305,30 @@ def write_standalone_html(
     """Write `fig` as one self-contained HTML file that works offline.
 
     plotly.js is embedded (~4.8 MB; no `<script src>`). With `thumbnails`, the customdata
-    thumbnail of every point (run-relative in the figure) is rewritten relative to the HTML
-    file's folder, and a side panel shows the hovered / clicked point's frame. The figure
+    thumbnail of every point (run-relative in the figure) is resolved inside the run (an
+    outside one raises `UnsafePath` naming the trace and point) and rewritten relative to the
+    HTML file's folder, and a side panel shows the hovered / clicked point's frame. The figure
     passed in is not modified.
     """
     run, path = _run(run), Path(path).resolve()
     out = go.Figure(fig)
+    title = title or (fig.layout.title.text or "frameatlas").split("<br>")[0]
     if thumbnails:
-        cache: dict[str, str] = {}
-        for trace in out.data:
+        relative: dict[Path, str] = {}
+        for number, trace in enumerate(out.data):
             rows = getattr(trace, "customdata", None)
             if rows is None or not len(rows):
                 continue
-            rewritten = []
-            for row in rows:
-                row = list(row)
-                thumb = str(row[0])
-                if thumb not in cache:
-                    cache[thumb] = _relative_to(path.parent, run.absolute(thumb))
-                rewritten.append([cache[thumb], *row[1:]])
-            trace.customdata = rewritten
-    title = title or (fig.layout.title.text or "frameatlas").split("<br>")[0]
+            rows = [list(row) for row in rows]
+            where = f"figure {re.sub(r'<[^>]+>', '', title)!r} trace {number} ({trace.name})"
+            files = resolve_paths(
+                run, [str(row[0]) for row in rows], lambda i, where=where: f"{where} point {i}, customdata thumbnail"
+            )
+            for row, file in zip(rows, files):
+                if file not in relative:
+                    relative[file] = _relative_to(path.parent, file)
+                row[0] = relative[file]
+            trace.customdata = rows
     plot = pio.to_html(
         out, include_plotlyjs=True, full_html=False, post_script=_POST_SCRIPT if thumbnails else None,
         default_width="100%", default_height="100vh", config={"displaylogo": False, "responsive": True},
@@ -425,8 +434,8 @@ def similarity_timelines(
 # --------------------------------------------------------------------------- the stage
 
 
-@dataclass
-class VisualizeSummary:
+@dataclass(kw_only=True)
+class VisualizeSummary(StageSummary):
     """What `write_visualizations` made: figures for the notebook, files, counts for the manifest."""
 
     frames: int = 0
@@ -440,8 +449,6 @@ class VisualizeSummary:
     projections_cached: int = 0
     timelines: Timelines | None = None
     timeline_files: dict[str, Path] = field(default_factory=dict)  # video_id -> file
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
 
     @property
     def figures(self) -> dict[str, go.Figure]:
@@ -565,7 +572,6 @@ def write_visualizations(cfg: PipelineConfig, run: RunPaths | Path | str) -> Vis
     log.info("visualize: %d frames, %d map points, maps %s, %d timelines in %.1f s", summary.frames, summary.points,
              ",".join(summary.maps) or "-", len(summary.timeline_files), summary.seconds)  # fmt: skip
     return summary
-
 
 
 _PLOTLY_JS_SHOWN = False

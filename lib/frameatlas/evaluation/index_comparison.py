@@ -545,5 +545,3 @@ def compare_run_indexes(run, model_id: str | None = None, *, queries: int = 200,
     result = compare_indexes(vectors, queries, **kwargs)
     result.attrs["model_id"] = models[0] if models else model_id
     return result
-
-
