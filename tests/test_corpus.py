@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 from frameatlas import corpus, files
-from frameatlas.corpus import DemoFetchError, DemoVideo, content_hash, discover_videos, failure_reason, fetch_demo, video_in_corpus
+from frameatlas.corpus import (
+    DemoFetchError,
+    DemoVideo,
+    content_hash,
+    discover_videos,
+    failure_reason,
+    fetch_demo,
+    video_in_corpus,
+)
 from frameatlas.files import HashCache, UnsafePath, is_temp_name
 
 

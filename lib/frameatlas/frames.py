@@ -45,9 +45,16 @@ from PIL import Image
 
 from .config import ExtractConfig, PipelineConfig
 from .corpus import (
-    CorpusListing, SkippedInput, VideoFile, content_hash, demo_missing, discover_videos, failure_reason, fetch_demo,
+    CorpusListing,
+    SkippedInput,
+    VideoFile,
+    content_hash,
+    demo_missing,
+    discover_videos,
+    failure_reason,
+    fetch_demo,
     video_in_corpus,
-)  # fmt: skip
+)
 from .files import HashCache, atomic_write_json, save_image
 from .progress import progress_bar
 from .store import RunPaths, read_table, write_table
