@@ -14,9 +14,10 @@ from frameatlas import caption, models
 from frameatlas.caption import caption_frames, load_caption_model, term_lists
 from frameatlas.config import CaptionConfig, ModelsConfig
 from frameatlas.embed import embed_captions
+from frameatlas.files import UnsafePath, is_temp_name
 from frameatlas.models import ModelUnavailable
 from frameatlas.search import search
-from frameatlas.store import read_table
+from frameatlas.store import read_table, write_table
 from PIL import Image
 from runs import embedded_run
 
@@ -171,7 +172,7 @@ def test_offline_caption_model_falls_back_to_clip_only_and_says_so(tiny_clip, tm
     assert "could not be loaded" in record.banner and "prompts hold CLIP-ranked terms only" in record.banner
     assert any("CLIP-ranked terms only" in note for note in summary.notes)
     assert summary.table.prompt.str.len().min() > 0
-    assert [m["kind"] for m in summary.models] == ["image", "caption"]
+    assert [m["kind"] for m in summary.model_records] == ["image", "caption"]
 
     cfg.caption.on_missing_weights = "error"
     with pytest.raises(ModelUnavailable, match=r"blip-base.*hub cache.*Salesforce/blip-image-captioning-base"):
@@ -248,3 +249,52 @@ def test_report_helpers(tiny_clip, tmp_path):
     lengths, frequent = caption.term_statistics(table)
     assert lengths.loc["terms", "max"] <= cfg.caption.max_flavors
     assert frequent.frames.iloc[0] == max(sum(term in p.split(", ") for p in table.prompt) for term in frequent.term)
+
+
+def test_a_video_with_an_unreadable_thumbnail_is_skipped_with_its_reason_and_the_others_captioned(tiny_clip, tmp_path):
+    cfg, run = clip_run(tmp_path, tiny_clip)
+    frames = read_table(run.table("frames"))
+    two = frames[frames.video_name == "two.mp4"]
+    broken = run.absolute(two.thumbnail.iloc[1])
+    original = broken.read_bytes()
+    broken.write_bytes(b"not a JPEG")
+    for shard in (run.root / "vectors").rglob(f"{two.video_id.iloc[0]}/*.parquet"):
+        shard.unlink()  # its CLIP vectors must be made now, from the thumbnails
+
+    summary = caption_frames(cfg, run)
+    [skipped] = summary.skipped
+    assert (skipped.path, skipped.stage, skipped.status) == (str(tmp_path / "videos" / "two.mp4"), "caption", "skipped")
+    assert skipped.reason.startswith(f"no captions for its {len(two)} frames: no frame vectors: ")
+    assert str(broken) in skipped.reason and "thumbnail cannot be read" in skipped.reason
+    table = read_table(run.table("captions"))
+    assert list(table.frame_key) == list(frames.frame_key[frames.video_name == "one.mp4"])
+    assert summary.captioned == len(table) and summary.result()["skipped"] == [skipped.as_dict()]
+    assert [p for p in run.root.rglob("*") if is_temp_name(p.name)] == []
+
+    broken.write_bytes(original)  # mended: only the skipped video is captioned next time
+    again = caption_frames(cfg, run)
+    assert (again.captioned, again.cached, again.skipped) == (len(two), len(frames) - len(two), [])
+    assert list(read_table(run.table("captions")).frame_key) == list(frames.frame_key)
+
+
+def test_a_thumbnail_path_outside_the_run_is_refused_before_any_work(tiny_clip, tmp_path):
+    cfg, run = clip_run(tmp_path, tiny_clip)
+    frames = read_table(run.table("frames"))
+    frames.loc[4, "thumbnail"] = "/etc/hostname"
+    write_table(frames, run.table("frames"))
+    with pytest.raises(UnsafePath, match=r"tables/frames.parquet row 4, column thumbnail: path '/etc/hostname' .*outside"):
+        caption_frames(cfg, run)
+    assert not run.table("captions").exists() and not (run.root / "captions").exists()
+
+
+def test_the_caption_model_failing_on_one_video_skips_only_that_video(tmp_path):
+    folder = tinyblip.save_tiny_blip(tmp_path / "tiny-blip")
+    cfg, run = clip_run(tmp_path, {"name": "fallback"}, caption_model=str(folder))
+    frames = read_table(run.table("frames"))
+    broken = run.absolute(frames.thumbnail[frames.video_name == "one.mp4"].iloc[-1])
+    broken.write_bytes(b"")  # a thumbnail truncated to nothing: BLIP gets no image for this video
+    summary = caption_frames(cfg, run)
+    assert [(s.path, s.stage) for s in summary.skipped] == [(str(tmp_path / "videos" / "one.mp4"), "caption")]
+    assert summary.skipped[0].reason.startswith("no captions for its 8 frames: FileNotFoundError: ")
+    assert set(summary.table.video_id) == set(frames.video_id[frames.video_name == "two.mp4"])
+    assert summary.table.caption.str.len().min() > 0

@@ -7,9 +7,10 @@ import sys
 import pytest
 import videogen
 from frameatlas.embed import embed_text_channels
+from frameatlas.files import UnsafePath, is_temp_name
 from frameatlas.ocr import OCR_COLUMNS, ocr_sample_html, read_frame_text
 from frameatlas.search import SearchError, search
-from frameatlas.store import read_table
+from frameatlas.store import read_table, write_table
 from runs import embedded_run
 
 # One caption per second; frames are sampled every 0.5 s, so two frames show each.
@@ -88,3 +89,36 @@ def test_without_the_ocr_package_the_stage_says_so_and_goes_on(tmp_path, monkeyp
     assert "pip install rapidocr-onnxruntime" in summary.record.fallback_reason
     assert "caption.ocr.enabled: false" in summary.notes[0]
     assert "Off in this run: on-screen text (OCR) search channel" in summary.record.banner
+
+
+def test_an_unreadable_thumbnail_is_left_out_with_its_reason_and_the_rest_is_read(tmp_path):
+    cfg, run = text_run(tmp_path)
+    frames = read_table(run.table("frames"))
+    broken = run.absolute(frames.thumbnail[4])  # 2.0 s: "RED CAR PARKING"
+    original = broken.read_bytes()
+    broken.write_bytes(original[: len(original) // 3])  # cut short, as a full disk would leave it
+    summary = read_frame_text(cfg, run)
+    [skipped] = summary.skipped
+    assert (skipped.path, skipped.stage, skipped.status) == (frames.video_path[4], "caption", "partial")
+    assert skipped.reason.startswith(f"on-screen text of 1 of 8 frames not read: frame {frames.frame_key[4]}: ")
+    assert str(broken) in skipped.reason
+    table = read_table(run.table("ocr"))
+    assert table.timestamp.tolist() == [0.0, 0.5, 1.0, 1.5, 2.5, 3.0, 3.5]
+    assert [squeeze(text) for text in table.text] == [squeeze(CAPTIONS[int(t)]) for t in table.timestamp]
+    assert summary.counts["ocr_frames_skipped"] == 1 and summary.model_records[0]["model_id"] == "rapidocr-ppocrv4"
+    assert [p for p in run.root.rglob("*") if is_temp_name(p.name)] == []
+
+    broken.write_bytes(original)  # the incomplete video was not cached: it is read again, whole
+    again = read_frame_text(cfg, run)
+    assert (again.read, again.cached, again.skipped) == (8, 0, [])
+    assert len(read_table(run.table("ocr"))) == 8
+
+
+def test_a_thumbnail_outside_the_run_is_refused(tmp_path):
+    cfg, run = text_run(tmp_path)
+    frames = read_table(run.table("frames"))
+    frames.loc[3, "thumbnail"] = "frames/../../../elsewhere.jpg"
+    write_table(frames, run.table("frames"))
+    with pytest.raises(UnsafePath, match=r"tables/frames.parquet row 3, column thumbnail: path 'frames/\.\./\.\./\.\./elsewhere.jpg'"):
+        read_frame_text(cfg, run)
+    assert not run.table("ocr").exists()

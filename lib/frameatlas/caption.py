@@ -31,10 +31,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +42,13 @@ import pandas as pd
 from PIL import Image
 
 from .config import CaptionConfig, ModelsConfig, PipelineConfig
+from .corpus import SkippedInput, failure_reason
+from .files import atomic_path, user_cache_dir
+from .frames import thumbnail_paths
 from .models import ModelRecord, ModelUnavailable, image_encoder
 from .progress import progress_bar
 from .store import RunPaths, frame_shards, in_frame_order, read_table, read_thumbnail, write_table
-from .files import user_cache_dir
+from .summary import StageSummary
 
 log = logging.getLogger(__name__)
 
@@ -183,11 +185,8 @@ def load_term_tables(encoder, lists: dict[str, list[str]], *, cache: Path | None
 
 
 def _save_array(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with temporary.open("wb") as handle:
+    with atomic_path(path) as temporary, temporary.open("wb") as handle:
         np.save(handle, array)
-    temporary.replace(path)
 
 
 # --- the caption model (BLIP) ----------------------------------------------------------------
@@ -419,9 +418,9 @@ def _chain_interrogator_class():
 # --- the stage -------------------------------------------------------------------------------
 
 
-@dataclass
-class CaptionSummary:
-    """What the caption stage did; `counts` goes to the run manifest."""
+@dataclass(kw_only=True)
+class CaptionSummary(StageSummary):
+    """What the caption stage did; `counts`, `skipped` and `model_records` go to the run manifest."""
 
     table: pd.DataFrame
     mode: str
@@ -433,7 +432,6 @@ class CaptionSummary:
     caption_seconds: float = 0.0
     prompt_seconds: float = 0.0
     terms: TermTables | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def seconds_per_frame(self) -> float:
@@ -455,10 +453,11 @@ class CaptionSummary:
             "terms_encoded": self.terms.computed if self.terms else 0,
             "terms_cached": self.terms.cached if self.terms else 0,
             "term_seconds": round(self.terms.seconds, 2) if self.terms else 0.0,
+            "videos_skipped": len(self.skipped),
         }
 
     @property
-    def models(self) -> list[dict[str, Any]]:
+    def model_records(self) -> list[dict[str, Any]]:
         return [self.clip_model.as_dict(), self.caption_model.as_dict()]
 
 
@@ -468,31 +467,69 @@ def _settings_key(options: CaptionConfig, clip_id: str, caption_id: str, term_co
     return f"{options.mode}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
 
 
-def _model_captions(run: RunPaths, model: CaptionModel, options: CaptionConfig, group: pd.DataFrame, bar) -> list[str]:
+def _model_captions(model: CaptionModel, options: CaptionConfig, thumbnails: list[Path], bar) -> list[str]:
     if not model.available:
-        return [""] * len(group)
+        return [""] * len(thumbnails)
     captions: list[str] = []
-    thumbnails = list(group.thumbnail)
     for start in range(0, len(thumbnails), options.caption_batch_size):
-        images = [read_thumbnail(run.absolute(t)) for t in thumbnails[start : start + options.caption_batch_size]]
+        images = [read_thumbnail(path) for path in thumbnails[start : start + options.caption_batch_size]]
         captions.extend(model.captions(images, options.max_caption_tokens))
         bar.update(len(images))
     return captions
 
 
+def _video_of(group: pd.DataFrame) -> str:
+    """How a skipped input names a video: its path when the frames table has one, else its id."""
+    if "video_path" in group and str(group.video_path.iloc[0]):
+        return str(group.video_path.iloc[0])
+    return str(group.video_id.iloc[0])
+
+
+def _frame_vectors(cfg: PipelineConfig, run: RunPaths, encoder, todo: list, failed: dict[str, str]) -> dict[str, np.ndarray]:
+    """CLIP vectors of the frames still to caption, by frame key (from the embed stage's cache, else made now).
+
+    All videos go in one call; if it fails, video by video, so that a video whose thumbnails
+    cannot be encoded lands in `failed` (video id -> reason) and the others still get vectors.
+    """
+    from .embed import cached_frame_vectors
+
+    try:
+        embedded, vectors = cached_frame_vectors(cfg, run, encoder, pd.concat([g for _, g in todo]))
+        return dict(zip(embedded.frame_key, vectors))
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - found out below, per video; finished videos' vectors are cached by now
+        log.debug("caption: frame vectors failed for the batch; retrying video by video", exc_info=True)
+    found: dict[str, np.ndarray] = {}
+    for _, group in todo:
+        try:
+            embedded, vectors = cached_frame_vectors(cfg, run, encoder, group)
+        except MemoryError:
+            raise
+        except Exception as error:  # noqa: BLE001 - one video's thumbnails must not stop the stage
+            failed[group.video_id.iloc[0]] = f"no frame vectors: {failure_reason(error)}"
+            continue
+        found.update(zip(embedded.frame_key, vectors))
+    return found
+
+
 def caption_frames(
     cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False, encoder=None, caption_model: CaptionModel | None = None
 ) -> CaptionSummary:
-    """Run the caption stage over the run's frames table; see the module docstring."""
-    from .embed import cached_frame_vectors
+    """Run the caption stage over the run's frames table; see the module docstring.
 
+    A video whose thumbnails cannot be read, or on which the caption model or the prompt building
+    fails, is skipped with its reason (`summary.skipped`); its frames get no row and are tried
+    again next run. A thumbnail path leading outside the run is refused (`UnsafePath`).
+    """
+    started = time.perf_counter()
     run = run if isinstance(run, RunPaths) else RunPaths(run)
     options = cfg.caption
     frames = read_table(run.table("frames"))
     encoder = encoder or image_encoder(cfg.models)
     caption_model = caption_model or load_caption_model(options, cfg.models)
-    summary = CaptionSummary(pd.DataFrame(columns=CAPTION_COLUMNS), options.mode, encoder.record, caption_model.record,
-                             frames=len(frames))  # fmt: skip
+    summary = CaptionSummary(table=pd.DataFrame(columns=CAPTION_COLUMNS), mode=options.mode, clip_model=encoder.record,
+                             caption_model=caption_model.record, frames=len(frames))  # fmt: skip
     has_clip = bool(getattr(encoder, "has_text", False))
     if not has_clip and not caption_model.available:
         summary.notes.append(f"no captions: the image model {encoder.record.model_id} has no text side to rank terms "
@@ -513,32 +550,31 @@ def caption_frames(
     summary.cached = sum(map(len, tables))
 
     if todo:
-        vectors = None
+        thumbnails = {shard: thumbnail_paths(run, group) for shard, group in todo}  # refuse crafted paths first
+        failed: dict[str, str] = {}  # video id -> why it has no captions
+        vectors: dict[str, np.ndarray] = {}
         if has_clip:
             summary.terms = load_term_tables(encoder, lists, cache=term_cache_dir(cfg.models), batch_size=options.term_batch_size)
             interrogator = FrameInterrogator(encoder, summary.terms, options)
-            embedded, vectors = cached_frame_vectors(cfg, run, encoder, pd.concat([g for _, g in todo]))
-            vectors = dict(zip(embedded.frame_key, vectors))
+            vectors = _frame_vectors(cfg, run, encoder, todo, failed)
         bar = progress_bar(total=sum(len(g) for _, g in todo), desc=f"caption ({summary.mode})", unit="frame")
         try:
             for shard, group in todo:
-                started = time.perf_counter()
-                captions = _model_captions(run, caption_model, options, group, bar)
-                summary.caption_seconds += time.perf_counter() - started
-                started = time.perf_counter()
-                if interrogator is not None:
-                    features = np.stack([vectors[k] for k in group.frame_key])
-                    prompts = interrogator.prompts(features, captions)
-                    if not caption_model.available:  # else the bar counted the caption model's batches
-                        bar.update(len(group))
-                else:
-                    prompts = captions
-                summary.prompt_seconds += time.perf_counter() - started
-                table = pd.DataFrame({
-                    "frame_key": group.frame_key.to_numpy(), "video_id": group.video_id.to_numpy(),
-                    "timestamp": group.timestamp.to_numpy(), "prompt": prompts, "caption": captions, "mode": summary.mode,
-                    "clip_model": encoder.record.model_id if has_clip else "", "caption_model": caption_model.record.model_id,
-                })  # fmt: skip
+                video_id = group.video_id.iloc[0]
+                if video_id not in failed:
+                    try:
+                        table = _caption_group(group, thumbnails[shard], vectors, caption_model, interrogator, encoder,
+                                               options, summary, bar)  # fmt: skip
+                    except MemoryError:
+                        raise
+                    except Exception as error:  # noqa: BLE001 - one video's failure must not stop the stage
+                        log.debug("caption: %s failed", video_id, exc_info=True)
+                        failed[video_id] = failure_reason(error)
+                if video_id in failed:
+                    reason = f"no captions for its {len(group)} frames: {failed[video_id]}"
+                    log.warning("caption: skipped %s: %s", _video_of(group), reason)
+                    summary.skipped.append(SkippedInput(_video_of(group), reason, stage="caption"))
+                    continue
                 write_table(table, shard)  # finished videos survive an interrupted run
                 tables.append(table)
                 summary.captioned += len(table)
@@ -551,7 +587,32 @@ def caption_frames(
     log.info("caption: %d frames (%d new, %d cached), mode %s, %s + %s, %.3f s/frame",
              summary.frames, summary.captioned, summary.cached, summary.mode, encoder.record.model_id,
              caption_model.record.model_id, summary.seconds_per_frame)  # fmt: skip
+    summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _caption_group(group: pd.DataFrame, thumbnails: list[Path], vectors: dict[str, np.ndarray], caption_model: CaptionModel,
+                   interrogator: FrameInterrogator | None, encoder, options: CaptionConfig, summary: CaptionSummary,
+                   bar) -> pd.DataFrame:  # fmt: skip
+    """The captions table of one video's frames (its shard)."""
+    started = time.perf_counter()
+    captions = _model_captions(caption_model, options, thumbnails, bar)
+    summary.caption_seconds += time.perf_counter() - started
+    started = time.perf_counter()
+    if interrogator is not None:
+        features = np.stack([vectors[k] for k in group.frame_key])
+        prompts = interrogator.prompts(features, captions)
+        if not caption_model.available:  # else the bar counted the caption model's batches
+            bar.update(len(group))
+    else:
+        prompts = captions
+    summary.prompt_seconds += time.perf_counter() - started
+    return pd.DataFrame({
+        "frame_key": group.frame_key.to_numpy(), "video_id": group.video_id.to_numpy(),
+        "timestamp": group.timestamp.to_numpy(), "prompt": prompts, "caption": captions, "mode": summary.mode,
+        "clip_model": encoder.record.model_id if interrogator is not None else "",
+        "caption_model": caption_model.record.model_id,
+    })  # fmt: skip
 
 
 # --- for the report --------------------------------------------------------------------------

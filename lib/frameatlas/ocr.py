@@ -17,17 +17,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from .config import PipelineConfig
+from .corpus import SkippedInput, failure_reason
+from .frames import thumbnail_paths
 from .models.base import ModelRecord
 from .models.ocr import OcrReader, OcrUnavailable, unavailable_record
 from .progress import progress_bar
 from .store import RunPaths, frame_shards, in_frame_order, read_table, read_thumbnail, write_table
+from .summary import StageSummary
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +39,19 @@ __all__ = ["OCR_COLUMNS", "OcrSummary", "ocr_sample_html", "read_frame_text"]
 OCR_COLUMNS = ["frame_key", "video_id", "timestamp", "text", "lines", "score", "engine"]
 
 
-@dataclass
-class OcrSummary:
-    """What the OCR pass did; `counts` goes to the caption stage's manifest entry."""
+@dataclass(kw_only=True)
+class OcrSummary(StageSummary):
+    """What the OCR pass did; it goes to the caption stage's manifest entry (`CombinedSummary.of(captions, ocr)`).
+
+    `seconds` is the time spent reading text (not counting cached frames).
+    """
 
     table: pd.DataFrame
     record: ModelRecord | None = None  # None: OCR is off in the config
     frames: int = 0
     read: int = 0
     cached: int = 0
-    seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
+    unread: int = 0  # frames left out this run: thumbnail unreadable or the reader failed on them
 
     @property
     def counts(self) -> dict[str, Any]:
@@ -60,7 +65,12 @@ class OcrSummary:
             "ocr_frames_with_text": with_text,
             "ocr_seconds": round(self.seconds, 2),
             "ocr_seconds_per_frame": round(self.seconds / self.read, 4) if self.read else 0.0,
+            "ocr_frames_skipped": self.unread,
         }
+
+    @property
+    def model_records(self) -> list[dict[str, Any]]:
+        return [self.record.as_dict()] if self.record is not None else []
 
 
 def _settings_key(cfg: PipelineConfig, engine: str) -> str:
@@ -69,18 +79,41 @@ def _settings_key(cfg: PipelineConfig, engine: str) -> str:
     return hashlib.sha256(settings.encode()).hexdigest()[:12]
 
 
-def _read_group(run: RunPaths, reader: OcrReader, group: pd.DataFrame, bar) -> pd.DataFrame:
-    texts, counts, scores = [], [], []
-    for thumbnail in group.thumbnail:
-        lines = reader.read(read_thumbnail(run.absolute(thumbnail)))
+def _read_group(reader: OcrReader, group: pd.DataFrame, thumbnails: list[Path], bar) -> tuple[pd.DataFrame, list[str]]:
+    """The OCR table of one video's frames, and why each frame left out could not be read.
+
+    A frame whose thumbnail cannot be read, or on which the reader fails, is left out; the rest
+    of the video is still read.
+    """
+    kept, texts, counts, scores, problems = [], [], [], [], []
+    for position, (frame_key, path) in enumerate(zip(group.frame_key, thumbnails)):
+        bar.update(1)
+        try:
+            lines = reader.read(read_thumbnail(path))
+        except MemoryError:
+            raise
+        except Exception as error:  # noqa: BLE001 - one frame's failure must not stop the pass
+            log.debug("caption: on-screen text of %s failed", frame_key, exc_info=True)
+            problems.append(f"frame {frame_key}: {failure_reason(error)}")
+            continue
+        kept.append(position)
         texts.append("\n".join(line.text for line in lines))
         counts.append(len(lines))
         scores.append(round(sum(line.score for line in lines) / len(lines), 4) if lines else 0.0)
-        bar.update(1)
-    return pd.DataFrame({
-        "frame_key": group.frame_key.to_numpy(), "video_id": group.video_id.to_numpy(), "timestamp": group.timestamp.to_numpy(),
+    rows = group.iloc[kept]
+    table = pd.DataFrame({
+        "frame_key": rows.frame_key.to_numpy(), "video_id": rows.video_id.to_numpy(), "timestamp": rows.timestamp.to_numpy(),
         "text": texts, "lines": counts, "score": scores, "engine": reader.record.model_id,
     })  # fmt: skip
+    return table, problems
+
+
+def _skipped_frames(group: pd.DataFrame, problems: list[str]) -> SkippedInput:
+    """One manifest entry per video whose frames were (partly) left out, with the first reason."""
+    video = str(group.video_path.iloc[0]) if "video_path" in group and str(group.video_path.iloc[0]) else str(group.video_id.iloc[0])
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    reason = f"on-screen text of {len(problems)} of {len(group)} frames not read: {problems[0]}{more}"
+    return SkippedInput(video, reason, stage="caption", status="partial" if len(problems) < len(group) else "skipped")
 
 
 def read_frame_text(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False, reader: OcrReader | None = None) -> OcrSummary:
@@ -88,14 +121,17 @@ def read_frame_text(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: b
 
     With `caption.ocr.enabled: false` the table is removed, so no stale text outlives the setting.
     Without the OCR package the run goes on: the summary's record says why there is no text.
+    A frame whose thumbnail cannot be read (or that the reader fails on) gets no row and its
+    video is listed in `summary.skipped`; its video is read again next run. A thumbnail path
+    leading outside the run is refused (`UnsafePath`).
     """
     run = run if isinstance(run, RunPaths) else RunPaths(run)
     table_path = run.table("ocr")
     if not cfg.caption.ocr.enabled:
         table_path.unlink(missing_ok=True)
-        return OcrSummary(pd.DataFrame(columns=OCR_COLUMNS))
+        return OcrSummary(table=pd.DataFrame(columns=OCR_COLUMNS))
     frames = read_table(run.table("frames"))
-    summary = OcrSummary(pd.DataFrame(columns=OCR_COLUMNS), frames=len(frames))
+    summary = OcrSummary(table=pd.DataFrame(columns=OCR_COLUMNS), frames=len(frames))
     if reader is None:
         try:
             reader = OcrReader(cfg.caption.ocr, cfg.models.threads)
@@ -111,11 +147,17 @@ def read_frame_text(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: b
     summary.cached = sum(map(len, tables))
     if todo:
         started = time.perf_counter()
+        thumbnails = {shard: thumbnail_paths(run, group) for shard, group in todo}  # refuse crafted paths first
         bar = progress_bar(total=sum(len(g) for _, g in todo), desc="on-screen text", unit="frame")
         try:
             for shard, group in todo:
-                table = _read_group(run, reader, group, bar)
-                write_table(table, shard)  # finished videos survive an interrupted run
+                table, problems = _read_group(reader, group, thumbnails[shard], bar)
+                if problems:  # an incomplete shard is not cached: the video is read again next run
+                    summary.unread += len(problems)
+                    summary.skipped.append(_skipped_frames(group, problems))
+                    log.warning("caption: %s: %s", summary.skipped[-1].path, summary.skipped[-1].reason)
+                else:
+                    write_table(table, shard)  # finished videos survive an interrupted run
                 tables.append(table)
                 summary.read += len(table)
         finally:
