@@ -130,8 +130,8 @@ def failure_reason(error: BaseException, limit: int = 400) -> str:
     """One line for a skipped input: the exception's type and message (whitespace folded, cut at `limit`).
 
     Example:
-        >>> failure_reason(ValueError("bad\nframe"))
-        'ValueError: bad frame'
+        >>> failure_reason(OSError("No space left on device"))
+        'OSError: No space left on device'
     """
     message = " ".join(str(error).split())
     line = f"{type(error).__name__}: {message}" if message else type(error).__name__
