@@ -197,9 +197,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate_run(args, scratch: Path) -> dict:
     from frameatlas.embed import encode_image_files
-    from frameatlas.store import load_vectors
     from frameatlas.models import FALLBACK_MODEL_ID, ColourTextureEncoder
-    from frameatlas.store import RunPaths, read_table
+    from frameatlas.store import RunPaths, load_vectors, read_table
 
     run = RunPaths(args.run)
     table = compare_run_indexes(run, queries=args.queries, k=args.k, workdir=scratch)

@@ -7,9 +7,9 @@ from pathlib import Path
 import videogen
 from frameatlas.config import PipelineConfig, config_from_dict
 from frameatlas.embed import embed_frames
+from frameatlas.files import atomic_write_json
 from frameatlas.frames import extract_corpus
 from frameatlas.store import RunPaths
-from frameatlas.files import atomic_write_json
 
 EVERY_HALF_SECOND = [0.5 * k for k in range(1, 8)]
 # name -> (seconds, fps, scene cuts); two.mp4 has another fps so no frame repeats one of one.mp4

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO
-
 from frameatlas.cli import main
 from frameatlas.config import load_config
 from frameatlas.pipeline import EXIT_LOCKED
-from frameatlas.store import read_table
 from frameatlas.scaffold import default_template, set_yaml_value
+from frameatlas.store import read_table
 
 
 def body_comments(text: str) -> list[str]:

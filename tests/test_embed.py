@@ -13,10 +13,9 @@ import videogen
 from frameatlas import models
 from frameatlas.config import config_from_dict
 from frameatlas.embed import embed_frames, encode_image_files, nearest_neighbour_grid
-from frameatlas.store import load_vectors
 from frameatlas.frames import extract_corpus
 from frameatlas.index import IndexNotReady, RunScope, collection_name, open_index
-from frameatlas.store import RunPaths, read_table, write_table
+from frameatlas.store import RunPaths, load_vectors, read_table, write_table
 from PIL import Image
 
 

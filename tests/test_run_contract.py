@@ -20,9 +20,8 @@ import pytest
 import videogen
 import yaml
 from conftest import REPO
-
 from frameatlas.files import is_temp_name
-from frameatlas.lock import LOCK_FILE, lock_holder
+from frameatlas.lock import lock_holder
 
 pytestmark = pytest.mark.slow
 

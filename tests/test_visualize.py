@@ -15,7 +15,6 @@ from frameatlas import models
 from frameatlas import project as project_module
 from frameatlas.config import config_from_dict
 from frameatlas.files import UnsafePath
-from frameatlas.plots import table_paths
 from frameatlas.project import even_sample, project
 from frameatlas.store import RunPaths, load_vectors, read_table, write_table
 from frameatlas.visualize import NO_CLUSTERS_NOTE, map_3d, similarity_timelines, write_standalone_html, write_visualizations
@@ -208,10 +207,10 @@ def test_table_paths_resolve_like_run_resolve_symlinks_included(tmp_path):
     (run.root / "frames" / "etc").symlink_to("/etc")
     inside = ["frames/v/a.jpg", "frames/v/inside.jpg", "frames/v/missing.jpg", "frames/v/..", "frames//v/./a.jpg",
               str(run.root / "frames" / "v" / "a.jpg"), f"../{run.root.name}/frames/v/a.jpg"]  # fmt: skip
-    assert table_paths(run, inside, table="frames", column="thumbnail") == [run.resolve(p) for p in inside]
+    assert run.table_paths(inside, table="frames", column="thumbnail") == [run.resolve(p) for p in inside]
     for outside in ["frames/v/escape.jpg", "frames/etc/passwd", "frames/v/../../..", "/etc/passwd"]:
         with pytest.raises(UnsafePath, match=rf"tables/frames.parquet row 7, column thumbnail: path '{re.escape(outside)}'"):
-            table_paths(run, [*inside, outside], table="frames", column="thumbnail")  # the row after the 7 good ones
+            run.table_paths([*inside, outside], table="frames", column="thumbnail")  # the row after the 7 good ones
 
 
 def test_map_3d_hover_and_customdata():

@@ -44,7 +44,6 @@ from PIL import Image
 from .config import CaptionConfig, ModelsConfig, PipelineConfig
 from .corpus import SkippedInput, failure_reason
 from .files import atomic_path, user_cache_dir
-from .frames import thumbnail_paths
 from .models import ModelRecord, ModelUnavailable, image_encoder
 from .progress import progress_bar
 from .store import RunPaths, frame_shards, in_frame_order, read_table, read_thumbnail, write_table
@@ -550,7 +549,7 @@ def caption_frames(
     summary.cached = sum(map(len, tables))
 
     if todo:
-        thumbnails = {shard: thumbnail_paths(run, group) for shard, group in todo}  # refuse crafted paths first
+        thumbnails = {shard: run.thumbnails(group) for shard, group in todo}  # refuse crafted paths first
         failed: dict[str, str] = {}  # video id -> why it has no captions
         vectors: dict[str, np.ndarray] = {}
         if has_clip:

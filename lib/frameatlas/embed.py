@@ -189,8 +189,7 @@ def cached_frame_vectors(
     try:
         for shard, group in todo:
             try:
-                paths = [run.resolve(t, what=f"tables/frames.parquet row {row}, column thumbnail")
-                         for row, t in zip(group.index, group.thumbnail)]  # fmt: skip
+                paths = run.thumbnails(group)
                 vectors = encode_image_files(
                     encoder, paths, batch_size=cfg.models.image.batch_size, loader_threads=cfg.embed.loader_threads,
                     prefetch_batches=cfg.embed.prefetch_batches, on_batch=bar.update if bar else None,

@@ -74,7 +74,6 @@ __all__ = [
     "probe_video",
     "read_videos",
     "sampling_key",
-    "thumbnail_paths",
 ]
 
 FRAME_COLUMNS = [
@@ -670,17 +669,8 @@ def contact_sheet(
         picks = np.linspace(0, len(frames) - 1, max_frames).round().astype(int)
         frames = frames.iloc[np.unique(picks)]
     aspect = float((frames["height"] / frames["width"]).median()) if len(frames) else 0.5
-    tiles = [Tile(path, format_time(time)) for path, time in zip(thumbnail_paths(run, frames), frames.timestamp)]
+    tiles = [Tile(path, format_time(time)) for path, time in zip(run.thumbnails(frames), frames.timestamp)]
     return image_grid(tiles, columns=columns, tile_width=tile_width, aspect=aspect)
-
-
-def thumbnail_paths(run: RunPaths, frames: pd.DataFrame) -> list[Path]:
-    """The thumbnails of `frames` (rows of `tables/frames.parquet`, index as read), each resolved inside
-    the run; a path that leads outside is refused (`UnsafePath` naming the row and the path)."""
-    return [
-        run.resolve(relative, what=f"tables/frames.parquet row {row}, column thumbnail")
-        for row, relative in zip(frames.index, frames.thumbnail)
-    ]
 
 
 def read_videos(run: RunPaths | Path | str, corpus_root: Path | str) -> pd.DataFrame:
@@ -718,7 +708,7 @@ def save_contact_sheets(run: RunPaths | Path | str, **sheet_options) -> list[tup
     saved = []
     for video in videos.to_dict("records"):
         video_frames = frames[frames.video_id == video["video_id"]]
-        thumbnail_paths(run, video_frames)  # refuse a crafted path before reading anything
+        run.thumbnails(video_frames)  # refuse a crafted path before reading anything
         try:
             sheet = contact_sheet(video_frames, run, **sheet_options)
         except MemoryError:

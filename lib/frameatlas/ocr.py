@@ -25,7 +25,6 @@ import pandas as pd
 
 from .config import PipelineConfig
 from .corpus import SkippedInput, failure_reason
-from .frames import thumbnail_paths
 from .models.base import ModelRecord
 from .models.ocr import OcrReader, OcrUnavailable, unavailable_record
 from .progress import progress_bar
@@ -147,7 +146,7 @@ def read_frame_text(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: b
     summary.cached = sum(map(len, tables))
     if todo:
         started = time.perf_counter()
-        thumbnails = {shard: thumbnail_paths(run, group) for shard, group in todo}  # refuse crafted paths first
+        thumbnails = {shard: run.thumbnails(group) for shard, group in todo}  # refuse crafted paths first
         bar = progress_bar(total=sum(len(g) for _, g in todo), desc="on-screen text", unit="frame")
         try:
             for shard, group in todo:

@@ -7,14 +7,11 @@ Example:
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
-
-from .files import UnsafePath
 
 __all__ = [
     "Tile",
@@ -22,9 +19,6 @@ __all__ = [
     "frame_text_sample",
     "frame_text_table",
     "image_grid",
-    "resolve_paths",
-    "table_path",
-    "table_paths",
 ]
 
 LABEL_HEIGHT = 14
@@ -39,56 +33,6 @@ def format_time(seconds: float) -> str:
     """
     minutes, rest = divmod(seconds, 60)
     return f"{int(minutes):02d}:{rest:05.2f}"
-
-
-def table_path(run, relative: str | Path, *, table: str, row, column: str) -> Path:
-    """A path read from `row` of one of `run`'s tables (`tables/<table>.parquet`), resolved inside the run.
-
-    A crafted table cannot point a figure at a file elsewhere: anything outside the run raises
-    `frameatlas.files.UnsafePath` naming the table, row, column and path.
-
-    Example:
-        >>> from frameatlas.store import RunPaths
-        >>> table_path(RunPaths("/runs/demo"), "../../etc/passwd", table="frames", row=3, column="thumbnail")
-        Traceback (most recent call last):
-        ...
-        frameatlas.files.UnsafePath: tables/frames.parquet row 3, column thumbnail: path '../../etc/passwd' resolves to /etc/passwd, outside /runs/demo; refused
-    """
-    return run.resolve(relative, what=f"tables/{table}.parquet row {row}, column {column}")
-
-
-def table_paths(run, values: Sequence, *, table: str, column: str, rows: Sequence | None = None) -> list[Path]:
-    """`table_path` for many rows at once (`rows`: their row numbers, default 0, 1, ...)."""
-    rows = range(len(values)) if rows is None else list(rows)
-    return resolve_paths(run, values, lambda i: f"tables/{table}.parquet row {rows[i]}, column {column}")
-
-
-def resolve_paths(run, values: Sequence, what: Callable[[int], str]) -> list[Path]:
-    """Paths (relative to the run, or absolute) resolved inside `run`; `what(i)` names where value i came from.
-
-    Same answer as `run.resolve` on each value, faster for thousands of thumbnails: a folder
-    shared by many values is resolved once, and a file inside it is taken as is unless it is a
-    symbolic link (then it is resolved fully) or its name is "..". Raises `UnsafePath` for the
-    first value outside the run.
-    """
-    folders: dict[str, str | None] = {}  # folder as written -> resolved (None: outside the run)
-    resolved = []
-    for i, value in enumerate(values):
-        head, name = os.path.split(os.fspath(value))
-        if name not in ("", ".", ".."):
-            if head not in folders:
-                try:
-                    folders[head] = str(run.resolve(head, what="folder"))
-                except UnsafePath:
-                    folders[head] = None  # the full path decides (and names itself) below
-            folder = folders[head]
-            if folder is not None:
-                candidate = os.path.join(folder, name)
-                if not os.path.islink(candidate):
-                    resolved.append(Path(candidate))
-                    continue
-        resolved.append(run.resolve(value, what=what(i)))
-    return resolved
 
 
 @dataclass(frozen=True)
@@ -171,6 +115,6 @@ def frame_text_sample(run, table, text_html, *, count: int = 12, heading: str = 
         number = int(row_of[row.frame_key])
         frame = frames.iloc[number]
         where = f"{html.escape(str(frame.video_name))}<br>{format_time(float(frame.timestamp))}"
-        thumbnail = table_path(run, frame.thumbnail, table="frames", row=number, column="thumbnail")
+        thumbnail = run.table_path(frame.thumbnail, table="frames", row=number, column="thumbnail")
         rows.append((thumbnail, where, text_html(row)))
     return frame_text_table(rows, heading=heading, width=width)

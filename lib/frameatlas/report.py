@@ -12,9 +12,8 @@ from typing import Any
 import jinja2
 import pandas as pd
 
-from .store import RunPaths
-
 from .files import atomic_write_text
+from .store import RunPaths
 
 __all__ = ["model_banners", "write_dashboard"]
 

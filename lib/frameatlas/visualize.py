@@ -42,7 +42,7 @@ import plotly.io as pio
 
 from .config import PipelineConfig
 from .files import atomic_write_text
-from .plots import format_time, resolve_paths, table_paths
+from .plots import format_time
 from .progress import progress_bar
 from .project import STATS as PROJECTION_STATS
 from .project import even_sample, project
@@ -134,7 +134,7 @@ def _frames_with_vectors(run: RunPaths) -> tuple[pd.DataFrame, np.ndarray, str]:
     position = pd.Series(np.arange(len(table)), index=table.frame_key.to_numpy())
     frames = frames[frames.frame_key.isin(position.index)]
     # Every thumbnail becomes a hover preview: refuse the table if one points outside the run.
-    table_paths(run, frames.thumbnail.astype(str).tolist(), table="frames", column="thumbnail", rows=frames.index)
+    run.thumbnails(frames)
     frames = frames.reset_index(drop=True)
     return frames, vectors[position.loc[frames.frame_key].to_numpy()], model_id
 
@@ -321,8 +321,8 @@ def write_standalone_html(
                 continue
             rows = [list(row) for row in rows]
             where = f"figure {re.sub(r'<[^>]+>', '', title)!r} trace {number} ({trace.name})"
-            files = resolve_paths(
-                run, [str(row[0]) for row in rows], lambda i, where=where: f"{where} point {i}, customdata thumbnail"
+            files = run.resolve_many(
+                [str(row[0]) for row in rows], lambda i, where=where: f"{where} point {i}, customdata thumbnail"
             )
             for row, file in zip(rows, files):
                 if file not in relative:

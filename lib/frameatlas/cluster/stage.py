@@ -32,7 +32,7 @@ from PIL import Image
 
 from ..config import PipelineConfig
 from ..files import atomic_write_text, save_image
-from ..plots import Tile, format_time, image_grid, table_path
+from ..plots import Tile, format_time, image_grid
 from ..store import RunPaths, read_table, write_table
 from ..summary import StageSummary
 from .algorithms import NOISE, ClusterError, ClusterLabels, cluster_vectors, labelling_id, video_keyframes
@@ -158,7 +158,7 @@ def cluster_montage(
 
 def _thumbnail(run: RunPaths, row: Any, thumbnail: str) -> Path:
     """A frames-table thumbnail resolved inside the run; `UnsafePath` names the row otherwise."""
-    return table_path(run, thumbnail, table=FRAMES_TABLE, row=row, column="thumbnail")
+    return run.table_path(thumbnail, table=FRAMES_TABLE, row=row, column="thumbnail")
 
 
 class _Thumbnails(Sequence):
