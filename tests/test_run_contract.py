@@ -181,19 +181,36 @@ def kill_project(tmp_path_factory):
         search={"queries": ["a red square", "a blue circle"]},
         render={"max_total_seconds": 4.0},
     )
-    started = time.monotonic()
+    started = time.time()
     reference = run_pipeline(str(config))
     assert reference.returncode == 0, reference.stderr
-    return config, root / "out" / "tiny", time.monotonic() - started
+    run = root / "out" / "tiny"
+    return config, run, stage_windows(run, started)
+
+
+def stage_windows(run: Path, started: float) -> dict[str, tuple[float, float]]:
+    """Seconds after the runner started at which each stage began and ended (from the manifest)."""
+    from datetime import datetime
+
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    return {
+        name: (datetime.fromisoformat(entry["started"]).timestamp() - started,
+               datetime.fromisoformat(entry["finished"]).timestamp() - started)
+        for name, entry in stages.items() if entry.get("status") == "done"
+    }  # fmt: skip
 
 
 def test_a_run_killed_at_random_moments_resumes_to_the_same_result(kill_project, tmp_path):
-    config, reference_run, full_seconds = kill_project
+    config, reference_run, windows = kill_project
     expected = read_tables(reference_run)
     assert {"frames", "captions", "ocr", "embeddings", "render_videos", "render_segments"} <= set(expected)
     rng = random.Random(20261202)
+    targets = ["extract", "caption", "embed", "render"]
     stages_hit: set[str] = set()
     for trial in range(KILL_TRIALS):
+        # each trial aims at a random moment inside one of the stages that write per video
+        begin, end = windows[targets[trial % len(targets)]]
+        kill_after = max(0.5, rng.uniform(begin + 0.1 * (end - begin), end - 0.1 * (end - begin)))
         project = tmp_path / f"trial{trial}"
         project.mkdir()
         for name in ("videos", "tiny-clip"):
@@ -201,7 +218,6 @@ def test_a_run_killed_at_random_moments_resumes_to_the_same_result(kill_project,
         trial_config = project / "pipeline.yaml"
         trial_config.write_text(config.read_text())
         run = project / "out" / "tiny"
-        kill_after = rng.uniform(0.5, 0.95 * full_seconds)
         process = subprocess.Popen(runner(str(trial_config)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             process.wait(timeout=kill_after)
@@ -219,5 +235,5 @@ def test_a_run_killed_at_random_moments_resumes_to_the_same_result(kill_project,
         assert_index_matches(run)
         assert temp_files(run) == [], label
         assert lock_holder(run) is None
-    # the seeded kill times land in the middle of the stages that write per video
-    assert {"extract", "caption", "embed", "render"} & stages_hit, stages_hit
+    # the kills landed inside the stages they aimed at (timing on a loaded machine may shift a few)
+    assert len(stages_hit & set(targets)) >= 3, stages_hit
