@@ -18,13 +18,11 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import PipelineConfig, config_from_dict, load_config
-from ..corpus import SkippedInput
 from ..files import atomic_write_json, remove_orphan_temps
 from ..lock import RunLock, acquire_run_lock
 from ..store import RunPaths
@@ -45,17 +43,9 @@ class StageContext:
     lock: RunLock | None = None
     started: float = field(default_factory=time.perf_counter)
 
-    def finish(
-        self, summary: StageSummary | dict[str, Any], skipped: Iterable[SkippedInput] = (), **extra: Any
-    ) -> dict[str, Any]:
-        """Record the stage's result for the runner's manifest: a `StageSummary` (or, for
-        notebooks of older versions, its counts and skipped inputs)."""
-        if isinstance(summary, StageSummary):
-            base = summary.result()
-        else:
-            base = {"counts": summary, "skipped": [item.as_dict() for item in skipped]}
-        if "models" in extra:
-            base["models"] = extra.pop("models")
+    def finish(self, summary: StageSummary, **extra: Any) -> dict[str, Any]:
+        """Record the stage's result (its summary, plus `extra` keys) for the runner's manifest."""
+        base = summary.result()
         if not base.get("models"):
             base.pop("models", None)
         result = {"stage": self.stage, "seconds": round(time.perf_counter() - self.started, 3), **base, **extra}

@@ -1,0 +1,98 @@
+"""The whole demo, this checkout against another version of frameatlas, runs alternated.
+
+    python benchmarks/bench_demo.py --baseline-src /path/to/older/checkout [--runs 3] [--json OUT]
+
+Each run executes `run_pipeline.py pipeline.yaml` of one checkout (every stage of the demo) into
+a fresh, empty output folder, so nothing of the run is reused; the user caches (term vectors,
+numba) are warm for both, after one untimed warm-up run of each. The baseline runs with its own
+`lib/` first on PYTHONPATH (its notebooks come from its own tree), in the same virtual
+environment, so only frameatlas's code differs. Runs alternate baseline / this checkout.
+
+Reported: wall seconds per run and per stage (from each run's manifest), the median and range of
+each, and the ratio this / baseline with its spread. Used for "the demo's total time grew by less
+than 5%" checks when a change touches every stage (see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_demo(source: Path, output_dir: Path, *, baseline: bool) -> dict:
+    env = {**os.environ, "FRAMEATLAS_PROGRESS": "off"}
+    if baseline:
+        env["PYTHONPATH"] = os.pathsep.join([str(source / "lib"), env.get("PYTHONPATH", "")])
+    command = [sys.executable, str(source / "run_pipeline.py"), str(source / "pipeline.yaml"),
+               "--set", f"run.output_dir={output_dir}", "--no-progress", "--quiet"]  # fmt: skip
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=source)
+    wall = time.perf_counter() - started
+    if result.returncode not in (0, 3):
+        raise SystemExit(f"{source}: demo failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    manifest = json.loads((output_dir / "demo" / "manifest.json").read_text())
+    stages = {name: entry.get("seconds") for name, entry in manifest["stages"].items()}
+    return {"wall": wall, "stages": stages}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def summarize(values: list[float]) -> str:
+    return f"{statistics.median(values):7.1f} s ({min(values):.1f}-{max(values):.1f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline-src", type=Path, required=True, help="checkout of the version to compare against")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs of each (alternated)")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--no-warmup", action="store_true")
+    args = parser.parse_args()
+    sources = {"baseline": args.baseline_src.resolve(), "this": REPO}
+    work = Path(tempfile.mkdtemp(prefix="frameatlas-bench-demo-"))
+    if not args.no_warmup:
+        for name, source in sources.items():
+            print(f"warm-up: {name}", flush=True)
+            run_demo(source, work / f"warmup-{name}", baseline=name == "baseline")
+    results: dict[str, list[dict]] = {name: [] for name in sources}
+    for number in range(args.runs):
+        for name, source in sources.items():
+            outcome = run_demo(source, work / f"{name}-{number}", baseline=name == "baseline")
+            results[name].append(outcome)
+            print(f"run {number + 1} {name:<8} {outcome['wall']:6.1f} s  "
+                  + "  ".join(f"{s}={v:.1f}" for s, v in outcome["stages"].items() if v), flush=True)  # fmt: skip
+    print(f"\n{'':10} {'baseline':>24} {'this checkout':>24}")
+    print(f"{'total':10} {summarize([r['wall'] for r in results['baseline']]):>24} {summarize([r['wall'] for r in results['this']]):>24}")
+    for stage in results["this"][0]["stages"]:
+        base = [r["stages"].get(stage) for r in results["baseline"] if r["stages"].get(stage)]
+        this = [r["stages"].get(stage) for r in results["this"] if r["stages"].get(stage)]
+        if base and this:
+            print(f"{stage:10} {summarize(base):>24} {summarize(this):>24}")
+    ratios = [t["wall"] / b["wall"] for b, t in zip(results["baseline"], results["this"])]
+    print(f"\nthis / baseline (pairs run back to back): median {statistics.median(ratios):.3f}, "
+          f"range {min(ratios):.3f}-{max(ratios):.3f}")  # fmt: skip
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "ratios": ratios}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
