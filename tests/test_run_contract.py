@@ -122,6 +122,62 @@ def test_a_stage_past_its_time_limit_is_stopped_with_the_key_named(tmp_path):
     assert temp_files(run) == []
 
 
+def still_running(process) -> bool:
+    """True unless the process has ended (gone, or a zombie nobody reaped yet)."""
+    import psutil
+
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def endless_ffmpeg(process) -> bool:
+    import psutil
+
+    try:
+        return "ffmpeg" in process.name() and "testsrc=size=64x64:rate=25" in process.cmdline()
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_kernel_and_its_ffmpeg_end_when_the_runner_is_killed(tmp_path):
+    """A stage kernel (a process-group leader, as Jupyter starts it) running ffmpeg: killing its
+    parent (the runner) ends both, so nothing writes into the run after its lock is gone."""
+    import psutil
+
+    kernel = (
+        "from frameatlas.pipeline.notebook import exit_with_parent\nfrom frameatlas.render import run_ffmpeg\n"
+        "exit_with_parent()\n"
+        "run_ffmpeg(['-re', '-f', 'lavfi', '-i', 'testsrc=size=64x64:rate=25', '-f', 'null', '-'], output='null',"
+        " timeout=600, what='endless')"
+    )
+    fake_runner = (
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', {kernel!r}], start_new_session=True)\n"
+        "time.sleep(600)"
+    )
+    runner_process = subprocess.Popen([sys.executable, "-c", fake_runner])
+    try:
+        deadline = time.monotonic() + 60
+        ffmpeg: list[psutil.Process] = []
+        while not ffmpeg and time.monotonic() < deadline:  # the endless one (not a short version probe)
+            ffmpeg = [p for p in psutil.Process(runner_process.pid).children(recursive=True) if endless_ffmpeg(p)]
+            time.sleep(0.05)
+        [kernel_process] = psutil.Process(runner_process.pid).children()
+        assert ffmpeg and ffmpeg[0].ppid() == kernel_process.pid
+        runner_process.send_signal(signal.SIGKILL)
+        runner_process.wait(timeout=10)
+        _, alive = psutil.wait_procs([kernel_process, *ffmpeg], timeout=10)
+        survivors = [p for p in alive if still_running(p)]
+        for process in survivors:
+            process.kill()  # if the test fails, it leaves nothing running
+        assert [p.name() for p in survivors] == []
+    finally:
+        runner_process.kill()
+        runner_process.wait()
+
+
 # --- killed at random moments -------------------------------------------------------------------
 
 KILL_TRIALS = 10

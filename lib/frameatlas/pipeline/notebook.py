@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -29,7 +30,7 @@ from ..store import RunPaths
 from ..summary import StageSummary
 from .registry import stage_named
 
-__all__ = ["StageContext", "open_stage"]
+__all__ = ["StageContext", "exit_with_parent", "open_stage"]
 
 
 @dataclass
@@ -87,7 +88,7 @@ def open_stage(
         _OPEN.pop().close()
     lock = acquire_run_lock(run.root, f"{stage} notebook ({Path(sys.argv[0]).name} pid {os.getpid()})")
     if lock.delegated:
-        _exit_with_parent()
+        exit_with_parent()
     else:
         remove_orphan_temps(run.root)  # nobody else writes: temporaries here are a killed writer's
     context = StageContext(stage, cfg, run, force=force, lock=lock)
@@ -100,10 +101,16 @@ def open_stage(
 _WATCHING = threading.Event()
 
 
-def _exit_with_parent(poll_seconds: float = 0.2) -> None:
-    """End this kernel when the runner that started it dies (killed, say), so nothing keeps
-    writing into the run after its lock is gone. Polling the parent pid is portable and, unlike
-    PR_SET_PDEATHSIG, not fooled by the exit of the parent's thread that started us."""
+def exit_with_parent(poll_seconds: float = 0.2) -> None:
+    """End this kernel, and every process it started, when the runner that started it dies
+    (killed, say), so nothing keeps writing into the run once its lock is gone.
+
+    Jupyter starts a kernel as the leader of a new process group, which the kernel's own
+    children (ffmpeg, ...) join: killing the group stops them all, at no cost per child (a
+    per-child PR_SET_PDEATHSIG needs a `preexec_fn`, which makes every spawn a full fork of
+    this large process). Polling the parent pid is portable and not fooled by the exit of the
+    parent's thread that started us.
+    """
     if _WATCHING.is_set():
         return
     _WATCHING.set()
@@ -113,6 +120,8 @@ def _exit_with_parent(poll_seconds: float = 0.2) -> None:
         while True:
             time.sleep(poll_seconds)
             if os.getppid() != parent:
+                if os.getpgrp() == os.getpid():  # our own group: only our descendants are in it
+                    os.killpg(os.getpid(), signal.SIGKILL)
                 os._exit(70)  # EX_SOFTWARE: the runner is gone
 
     threading.Thread(target=watch, name="frameatlas-parent-watch", daemon=True).start()

@@ -3,9 +3,9 @@
 `run_ffmpeg` runs the bundled ffmpeg (imageio-ffmpeg: libx264 and the AAC encoder) to
 completion under a time limit (`render.timeout_seconds`): past it, ffmpeg is killed and a
 `RenderError` names the file it was making and the key to raise. It is always waited for (no
-zombies), its messages go to an unnamed temporary file (no pipe to fill up), and on Linux it
-is told to die with the process that started it, so a pipeline killed mid-render leaves no
-ffmpeg behind writing into the run.
+zombies), and its messages go to an unnamed temporary file (no pipe to fill up). It stays in
+its caller's process group: when a runner is killed, its stage kernel ends that whole group
+(`pipeline.notebook.exit_with_parent`), so no ffmpeg keeps writing into the run.
 
 The command builders (`cut_command`, `stills_command`, `concat_command`) only make argument
 lists; callers pass the temporary paths `files.atomic_path` gives them as outputs.
@@ -13,12 +13,7 @@ lists; callers pass the temporary paths `files.atomic_path` gives them as output
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import os
-import signal
 import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
@@ -46,7 +41,6 @@ AUDIO_CHANNELS = 2
 SAMPLE_BYTES = 2 * AUDIO_CHANNELS  # s16le stereo
 STDERR_TAIL = 1500
 SEEK_MARGIN = 0.0005  # seconds; shorter than any frame (1/240 s = 4 ms), longer than -ss's rounding
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def ffmpeg_exe() -> str:
@@ -113,39 +107,6 @@ def concat_command(listing: Path, audio: Path, options: RenderConfig, video_out:
             "-f", "mp4", str(video_out)]  # fmt: skip
 
 
-@functools.cache
-def _prctl() -> Callable[..., int] | None:
-    """libc's prctl (Linux), or None elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    return prctl
-
-
-def _die_with_parent_hook() -> Callable[[], None] | None:
-    """A `preexec_fn` making the child get SIGKILL when the thread that started it dies (Linux only).
-
-    The C function is looked up before the fork, so the child only calls it. If the parent died
-    between the fork and the call, the signal would never come: the child then ends itself.
-    """
-    prctl = _prctl()
-    if prctl is None:
-        return None
-    parent = os.getpid()
-
-    def die_with_parent() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return die_with_parent
-
-
 def _close_quietly(stream: IO[bytes] | None) -> None:
     if stream is None:
         return
@@ -172,7 +133,7 @@ def run_ffmpeg(
     with tempfile.TemporaryFile() as messages:
         process = subprocess.Popen(
             command, stdin=subprocess.PIPE if feed is not None else subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=messages, preexec_fn=_die_with_parent_hook(),
+            stderr=messages,
         )  # fmt: skip
 
         def stop() -> None:
