@@ -7,8 +7,11 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -75,3 +78,20 @@ def fresh_models():
 def expect_logged_errors(caplog):
     caplog.errors_expected = True
     return caplog
+
+
+@contextmanager
+def lock_held_elsewhere(run_root: Path | str, command: str) -> Iterator[subprocess.Popen]:
+    """Another process holding the run's lock (as `command`) for the `with` block; yields it."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom frameatlas.lock import run_lock\n"
+         "with run_lock(sys.argv[1], sys.argv[2]):\n    print('held', flush=True)\n    sys.stdin.read()",
+         str(run_root), command],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, lock_held_elsewhere
 from frameatlas.cli import main
 from frameatlas.config import load_config
 from frameatlas.pipeline import EXIT_LOCKED
@@ -108,20 +108,11 @@ def test_set_yaml_value_names_a_missing_key():
 def test_a_run_held_by_another_process_is_one_error_line(tmp_path):
     assert main(["init", str(tmp_path / "proj")]) == 0
     run_dir = tmp_path / "proj" / "outputs" / "proj"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from frameatlas.lock import run_lock\n"
-         f"with run_lock({str(run_dir)!r}, 'frameatlas run held-by-test'):\n    print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(run_dir, "frameatlas run held-by-test") as holder:
         result = subprocess.run(
             [sys.executable, str(REPO / "run_pipeline.py"), str(tmp_path / "proj" / "pipeline.yaml"), "--no-progress"],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
-    finally:
-        holder.kill()
-        holder.wait()
     assert result.returncode == EXIT_LOCKED
     assert "Traceback" not in result.stderr
     assert f"pid {holder.pid}" in result.stderr and "frameatlas run held-by-test" in result.stderr
@@ -142,18 +133,9 @@ def test_search_exports_refused_by_the_run_lock_or_a_foreign_folder_are_one_erro
     assert error.startswith("error: ") and str(foreign) in error
     assert sorted(p.name for p in foreign.iterdir()) == ["thesis.txt"]
 
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from frameatlas.lock import run_lock\n"
-         f"with run_lock({str(run.root)!r}, 'held-by-test'):\n    print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(run.root, "held-by-test") as holder:
         assert main([*search, "--export", str(run.root / "hits")]) == EXIT_LOCKED  # into the run: a writer of the run
         assert main([*search, "--export-video", str(tmp_path / "hits.mp4")]) == EXIT_LOCKED
-    finally:
-        holder.kill()
-        holder.wait()
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 2 and all(e.startswith("error: ") and f"pid {holder.pid}" in e for e in errors), errors
     assert not (tmp_path / "hits.mp4").exists() and not (run.root / "hits").exists()

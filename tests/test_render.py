@@ -6,7 +6,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import pandas as pd
 import psutil
 import pytest
 import videogen
+from conftest import lock_held_elsewhere
 from frameatlas import render
 from frameatlas.config import RenderConfig, config_from_dict
 from frameatlas.files import is_temp_name
@@ -341,22 +341,12 @@ def _hits_of(run: RunPaths, rows: list[int], query: str = "hits"):
 
 def test_export_video_waits_for_no_one_a_locked_run_fails_at_once(shared_run, tmp_path):
     cfg, run = shared_run
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys\nfrom frameatlas.lock import run_lock\n"
-         "with run_lock(sys.argv[1], 'frameatlas run pipeline.yaml'):\n    print('held', flush=True)\n    sys.stdin.read()",
-         str(run.root)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(run.root, "frameatlas run pipeline.yaml") as holder:
         started = time.perf_counter()
         with pytest.raises(RunLocked, match=f"pid {holder.pid} .*frameatlas run pipeline.yaml"):
             render_search(_hits_of(run, [3]), run, tmp_path / "locked.mp4")
         assert time.perf_counter() - started < 5
         assert list(tmp_path.iterdir()) == []
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=30)
 
 
 def test_export_video_overwrites_only_what_an_export_wrote(shared_run, tmp_path):

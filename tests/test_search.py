@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tinyclip
+from conftest import lock_held_elsewhere
 from frameatlas import models
 from frameatlas.cli import main as cli_main
 from frameatlas.config import config_from_dict
@@ -210,21 +211,12 @@ def test_export_refuses_a_thumbnail_outside_the_run(run, tmp_path):
 
 
 def test_export_into_the_run_takes_the_run_lock(run, tmp_path):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from frameatlas.lock import run_lock\n"
-         "with run_lock(sys.argv[1], 'another writer'):\n    print('held', flush=True); time.sleep(60)", str(run.root)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(run.root, "another writer"):
         result = search(run, frame_key=frames_of(run).frame_key[0], top_k=2)  # reading needs no lock
         with pytest.raises(RunLocked, match="another writer"):
             export_hits(result, run, run.root / "exports" / "q1")
         assert not (run.root / "exports").exists()
         assert export_hits(result, run, tmp_path / "outside").is_dir()  # outside the run: no lock needed
-    finally:
-        holder.kill()
-        holder.wait()
     export_hits(result, run, run.root / "exports" / "q1")
     assert len(list((run.root / "exports" / "q1" / "top_k").iterdir())) == 2
 
