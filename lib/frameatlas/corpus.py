@@ -161,8 +161,7 @@ def content_hash(path: Path | str, cache: HashCache | None = None) -> str:
     path = Path(path)
     if cache is None:
         return sha256_file(path)[:VIDEO_ID_LENGTH]
-    stat = path.stat()
-    return cache.get(VideoFile(path, stat.st_size, stat.st_mtime_ns))[:VIDEO_ID_LENGTH]
+    return cache.digest_of(path)[:VIDEO_ID_LENGTH]
 
 
 # --- demo corpus -------------------------------------------------------------------------

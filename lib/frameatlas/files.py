@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -223,8 +224,6 @@ class HashCache:
 
     def digest_of(self, path: Path | str) -> str:
         """The digest of the file at `path` (stat taken now)."""
-        from types import SimpleNamespace
-
         path = Path(path)
         stat = path.stat()
         return self.get(SimpleNamespace(path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns))
