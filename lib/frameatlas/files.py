@@ -39,6 +39,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "contained_path",
+    "fsync_folder",
     "is_temp_name",
     "remove_orphan_temps",
     "save_image",
@@ -79,7 +80,8 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (renames, new files) to disk."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory handles
@@ -93,11 +95,14 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
+def atomic_path(path: Path | str, *, sync_folder: bool = True) -> Iterator[Path]:
     """A temporary path to write `path`'s new content to; on success it replaces `path`.
 
     The temporary file sits in the same folder (so the rename is atomic), has a unique name
     and the target's suffix. On an exception it is removed and `path` is left as it was.
+    `sync_folder=False` leaves the folder's fsync (which makes the rename itself durable) to a
+    caller writing many files into one folder, who then calls `fsync_folder` once before the
+    file that commits them (extract's thumbnails, committed by their shard's table).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +114,8 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         os.chmod(tmp, _FILE_MODE)
         _fsync_file(tmp)
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        if sync_folder:
+            fsync_folder(target.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -129,9 +135,11 @@ def atomic_write_json(path: Path | str, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def save_image(image: Any, path: Path | str, format: str | None = None, **options: Any) -> Path:
+def save_image(
+    image: Any, path: Path | str, format: str | None = None, *, sync_folder: bool = True, **options: Any
+) -> Path:
     """Save a PIL image atomically (`format` defaults to the one the suffix names)."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, sync_folder=sync_folder) as tmp:
         image.save(tmp, format=format, **options)
     return Path(path)
 

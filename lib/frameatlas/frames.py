@@ -55,7 +55,7 @@ from .corpus import (
     fetch_demo,
     video_in_corpus,
 )
-from .files import HashCache, atomic_write_json, save_image
+from .files import HashCache, atomic_write_json, fsync_folder, save_image
 from .progress import progress_bar
 from .store import RunPaths, read_table, write_table
 from .summary import StageSummary
@@ -481,7 +481,8 @@ def _sample_into_shard(
             image = thumbnail(sample.frame, cfg.thumbnail_long_side, info.rotation)
             millis = int(round(sample.timestamp * 1000))
             thumb_path = shard / f"t{millis:010d}.jpg"
-            save_image(image, thumb_path, format="JPEG", quality=cfg.jpeg_quality)
+            # One folder fsync for the whole shard, before its table commits it (below).
+            save_image(image, thumb_path, format="JPEG", quality=cfg.jpeg_quality, sync_folder=False)
             rows.append(
                 {
                     "frame_key": f"{video_id}:{millis}",
@@ -508,6 +509,7 @@ def _sample_into_shard(
     finally:
         bar.close()
     frames = pd.DataFrame(rows, columns=FRAME_COLUMNS).astype({"shot_id": "Int64"})
+    fsync_folder(shard)
     atomic_write_json(meta_path, {"info": asdict(info), "problem": problem.reason if problem else None})
     write_table(frames.drop(columns=["video_path", "video_name"]), table_path)  # last: the shard is whole
     return VideoResult(video_id, str(video.path), frames, info, cached=False, problem=problem,
