@@ -95,3 +95,25 @@ def lock_held_elsewhere(run_root: Path | str, command: str) -> Iterator[subproce
     finally:
         holder.kill()
         holder.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the whole session (see tests/browser.py)."""
+    from browser import launch
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = launch(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> Path:
+    """One whole pipeline run (every stage, the tiny test CLIP, on-screen text read) on generated
+    videos, made once per session by `run_pipeline.py`: the run folder. Shared: tests that write
+    into a run copy it first (`shutil.copytree`)."""
+    from runs import pipeline_run
+
+    return pipeline_run(tmp_path_factory.mktemp("finished-run"))

@@ -1,10 +1,14 @@
-"""A small extracted-and-embedded run for the tests of the stages that follow embed."""
+"""Small runs for the tests: extracted-and-embedded (library calls), or a whole pipeline run."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import videogen
+import yaml
 from frameatlas.config import PipelineConfig, config_from_dict
 from frameatlas.embed import embed_frames
 from frameatlas.files import atomic_write_json
@@ -41,3 +45,36 @@ def embedded_run(
     run = RunPaths(cfg.run_dir)
     atomic_write_json(run.config_file, cfg.to_parameters())
     return cfg, run
+
+
+def pipeline_run(root: Path, *, name: str = "shared") -> Path:
+    """Every stage of `run_pipeline.py` on three generated videos (two with sound, one with
+    on-screen text) with the tiny test CLIP; returns the run folder (exit 0 required)."""
+    import tinyclip
+
+    repo = Path(__file__).resolve().parent.parent
+    videos = root / "videos"
+    videogen.make_video(videos / "alpha.mp4", seconds=4, fps=25, scene_cuts=[1.5, 3.0], audio=True)
+    videogen.make_video(videos / "beta.mp4", seconds=3, fps=10, scene_cuts=[1.0, 2.0], audio=True)
+    videogen.make_text_video(videos / "gamma.mp4", ["HELLO", "", "WORLD"], seconds_each=1.0)
+    clip = tinyclip.save_tiny_local_dir(root / "tiny-clip")
+    config = {
+        "run": {"name": name, "output_dir": str(root / "out")},
+        "corpus": {"videos": str(videos), "demo": False},
+        "extract": {"every_seconds": 0.5, "thumbnail_long_side": 128},
+        "models": {"cache_dir": str(root / "hub-cache"),
+                   "image": {"name": f"local-dir:{clip}", "pretrained": None, "on_missing_weights": "error"}},
+        "caption": {"term_limit": 20, "ocr": {"enabled": True}},
+        "cluster": {"k": 3},
+        "visualize": {"projections": ["pca"]},
+    }  # fmt: skip
+    (root / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, str(repo / "run_pipeline.py"), str(root / "pipeline.yaml"), "--no-progress"],
+        capture_output=True, text=True, timeout=900, env={**os.environ},
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise AssertionError(
+            f"shared pipeline run failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+        )
+    return root / "out" / name
