@@ -19,9 +19,35 @@ __all__ = [
     "frame_text_sample",
     "frame_text_table",
     "image_grid",
+    "plotly_bundle",
 ]
 
+PLOTLY_BUNDLE = "plotly.min.js"
+
 LABEL_HEIGHT = 14
+
+
+def plotly_bundle(folder: Path | str) -> Path:
+    """plotly.js written once into `folder` (a run's `plots/`), for pages to reference relatively.
+
+    One copy per run instead of 4.8 MB inlined in every page; pages still open offline and from
+    an unzipped archive. The copy is the installed plotly package's own bundle, rewritten only
+    when that differs (another plotly version).
+
+    Example:
+        >>> import tempfile
+        >>> plotly_bundle(tempfile.mkdtemp()).name
+        'plotly.min.js'
+    """
+    from plotly.offline import get_plotlyjs
+
+    from .files import atomic_write_text
+
+    target = Path(folder) / PLOTLY_BUNDLE
+    script = get_plotlyjs()
+    if not target.exists() or target.stat().st_size != len(script.encode("utf-8")):
+        atomic_write_text(target, script)
+    return target
 
 
 def format_time(seconds: float) -> str:
