@@ -105,8 +105,26 @@ def available_channels(run: RunPaths | Path | str) -> list[str]:
     return [c for c in ("visual", *TEXT_CHANNELS) if _channel_path(run, c).exists()]
 
 
-def _load_channel(run: RunPaths, channel: str) -> tuple[pd.DataFrame, np.ndarray, str]:
-    table = read_table(_channel_path(run, channel))
+_TABLE_CACHE: dict[str, tuple[tuple[int, int], Any]] = {}  # path -> ((mtime_ns, size), loaded value)
+
+
+def _cached(path: Path, load):
+    """`load(path)`, reused while the file is unchanged (same mtime and size): a long-lived process
+    (`frameatlas serve`, a notebook) answers repeated queries without re-reading the tables.
+    Tables are replaced atomically, so a new file always has a new mtime or size. Callers must not
+    modify what they get."""
+    stat = path.stat()
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    cached = _TABLE_CACHE.get(str(path))
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    value = load(path)
+    _TABLE_CACHE[str(path)] = (stamp, value)
+    return value
+
+
+def _read_channel(path: Path) -> tuple[pd.DataFrame, np.ndarray, str]:
+    table = read_table(path)
     if table.empty:
         return table, np.zeros((0, 0), np.float32), ""
     model_ids = table.model_id.unique()
@@ -114,6 +132,22 @@ def _load_channel(run: RunPaths, channel: str) -> tuple[pd.DataFrame, np.ndarray
         table = table[table.model_id == model_ids[0]]
     vectors = np.stack(table.vector.to_numpy()).astype(np.float32)
     return table.drop(columns=["vector"]).reset_index(drop=True), vectors, str(model_ids[0])
+
+
+def _load_channel(run: RunPaths, channel: str) -> tuple[pd.DataFrame, np.ndarray, str]:
+    """The channel's table (without vectors), its vectors (n, dim) and model id; cached while the file is unchanged."""
+    path = _channel_path(run, channel)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: table not found; run the stage that writes it first")
+    return _cached(path, _read_channel)
+
+
+def _frames_table(run: RunPaths) -> pd.DataFrame:
+    """tables/frames.parquet, cached while the file is unchanged."""
+    path = run.table("frames")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: table not found; run the stage that writes it first")
+    return _cached(path, read_table)
 
 
 def _query_image(image: Any) -> Image.Image:
@@ -250,7 +284,7 @@ def search(
     if unknown:
         raise SearchError(f"unknown channel(s) {', '.join(unknown)}; channels are visual, {', '.join(TEXT_CHANNELS)}")
 
-    frames = read_table(run.table("frames"))
+    frames = _frames_table(run)
     query_label = _describe_query(text, image, frame_key)
     notes: list[str] = []
     scores: dict[str, pd.Series] = {}
