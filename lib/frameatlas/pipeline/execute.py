@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -24,6 +25,7 @@ from ..files import atomic_path, atomic_write_text
 from ..lock import child_environment
 from ..progress import PROGRESS_ENV
 from ..store import RunPaths
+from .notebook import LOG_LEVEL_ENV
 from .registry import Stage
 
 __all__ = ["StageFailed", "execute_stage", "export_html", "notebooks_dir"]
@@ -139,7 +141,16 @@ def execute_stage(stage: Stage, cfg: PipelineConfig, run: RunPaths, force: bool,
     limit_minutes = cfg.run.stage_timeout_minutes
     clock = _StageClock(limit_minutes * 60)
     failure: StageFailed | None = None
-    env = {PROGRESS_ENV: "report", "PATH": path, "PYDEVD_DISABLE_FILE_VALIDATION": "1", **child_environment(run.root)}
+    env = {
+        # Progress and INFO logs go to the runner's terminal and logs/<stage>.log, not into the report
+        # (frameatlas.progress, notebook._log_to_notebook); other libraries' tqdm bars are off.
+        PROGRESS_ENV: "terminal" if show_progress else "log",
+        LOG_LEVEL_ENV: logging.getLevelName(logging.getLogger("frameatlas").getEffectiveLevel()),
+        "TQDM_DISABLE": "1",
+        "PATH": path,
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+        **child_environment(run.root),
+    }
     # papermill saves the notebook after every cell: into a temporary file, renamed when the stage
     # ends (done or failed), so the report in place is always a whole notebook.
     with (
@@ -156,8 +167,8 @@ def execute_stage(stage: Stage, cfg: PipelineConfig, run: RunPaths, force: bool,
                 parameters=parameters,
                 kernel_name="python3",
                 cwd=str(run.reports),  # relative links written by a notebook resolve from its report
-                progress_bar=show_progress,
-                log_output=True,
+                progress_bar=False,  # the stage's own bars are on the terminal instead
+                log_output=False,  # the kernel writes its log lines to the terminal itself
                 config=_kernel_config(Path(sockets)),
                 kernel_manager_class=_kernel_manager_class(),
             )

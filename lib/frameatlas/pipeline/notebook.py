@@ -23,9 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from ..config import PipelineConfig, config_from_dict, load_config
 from ..files import atomic_write_json, remove_orphan_temps
 from ..lock import RunLock, acquire_run_lock
+from ..progress import is_progress_record, terminal_stream
 from ..store import RunPaths
 from ..summary import StageSummary
 from .registry import stage_named
@@ -94,7 +97,7 @@ def open_stage(
     context = StageContext(stage, cfg, run, force=force, lock=lock)
     _OPEN.append(context)
     atomic_write_json(run.config_file, cfg.to_parameters())  # search and later stages read it
-    _log_to_notebook(run, stage)
+    _log_to_notebook(run, stage, by_runner=lock.delegated)
     return context
 
 
@@ -127,18 +130,67 @@ def exit_with_parent(poll_seconds: float = 0.2) -> None:
     threading.Thread(target=watch, name="frameatlas-parent-watch", daemon=True).start()
 
 
-def _log_to_notebook(run: RunPaths, stage: str) -> None:
-    logger = logging.getLogger("frameatlas")
-    logger.setLevel(logging.INFO)
-    for handler in list(logger.handlers):
-        if getattr(handler, "_frameatlas", False):
-            logger.removeHandler(handler)
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+LOG_LEVEL_ENV = "FRAMEATLAS_LOG_LEVEL"  # the runner's terminal level (INFO, or WARNING with --quiet)
+NOTE_CHARS = 400  # a warning longer than this is cut in the report (whole in the stage log)
+
+
+class _NoteFormatter(logging.Formatter):
+    """A warning as a short note in the report: its level and first line, cut at NOTE_CHARS."""
+
+    def __init__(self, log_name: str):
+        super().__init__("%(levelname)s: %(message)s")
+        self.log_name = log_name
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record).strip()
+        first, _, rest = text.partition("\n")
+        if rest or len(first) > NOTE_CHARS:
+            first = f"{first[:NOTE_CHARS].rstrip()} ... (whole message in {self.log_name})"
+        return first.replace("WARNING:", "warning:", 1).replace("ERROR:", "error:", 1).replace("CRITICAL:", "error:", 1)
+
+
+class _TerminalHandler(logging.StreamHandler):
+    """Log lines on the runner's terminal, written around the live progress bars (tqdm.write)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if is_progress_record(record):
+            return  # the live bar is on the terminal already; progress lines are for the stage log
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
+def _log_to_notebook(run: RunPaths, stage: str, *, by_runner: bool = False) -> None:
+    """Where the stage's log goes. By hand: the notebook (INFO) and `logs/<stage>.log`. Run by the
+    runner: `logs/<stage>.log` (INFO, with progress lines), the runner's terminal (its level), and
+    only warnings and errors into the notebook, as one-line notes the report shows."""
     run.logs.mkdir(parents=True, exist_ok=True)
-    logfile = logging.FileHandler(run.logs / f"{stage}.log", encoding="utf-8")
+    log_file = run.logs / f"{stage}.log"
+    logfile = logging.FileHandler(log_file, encoding="utf-8")
     logfile.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for handler in (console, logfile):
-        handler._frameatlas = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-    logger.propagate = False
+    if by_runner:
+        terminal = _TerminalHandler(terminal_stream())
+        terminal.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+        terminal.setLevel(logging.getLevelName(os.environ.get(LOG_LEVEL_ENV, "INFO").upper()))
+        notes = logging.StreamHandler(sys.stderr)  # the notebook's stderr: shown in the report
+        notes.setLevel(logging.WARNING)
+        notes.setFormatter(_NoteFormatter(f"logs/{log_file.name}"))
+        handlers: list[logging.Handler] = [logfile, terminal, notes]
+        logging.captureWarnings(True)  # library warnings: one-line notes too, not tracebacks of source lines
+        loggers = [logging.getLogger("frameatlas"), logging.getLogger("py.warnings")]
+    else:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handlers = [console, logfile]
+        loggers = [logging.getLogger("frameatlas")]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if getattr(handler, "_frameatlas", False):
+                logger.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            handler._frameatlas = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
+        logger.propagate = False
+    logging.getLogger("frameatlas").setLevel(logging.INFO)
