@@ -214,3 +214,51 @@ def test_loader_keeps_order_across_batches_and_threads(tmp_path):
     got = encode_image_files(encoder, paths, batch_size=3, loader_threads=2, prefetch_batches=3)
     assert np.array_equal(got, expected)
     assert pd.Series(got.shape).tolist() == [11, encoder.dim]
+
+
+def test_quality_checks_run_once_per_set_of_vectors(extracted, monkeypatch):
+    from frameatlas import evaluation
+    from frameatlas.embed import quality_checks
+
+    cfg = extracted
+    embed_frames(cfg, cfg.run_dir)
+    encoder = models.image_encoder(cfg.models)
+    calls = []
+    for name in ("compare_indexes", "noise_robustness"):
+        real = getattr(evaluation, name)
+        monkeypatch.setattr(evaluation, name, lambda *a, _real=real, _name=name, **kw: calls.append(_name) or _real(*a, **kw))
+
+    first = quality_checks(cfg, cfg.run_dir, encoder)
+    assert calls == ["compare_indexes", "noise_robustness"] and not first.cached
+    assert list(first.index.method) == ["run index (chroma-hnsw)"]  # quick: nothing else is built
+    assert first.index["recall@10"].tolist() == [1.0] and first.index.attrs["queries"] == 10
+    assert first.noise.severity.tolist()[0] == 0.0 and first.noise.n_queries.tolist() == [5] * 6
+    assert first.noise["recall@1"][0] == 1.0  # the clean frame, as the model saw it, finds itself
+
+    again = quality_checks(cfg, cfg.run_dir, encoder)
+    assert calls == ["compare_indexes", "noise_robustness"]  # nothing computed: same vectors
+    assert again.cached and again.fingerprint == first.fingerprint
+    pd.testing.assert_frame_equal(again.index, first.index)
+    pd.testing.assert_frame_equal(again.noise, first.noise)
+
+    videogen.make_video(cfg.corpus.videos / "three.mp4", seconds=1, fps=10)
+    extract_corpus(cfg, cfg.run_dir)
+    embed_frames(cfg, cfg.run_dir)
+    grown = quality_checks(cfg, cfg.run_dir, encoder)
+    assert not grown.cached and grown.fingerprint != first.fingerprint
+    assert calls == ["compare_indexes", "noise_robustness"] * 2
+
+
+def test_quality_checks_off_and_full(extracted, monkeypatch):
+    from frameatlas.embed import quality_checks
+
+    cfg = extracted
+    embed_frames(cfg, cfg.run_dir)
+    encoder = models.image_encoder(cfg.models)
+    off = quality_checks(cfg.model_copy(update={"embed": cfg.embed.model_copy(update={"quality": "off"})}), cfg.run_dir, encoder)
+    assert (off.index, off.noise, off.note) == (None, None, "skipped: embed.quality is off")
+    full_cfg = cfg.model_copy(update={"embed": cfg.embed.model_copy(update={"quality": "full", "quality_samples": 6})})
+    full = quality_checks(full_cfg, cfg.run_dir, encoder)
+    assert list(full.index.method) == ["run index (chroma-hnsw)", "faiss-flat", "faiss-lsh", "faiss-lsh-rerank", "chroma-hnsw"]
+    assert full.noise.n_queries.tolist() == [6] * 6
+    assert not list((RunPaths(cfg.run_dir).cache).glob("frameatlas-eval-chroma-*"))  # the scratch index is gone

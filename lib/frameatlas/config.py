@@ -204,7 +204,13 @@ class EmbedConfig(_Section):
     enabled: bool = True
     loader_threads: int = Field(1, ge=1, le=32, description="Threads decoding and preprocessing thumbnails.")
     prefetch_batches: int = Field(2, ge=1, le=64, description="Batches prepared ahead of the model.")
-    quality_samples: int = Field(50, ge=0, le=10000, description="Frames used for the index and noise checks.")
+    quality: Literal["quick", "full", "off"] = Field(
+        "quick", description="Report checks, computed once per set of vectors and cached: quick (the run's own index "
+        "against exact search, impulse noise on noise_samples frames) | full (also FAISS flat/LSH and a fresh HNSW, "
+        "noise on quality_samples frames) | off.",
+    )  # fmt: skip
+    quality_samples: int = Field(50, ge=0, le=10000, description="Frames used as queries for the index check; 0 = no checks.")
+    noise_samples: int = Field(5, ge=0, le=10000, description="quick: frames corrupted for the noise check; 0 = none.")
 
 
 class IndexConfig(_Section):

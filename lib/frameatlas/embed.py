@@ -18,6 +18,8 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections import deque
@@ -34,6 +36,7 @@ from PIL import Image
 
 from .config import PipelineConfig
 from .corpus import SkippedInput
+from .files import atomic_write_json
 from .index import VectorIndex, frame_metadata, open_index, shared_id
 from .models import ImageEncoder, ModelRecord, image_encoder
 from .plots import Tile, image_grid
@@ -46,10 +49,11 @@ log = logging.getLogger(__name__)
 __all__ = [
     "TEXT_SOURCES", "EmbedSummary", "UnreadableThumbnail", "add_to_shared", "cached_frame_vectors", "embed_captions",
     "embed_frames", "embed_text_channel", "embed_text_channels", "encode_image_files", "load_vectors",
-    "nearest_neighbour_grid", "sync_index",
+    "nearest_neighbour_grid", "quality_checks", "sync_index", "vectors_fingerprint",
 ]  # fmt: skip
 
 EMBEDDING_COLUMNS = ["frame_key", "video_id", "model_id", "vector"]
+QUALITY_VERSION = 1  # bump when the checks change what they measure: cached results are then redone
 
 
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -159,8 +163,14 @@ def _shard_path(run: RunPaths, model_id: str, video_id: str, sampling: str) -> P
 
 
 def cached_frame_vectors(
-    cfg: PipelineConfig, run: RunPaths, encoder: ImageEncoder, frames: pd.DataFrame, *, force: bool = False,
-    summary: EmbedSummary | None = None, skipped: list[SkippedInput] | None = None,
+    cfg: PipelineConfig,
+    run: RunPaths,
+    encoder: ImageEncoder,
+    frames: pd.DataFrame,
+    *,
+    force: bool = False,
+    summary: EmbedSummary | None = None,
+    skipped: list[SkippedInput] | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Vectors of `frames` by `encoder`, read from the per-(model, video, sampling) shards, embedding
     (and saving) only what is missing. Returns the embeddings table and an (n, dim) array, in shard order.
@@ -251,9 +261,7 @@ def embed_frames(
     return summary
 
 
-def add_to_shared(
-    index: VectorIndex, collection, frames: pd.DataFrame, embeddings: pd.DataFrame, *, force: bool = False
-) -> int:
+def add_to_shared(index: VectorIndex, collection, frames: pd.DataFrame, embeddings: pd.DataFrame, *, force: bool = False) -> int:
     """Add this run's frames of `embeddings` to a collection shared with other runs; returns how many.
 
     Ids there are `<run id>/<frame key>` and the metadata carries `run_id` and `run_name`. Only
@@ -354,7 +362,14 @@ def embed_text_channels(
 
 
 def nearest_neighbour_grid(
-    cfg: PipelineConfig, run: RunPaths | Path | str, model_id: str, *, samples: int = 4, k: int = 5, tile: int = 140, seed: int = 0
+    cfg: PipelineConfig,
+    run: RunPaths | Path | str,
+    model_id: str,
+    *,
+    samples: int = 4,
+    k: int = 5,
+    tile: int = 140,
+    seed: int = 0,
 ) -> tuple[Image.Image, pd.DataFrame]:
     """A sanity grid: a few random frames (left column) with their k nearest frames from the index.
 
@@ -386,25 +401,129 @@ def nearest_neighbour_grid(
     return grid, grid_table.drop(columns=["thumbnail"])
 
 
+@dataclass
+class QualityChecks:
+    """The embed report's checks on one set of vectors (see `quality_checks`).
+
+    `index`: recall@10 and latency of the run's index (and, with `embed.quality: full`, of
+    other indexes) against exact search; `noise`: retrieval under impulse noise. Either is None
+    when that check is off. `cached` says the result was read back instead of computed.
+    """
+
+    index: pd.DataFrame | None = None
+    noise: pd.DataFrame | None = None
+    fingerprint: str = ""
+    cached: bool = False
+    seconds: float = 0.0
+    note: str = ""
+
+    def __iter__(self):  # `index_quality, robustness = quality_checks(...)` keeps working
+        return iter((self.index, self.noise))
+
+
+def vectors_fingerprint(model_id: str, frame_keys: Sequence[str], vectors: np.ndarray) -> str:
+    """SHA-256 of a set of vectors: the model, the frame keys in order and the vector bytes."""
+    digest = hashlib.sha256(model_id.encode())
+    digest.update("\n".join(frame_keys).encode())
+    digest.update(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def _frame_table(df: pd.DataFrame | None) -> dict | None:
+    if df is None:
+        return None
+    return {
+        "records": json.loads(df.to_json(orient="records")),
+        "dtypes": {column: str(dtype) for column, dtype in df.dtypes.items()},
+        "attrs": dict(df.attrs),
+    }
+
+
+def _table_frame(data: dict | None) -> pd.DataFrame | None:
+    if data is None:
+        return None
+    dtypes = data["dtypes"]
+    df = pd.DataFrame(data["records"], columns=list(dtypes)).astype(dtypes)  # JSON's null back to NaN
+    df.attrs.update(data.get("attrs") or {})
+    return df
+
+
 def quality_checks(
-    cfg: PipelineConfig, run: RunPaths | Path | str, encoder: ImageEncoder
-) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
-    """The report's checks on `embed.quality_samples` frames: approximate vs exact search
-    (recall@10 and latency of Chroma HNSW, FAISS flat and LSH), and retrieval of frames
-    corrupted by impulse noise (ImageNet-C severities). (None, None) when turned off."""
-    from .evaluation import IMPULSE_SEVERITIES, compare_indexes, noise_robustness
+    cfg: PipelineConfig, run: RunPaths | Path | str, encoder: ImageEncoder, *, force: bool = False
+) -> QualityChecks:
+    """The report's checks on the run's vectors, computed once per set of vectors and cached.
+
+    * index: the run's own index (Chroma HNSW, approximate) against exact numpy search, queried
+      with `embed.quality_samples` of the run's frames (recall@10, latency). Nothing is built.
+      With `embed.quality: full`, also FAISS flat and LSH and a freshly built HNSW (slow).
+    * noise: `embed.noise_samples` frames (`quality_samples` with `full`) corrupted with impulse
+      noise at the ImageNet-C severities, each searched exactly against the run's vectors.
+
+    The result is kept in `cache/quality/`, keyed by the vectors' fingerprint (model, frame keys,
+    vector bytes) and the settings: a re-run with the same vectors reads it back and computes
+    nothing. `force` computes again.
+    """
+    from . import evaluation
 
     run = run if isinstance(run, RunPaths) else RunPaths(run)
-    samples = cfg.embed.quality_samples
-    table, vectors = load_vectors(run, encoder.record.model_id)
-    if not samples or len(table) < 10:
-        return None, None
-    run.cache.mkdir(parents=True, exist_ok=True)
-    index_quality = compare_indexes((table, vectors), min(samples, len(table)), workdir=run.cache)
-    thumbnails = read_table(run.table("frames")).set_index("frame_key").thumbnail
-    paths = {key: run.resolve(thumbnails[key], what=f"tables/frames.parquet frame {key}, column thumbnail")
-             for key in table.frame_key}  # fmt: skip
-    robustness = noise_robustness(
-        encoder, paths, vectors, list(table.frame_key), severities=(0.0, *IMPULSE_SEVERITIES), sample=samples
+    options = cfg.embed
+    model_id = encoder.record.model_id
+    table, vectors = load_vectors(run, model_id)
+    if options.quality == "off" or not options.quality_samples or len(table) < 10:
+        why = (
+            "embed.quality is off"
+            if options.quality == "off"
+            else ("embed.quality_samples is 0" if not options.quality_samples else "the run has fewer than 10 frames")
+        )
+        return QualityChecks(note=f"skipped: {why}")
+    noise_frames = options.quality_samples if options.quality == "full" else options.noise_samples
+    settings = {"quality": options.quality, "queries": min(options.quality_samples, len(table)), "noise": noise_frames,
+                "severities": [0.0, *evaluation.IMPULSE_SEVERITIES], "index": cfg.index.url or "embedded", "k": 10,
+                "version": QUALITY_VERSION}  # fmt: skip
+    fingerprint = vectors_fingerprint(model_id, list(table.frame_key), vectors)
+    key = hashlib.sha256(json.dumps([fingerprint, settings], sort_keys=True).encode()).hexdigest()[:20]
+    cache_file = run.cache / "quality" / f"{model_id}-{key}.json"
+    if not force and cache_file.exists():
+        try:
+            data = json.loads(cache_file.read_text())
+            return QualityChecks(_table_frame(data["index"]), _table_frame(data["noise"]), fingerprint, cached=True,
+                                 seconds=float(data.get("seconds", 0.0)))  # fmt: skip
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warning("%s: unreadable (%s); computing the quality checks again", cache_file, error)
+
+    started = time.perf_counter()
+    index = open_index(run, cfg.index.url, cfg.index.collection_prefix)
+    collection = index.collection(model_id, create=False)
+    row_of = {frame_key: row for row, frame_key in enumerate(table.frame_key)}
+
+    def search_run_index(queries: np.ndarray, k: int) -> np.ndarray:
+        hits = index.query(collection, queries, k=k)
+        return np.array([[row_of.get(key, -1) for key in found.frame_key] + [-1] * (k - len(found)) for found in hits])
+
+    # Chroma's index is HNSW, an approximate one: the comparison has something to say
+    methods: list = [evaluation.SearchMethod("run index (chroma-hnsw)", search_run_index,
+                                             notes=f"the run's own collection {collection.name}, as search uses it")]  # fmt: skip
+    if options.quality == "full":
+        run.cache.mkdir(parents=True, exist_ok=True)
+        methods += ["faiss-flat", "faiss-lsh", "faiss-lsh-rerank", "chroma-hnsw"]
+    index_quality = evaluation.compare_indexes(
+        vectors, settings["queries"], k=10, methods=methods, workdir=run.cache, batched=options.quality == "full"
     )
-    return index_quality, robustness
+    robustness = None
+    if noise_frames:
+        picks = np.random.default_rng(0).choice(len(table), size=min(noise_frames, len(table)), replace=False)
+        images = model_input_images(cfg, run, encoder, table.iloc[np.sort(picks)])
+        robustness = evaluation.noise_robustness(
+            encoder, images, vectors, list(table.frame_key), severities=settings["severities"], sample=len(images)
+        )
+    seconds = time.perf_counter() - started
+    atomic_write_json(cache_file, {"fingerprint": fingerprint, "settings": settings, "seconds": round(seconds, 2),
+                                   "index": _frame_table(index_quality), "noise": _frame_table(robustness)})  # fmt: skip
+    return QualityChecks(index_quality, robustness, fingerprint, cached=False, seconds=seconds)
+
+
+def model_input_images(cfg: PipelineConfig, run: RunPaths, encoder: ImageEncoder, rows: pd.DataFrame) -> dict[str, Image.Image]:
+    """The images the encoder saw for some rows of the embeddings table, by frame key."""
+    frames = read_table(run.table("frames")).set_index("frame_key")
+    return {key: read_thumbnail(run.resolve(frames.thumbnail[key], what=f"tables/frames.parquet frame {key}, column thumbnail"))
+            for key in rows.frame_key}  # fmt: skip

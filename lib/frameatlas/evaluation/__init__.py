@@ -17,12 +17,13 @@ Example:
     [1.0]
 """
 
-from .index_comparison import DEFAULT_METHODS, compare_indexes, compare_run_indexes, exact_search, synthetic_corpus
+from .index_comparison import DEFAULT_METHODS, SearchMethod, compare_indexes, compare_run_indexes, exact_search, synthetic_corpus
 from .robustness import IMPULSE_SEVERITIES, noise_robustness, robustness_figure, robustness_image, salt_and_pepper
 
 __all__ = [
     "DEFAULT_METHODS",
     "IMPULSE_SEVERITIES",
+    "SearchMethod",
     "compare_indexes",
     "compare_run_indexes",
     "exact_search",

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_METHODS",
+    "SearchMethod",
     "compare_indexes",
     "compare_run_indexes",
     "exact_search",
@@ -237,6 +238,28 @@ class _Method:
         pass
 
 
+class SearchMethod(_Method):
+    """An index that already exists (a run's own collection, say), measured by `compare_indexes`
+    as it is: nothing is built. `search(queries, k)` returns (m, k) row numbers, -1 where missing.
+
+    Example:
+        >>> import numpy as np
+        >>> corpus = np.eye(3, dtype=np.float32)
+        >>> method = SearchMethod("mine", lambda queries, k: exact_search(corpus, queries, k)[0])
+        >>> float(compare_indexes(corpus, 3, k=1, methods=(method,))["recall@1"][0])
+        1.0
+    """
+
+    def __init__(self, name: str, search, *, notes: str = "", index_bytes: int = 0):
+        self.name, self._search, self.notes, self.index_bytes = name, search, notes, index_bytes
+
+    def build(self, vectors):
+        pass
+
+    def search(self, queries, k):
+        return np.asarray(self._search(queries, k), dtype=np.int64)
+
+
 class _Exact(_Method):
     name = "exact"
 
@@ -412,7 +435,7 @@ def compare_indexes(
     queries: np.ndarray | int | None = None,
     *,
     k: int = 10,
-    methods: Sequence[str] = DEFAULT_METHODS,
+    methods: Sequence[str | SearchMethod] = DEFAULT_METHODS,
     lsh_bits: int | None = None,
     workdir: Path | str | None = None,
     seed: int = 0,
@@ -436,7 +459,8 @@ def compare_indexes(
     exactly, the usual way LSH is used), `chroma-hnsw` (an embedded Chroma collection like
     frameatlas's, in a folder it creates with `tempfile.mkdtemp` under `workdir` and deletes afterwards (nothing
     else in `workdir` is touched); `hnsw`
-    overrides Chroma's HNSW settings, e.g. `{"ef_search": 200}`).
+    overrides Chroma's HNSW settings, e.g. `{"ef_search": 200}`); or a `SearchMethod`: an index that
+    already exists, measured as it is.
 
     Args:
         vectors: (n, dim) corpus, or the `(table, vectors)` pair `frameatlas.store.load_vectors`
@@ -490,7 +514,7 @@ def compare_indexes(
     kth = truth_scores[:, k - 1]
     rows_out = []
     for spec in methods:
-        method = _method(spec, lsh_bits=lsh_bits, workdir=workdir, hnsw=hnsw)
+        method = spec if isinstance(spec, _Method) else _method(spec, lsh_bits=lsh_bits, workdir=workdir, hnsw=hnsw)
         try:
             started = time.perf_counter()
             method.build(vectors)

@@ -127,7 +127,8 @@ def noise_robustness(
     Args:
         encoder: a frameatlas image encoder (`preprocess` + `encode_preprocessed`).
         image_paths: the image of each corpus row, aligned with `keys`; or a mapping from key
-            to path for the frames that may be sampled.
+            to path for the frames that may be sampled. A value may also be the image itself
+            (a PIL image): the model's input as the corpus vector was made from it.
         vectors: (n, dim) corpus vectors.
         keys: frame key of each row of `vectors`.
         severities: noise amounts (fraction of pixels replaced).
@@ -152,19 +153,27 @@ def noise_robustness(
     keys = list(keys)
     if len(keys) != len(vectors):
         raise ValueError(f"{len(keys)} keys for {len(vectors)} vectors")
+
+    def image_or_path(value):
+        return value if isinstance(value, Image.Image) else Path(value)
+
     if isinstance(image_paths, Mapping):
         row_of = {key: row for row, key in enumerate(keys)}
-        candidates = [(row_of[key], Path(path)) for key, path in image_paths.items() if key in row_of]
+        candidates = [(row_of[key], image_or_path(path)) for key, path in image_paths.items() if key in row_of]
     else:
         if len(image_paths) != len(keys):
             raise ValueError(f"{len(image_paths)} image paths for {len(keys)} keys (pass a mapping for a subset)")
-        candidates = [(row, Path(path)) for row, path in enumerate(image_paths) if path]
+        candidates = [(row, image_or_path(path)) for row, path in enumerate(image_paths) if path]
     rng = np.random.default_rng(seed)
     picked = sorted(rng.choice(len(candidates), size=min(sample, len(candidates)), replace=False).tolist())
     rows = np.array([candidates[i][0] for i in picked], dtype=np.int64)
     images = []
     for i in picked:
-        with Image.open(candidates[i][1]) as image:
+        source = candidates[i][1]
+        if isinstance(source, Image.Image):
+            images.append(source.convert("RGB"))
+            continue
+        with Image.open(source) as image:
             images.append(image.convert("RGB"))  # convert() loads the pixels, so the file can close
     noise_rngs = rng.spawn(len(severities))  # one stream per severity: adding one keeps the others
 
