@@ -15,9 +15,9 @@ from conftest import REPO
 PACKAGE = REPO / "lib" / "frameatlas"
 
 LAYERS = {
-    "face": {"cli", "scaffold"},
+    "face": {"cli", "scaffold", "serve"},
     "orchestration": {"pipeline", "report"},
-    "stages": {"frames", "caption", "ocr", "embed", "evaluation", "cluster", "project", "visualize", "search", "render"},
+    "stages": {"frames", "caption", "ocr", "speech", "embed", "evaluation", "cluster", "project", "visualize", "search", "render", "investigator"},
     "data": {"__init__", "config", "files", "lock", "store", "corpus", "index", "plots", "progress", "summary", "models"},
 }
 ORDER = ["data", "stages", "orchestration", "face"]

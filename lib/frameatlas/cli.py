@@ -230,6 +230,23 @@ def _export_video(result, args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """`frameatlas serve RUN_DIR`: the investigator web app (frameatlas.serve)."""
+    from .serve import NotARun, serve
+
+    setup_logging()
+
+    def ready(url: str) -> None:
+        print(f"frameatlas serve: {args.run_dir} at {url} (Ctrl-C stops)", flush=True)
+
+    try:
+        serve(args.run_dir, host=args.host, port=args.port, ready=ready)
+    except (NotARun, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def format_hits(result) -> str:
     """A readable table of search hits for the terminal."""
     hits = result.hits
@@ -306,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
              "without PATH: hits.mp4 in the --export folder",
     )  # fmt: skip
     find.set_defaults(handler=_search)
+
+    serve = commands.add_parser("serve", help="the investigator: play videos beside prompt curves, search, export clips")
+    serve.add_argument("run_dir", help="a finished run folder, e.g. outputs/demo")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    serve.set_defaults(handler=_serve)
 
     config = commands.add_parser("config", help="pipeline configs")
     config_commands = config.add_subparsers(dest="config_command", required=True)

@@ -1,0 +1,148 @@
+"""`frameatlas serve RUN_DIR`: the investigator as a local web app over one finished run.
+
+Play a video beside the similarity of prompts over time (add, remove and subtract prompts live,
+a threshold, click to seek), search the whole run by text, image or frame, export clips.
+Tables are read once; models load on the first query that needs them and stay loaded.
+
+It binds 127.0.0.1 unless told otherwise (and warns when told). While it runs, the run folder
+holds `.frameatlas-serve.json` with its address (pid, url), removed when it stops, so other
+tools can use the running app instead of loading models again. It writes nothing else into the
+run but clips in `exports/`.
+
+Example:
+    $ frameatlas serve outputs/demo            # http://127.0.0.1:8765/
+    >>> from frameatlas.serve import serve
+    >>> serve("outputs/demo", port=8765)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from ..files import atomic_write_json
+from ..investigator.data import NotARun, RunView, check_run_folder
+from ..lock import RunLocked, run_lock
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ADDRESS_FILE", "DEFAULT_HOST", "DEFAULT_PORT", "NotARun", "running_server", "serve"]
+
+ADDRESS_FILE = ".frameatlas-serve.json"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def running_server(run_dir: Path | str) -> dict | None:
+    """The address of a `frameatlas serve` running on this run (its `.frameatlas-serve.json`), or
+    None when there is none or its process is gone."""
+    try:
+        data = json.loads((Path(run_dir) / ADDRESS_FILE).read_text())
+        pid, url = int(data["pid"]), str(data["url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, someone else's
+    return {**data, "url": url}
+
+
+def _announce(root: Path, address: dict | None) -> None:
+    """Write (or with None, remove) the address file, briefly under the run's lock; if another
+    process is writing into the run, say so and go on without it."""
+    path = root / ADDRESS_FILE
+    try:
+        with run_lock(root, "frameatlas serve (address file)"):
+            if address is None:
+                current = running_server(root)
+                if current is None or current.get("pid") == os.getpid():
+                    path.unlink(missing_ok=True)
+            else:
+                atomic_write_json(path, address)
+    except RunLocked as error:
+        log.warning("serve: could not %s %s: %s", "remove" if address is None else "write", path, error)
+    except OSError as error:  # a read-only run folder: serving still works
+        log.warning("serve: could not %s %s (%s)", "remove" if address is None else "write", path, error)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port} ({error.strerror or error}); choose another --port") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(run_dir: Path | str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          ready: Callable[[str], None] | None = None, warm: bool = True) -> None:  # fmt: skip
+    """Serve the investigator for `run_dir` until interrupted (Ctrl-C).
+
+    Raises `NotARun` (naming the folder) for a folder that is not a run, `OSError` when the
+    port is taken. `port=0` picks a free port. `ready(url)` is called once it listens. With
+    `warm`, tables and the image model are loaded in the background after start, so the first
+    query does not wait for them.
+    """
+    import threading
+
+    import uvicorn
+
+    from .app import create_app
+
+    run = check_run_folder(run_dir)
+    if host not in LOCAL_HOSTS:
+        log.warning("serve: listening on %s: anyone who can reach this machine can read this run's videos and frames", host)
+    view = RunView(run.root)
+    app = create_app(view)
+    sock = _bind(host, port)
+    bound_port = sock.getsockname()[1]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}/"
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        _announce(run.root, {"url": url, "host": host, "port": bound_port, "pid": os.getpid(), "run": str(run.root),
+                             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})  # fmt: skip
+        if warm:
+            threading.Thread(target=_warm, args=(view,), name="frameatlas-warm", daemon=True).start()
+        if ready is not None:
+            ready(url)
+        try:
+            yield
+        finally:
+            _announce(run.root, None)
+
+    app.router.lifespan_context = lifespan
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=3)
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def _warm(view: RunView) -> None:
+    """Load what the first query needs (frame vectors, the image model) without blocking the app."""
+    try:
+        if view.videos and view.settings()["queries"]:
+            view.curves(view.videos[0].video_id, [])
+            from ..investigator.data import Prompt
+
+            view.curves(view.videos[0].video_id, [Prompt(view.settings()["queries"][0])])
+        view.thumbnail("")
+    except Exception as error:  # noqa: BLE001 - warming is an optimisation; the query will report the problem
+        log.info("serve: warming up failed (%s); the first query will load what it needs", error)
