@@ -1,6 +1,10 @@
 """Readable cluster names: distinctive caption terms (c-TF-IDF), else the best phrases of an
 everyday vocabulary by CLIP's text side, else the clusters' dominant colours.
 
+Names describe what is seen: the artist credits and site names of CLIP-Interrogator prompts
+("inspired by <artist>", "by <artist>", "trending on artstation") and rendering boilerplate
+("highly detailed", "4k") never name a cluster, and no two clusters share a name.
+
 Nothing here knows about runs: thumbnails come in as paths the caller has already checked.
 
 Example:
@@ -27,12 +31,14 @@ __all__ = [
     "COLOUR_NAMES",
     "EVERYDAY_VOCABULARY",
     "NOISE_NAME",
+    "descriptive_text",
     "distinctive_terms",
     "name_clusters",
 ]
 
 NOISE_NAME = "noise"
 COLOUR_SAMPLE_FRAMES = 24  # thumbnails read per cluster for colour names (the most central ones)
+SPARE_TERMS = 6  # further distinctive terms per cluster, to tell apart clusters whose best terms are the same
 
 VOCABULARY_PROMPT = "a photo of {}"
 
@@ -72,11 +78,21 @@ EVERYDAY_VOCABULARY: tuple[str, ...] = (
     "lights in the dark", "fireworks",
 )  # fmt: skip
 
-# Words captioning models put in nearly every caption; they would otherwise crowd out real content.
+# Words captioning models put in nearly every caption, and the interrogator's praise of renders and
+# names of art sites: they would otherwise crowd out what the frames show.
 CAPTION_STOP_WORDS = frozenset({
     "image", "picture", "photo", "photograph", "shot", "view", "shows", "showing", "shown", "depicts",
     "depicting", "features", "featuring", "visible", "background", "foreground", "appears", "seen",
+    "inspired", "style", "trending", "featured", "contest", "winner", "award", "winning", "hq", "hd", "uhd",
+    "resolution", "quality", "detailed", "highly", "intricate", "masterpiece", "render", "rendered", "octane",
+    "unreal", "engine", "artstation", "behance", "cgsociety", "deviantart", "dribble", "dribbble", "flickr",
+    "instagram", "pexels", "pinterest", "pixabay", "pixiv", "polycount", "reddit", "shutterstock", "tumblr",
+    "unsplash", "zbrush", "central", "society", "cg",
 })  # fmt: skip
+
+# A prompt phrase that credits someone ("by X", "inspired by X", "in the style of X", "art by X"):
+# the phrase is dropped from there on, so no artist's name can become a cluster's name.
+_CREDIT = re.compile(r"(?:^|\s)(?:inspired by|in the style of|style of|art by|made by|by)\s.*$", re.IGNORECASE)
 
 # Named colours for the weight-free descriptor: hue sectors (degrees) for saturated pixels.
 _HUE_NAMES = ((15, "red"), (40, "orange"), (70, "yellow"), (165, "green"), (195, "cyan"), (255, "blue"),
@@ -120,6 +136,17 @@ def distinctive_terms(texts_by_cluster: Mapping[int, Sequence[str]], top: int = 
     return result
 
 
+def descriptive_text(prompt: str) -> str:
+    """A prompt's comma-separated phrases without artist credits (from "by"/"inspired by" on).
+
+    Example:
+        >>> descriptive_text("a rabbit in a meadow, inspired by Beatrix Potter, by Jan Brett, grass, trending on artstation")
+        'a rabbit in a meadow, grass, trending on artstation'
+    """
+    phrases = (_CREDIT.sub("", phrase).strip() for phrase in prompt.split(","))
+    return ", ".join(phrase for phrase in phrases if phrase)
+
+
 def _without_article(phrase: str) -> str:
     return re.sub(r"^(a|an|the) ", "", phrase)
 
@@ -136,15 +163,29 @@ def _vocabulary_names(centroids: np.ndarray, encoder: Any, vocabulary: Sequence[
         # CLIP similarities sit in a narrow band and some phrases match everything a little;
         # subtracting each phrase's mean over clusters keeps what sets a cluster apart.
         scores = scores - scores.mean(axis=0, keepdims=True)
-    names = []
+    names: list[str] = []
     for row in scores:
-        order = np.argsort(-row, kind="stable")
+        order = [int(i) for i in np.argsort(-row, kind="stable")]
         chosen = [order[0]]
         # A second phrase only when it is nearly as telling as the first.
-        if phrases > 1 and row[order[1]] > 0 and row[order[1]] >= 0.5 * row[order[0]]:
+        if phrases > 1 and len(order) > 1 and row[order[1]] > 0 and row[order[1]] >= 0.5 * row[order[0]]:
             chosen.append(order[1])
-        names.append(", ".join(_without_article(vocabulary[i]) for i in chosen))
+        names.append(_first_unused([_without_article(vocabulary[i]) for i in chosen],
+                                   [_without_article(vocabulary[i]) for i in order[len(chosen):]], names))  # fmt: skip
     return names
+
+
+def _first_unused(parts: list[str], spares: list[str], used: Sequence[str]) -> str:
+    """`parts` joined, or, when another cluster has that name, with its last part swapped for the
+    best spare that makes it new (the "(2)" numbering of `_unique` is the last resort)."""
+    name = ", ".join(parts)
+    if name not in used:
+        return name
+    for spare in spares:
+        candidate = ", ".join([*parts[:-1], spare])
+        if spare not in parts and candidate not in used:
+            return candidate
+    return name
 
 
 def _pixel_colour_names(rgb: np.ndarray) -> np.ndarray:
@@ -266,10 +307,19 @@ def name_clusters(
     named: dict[int, tuple[str, str]] = {}
 
     if captions is not None:
-        texts_by_cluster = {label: [captions[i] for i in clusters.members(label) if captions[i]] for label in labels}
-        for label, found in distinctive_terms(texts_by_cluster, top=terms).items():
+        texts_by_cluster = {
+            label: [
+                descriptive_text(captions[i]) for i in clusters.members(label) if isinstance(captions[i], str) and captions[i]
+            ]
+            for label in labels
+        }
+        used: list[str] = []
+        for label, found in distinctive_terms(texts_by_cluster, top=terms + SPARE_TERMS).items():
             if found:
-                named[label] = (", ".join(term for term, _ in found), "captions")
+                ranked = [term for term, _ in found]
+                name = _first_unused(ranked[:terms], ranked[terms:], used)
+                used.append(name)
+                named[label] = (name, "captions")
 
     remaining = [label for label in labels if label not in named]
     if remaining and encoder is not None and getattr(encoder, "has_text", False):
