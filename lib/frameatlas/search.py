@@ -4,7 +4,9 @@ Every channel compares unit vectors by cosine similarity:
 
 * ``visual``: the query's CLIP vector (text or image) against the frames' image vectors;
 * ``caption``, ``ocr``, ``speech``: the query text's sentence vector against the text of each
-  frame (`tables/<channel>_embeddings.parquet`, written by `write_text_channel`).
+  frame (`tables/<channel>_embeddings.parquet`, written by `write_text_channel`). A frame's speech
+  text is what was said within `speech.frame_window_seconds` of it; hits the speech channel scored
+  carry that text and its start and end (`speech_text`, `speech_start`, `speech_end`).
 
 With several channels the rankings are fused by reciprocal rank fusion (each channel adds
 ``1 / (60 + rank)``; the constant 60 is the usual one from Cormack et al., 2009) and every
@@ -340,7 +342,25 @@ def search(
     hits = ranked[ranked.in_top_k | ranked.above_threshold].reset_index(drop=True)
     channel_columns = [f"score_{c}" for c in scores]
     hits = hits[HIT_COLUMNS[:2] + channel_columns + HIT_COLUMNS[2:]]
+    if "speech" in scores:
+        hits = _with_speech(run, hits)
     return SearchResult(hits=hits, query=query_label, channels=list(scores), notes=notes, threshold_value=cut)
+
+
+def _with_speech(run: RunPaths, hits: pd.DataFrame) -> pd.DataFrame:
+    """Hits the speech channel scored get what was said there and when (`speech_text`, `speech_start`,
+    `speech_end`, from `tables/speech_frames.parquet`): shown with the hit, and the utterance bounds
+    render cuts at."""
+    path = run.table("speech_frames")
+    said = read_table(path) if path.exists() else pd.DataFrame(columns=["frame_key", "text", "speech_start", "speech_end"])
+    said = said.set_index("frame_key")
+    scored = hits.score_speech.notna().to_numpy()
+    hits = hits.copy()
+    keys = hits.frame_key
+    hits["speech_text"] = np.where(scored, keys.map(said.text).fillna("").astype(str), "")
+    for column in ("speech_start", "speech_end"):
+        hits[column] = np.where(scored, keys.map(said[column]).astype(float), np.nan)
+    return hits
 
 
 def _rank(frames: pd.DataFrame, scores: dict[str, pd.Series]) -> pd.DataFrame:

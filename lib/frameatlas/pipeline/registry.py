@@ -74,6 +74,10 @@ def _caption_inputs(cfg: PipelineConfig) -> dict[str, Any]:
         from ..models.ocr import ocr_available
 
         found["ocr_package"] = ocr_available()  # installing it later must re-run the stage
+    if cfg.speech.enabled:
+        from ..models.speech import speech_weights_available
+
+        found["speech_weights"] = speech_weights_available(cfg.speech, cfg.models)
     return found
 
 
@@ -87,11 +91,11 @@ def _render_sources(cfg: PipelineConfig) -> dict[str, Any]:
 STAGES: tuple[Stage, ...] = (
     Stage("extract", "01_extract.ipynb", ("corpus", "extract"), outputs=("frames", "videos"), external_inputs=_video_listing),
     Stage(
-        "caption", "02_caption.ipynb", ("models", "caption"), inputs=("frames",), outputs=("captions",),  # + ocr when on
-        model_kinds=("caption", "ocr"), external_inputs=_caption_inputs,
+        "caption", "02_caption.ipynb", ("models", "caption", "speech"), inputs=("frames",), outputs=("captions",),  # + ocr, speech when on
+        model_kinds=("caption", "ocr", "speech"), external_inputs=_caption_inputs,
     ),  # fmt: skip
     Stage(
-        "embed", "03_embed.ipynb", ("models", "embed", "index", "search"), inputs=("frames", "captions", "ocr"),
+        "embed", "03_embed.ipynb", ("models", "embed", "index", "search"), inputs=("frames", "captions", "ocr", "speech_frames"),
         outputs=("embeddings",), external_inputs=_image_weights,
     ),  # fmt: skip
     Stage(
@@ -100,11 +104,13 @@ STAGES: tuple[Stage, ...] = (
     ),  # fmt: skip
     Stage(
         "visualize", "05_visualize.ipynb", ("models", "visualize", "search"),
-        inputs=("frames", "embeddings", "frames_annotated", "caption_embeddings", "ocr_embeddings"), outputs=("projections",),
+        inputs=("frames", "embeddings", "frames_annotated", "caption_embeddings", "ocr_embeddings", "speech_embeddings"),
+        outputs=("projections",),
     ),  # fmt: skip
     Stage(
         "render", "06_render.ipynb", ("models", "search", "render"),
-        inputs=("frames", "videos", "embeddings", "clusters", "caption_embeddings", "ocr_embeddings"),
+        inputs=("frames", "videos", "embeddings", "clusters", "caption_embeddings", "ocr_embeddings", "speech_embeddings",
+                "speech_frames"),
         outputs=("render_videos", "render_segments"), external_inputs=_render_sources,
     ),  # fmt: skip
 )

@@ -2,8 +2,11 @@
 
 A hit covers its source from its own timestamp to the next sampled frame's; hits that are
 adjacent samples of the same video merge, and `padding_before` / `padding_after` seconds are
-added around each run of hits (segments that then overlap merge too). `select_segments` keeps
-the best ones within the per-video and total limits, in time or score order.
+added around each run of hits (segments that then overlap merge too). A hit that carries the
+bounds of what was said there (`speech_start`, `speech_end`: the speech channel's hits) widens its
+segment to the whole utterance plus the padding, so no sentence is cut mid-word; limits that
+shorten segments keep such an utterance whole. `select_segments` keeps the best ones within the
+per-video and total limits, in time or score order.
 
 Example:
     >>> segments = hit_segments(hits, frames, videos, padding_before=0.5, padding_after=0.5)  # doctest: +SKIP
@@ -45,6 +48,7 @@ class Segment:
     # Rows of the frames table the paths came from, so a refused path can be traced to its row:
     source_row: int | None = None  # the row `source` was read from (the best hit's)
     frame_rows: tuple[int, ...] = ()  # the hits' rows, in the order of `thumbnails`
+    speech: tuple[float, float] | None = None  # (start, end) of the utterances the hits were found in
 
     @property
     def duration(self) -> float:
@@ -86,7 +90,8 @@ def hit_segments(
     """Turn scored hits into segments of their source videos.
 
     Args:
-        hits: rows with `frame_key` and `score` (higher is better).
+        hits: rows with `frame_key` and `score` (higher is better); optional `speech_start` and
+            `speech_end` (NaN when none): the utterance a hit was found in, which its segment then covers.
         frames: the run's frames table (`video_id`, `video_name`, `video_path`, `timestamp`, ...),
             with its row numbers as index (as read), so errors can name a row.
         videos: the run's videos table (for each video's `duration`).
@@ -103,8 +108,12 @@ def hit_segments(
         return []
     spans = _frame_spans(frames, videos)
     spans["position"] = spans.groupby("video_id", sort=False).cumcount()
-    scores = hits.drop_duplicates("frame_key").set_index("frame_key").score
+    unique = hits.drop_duplicates("frame_key").set_index("frame_key")
+    scores = unique.score
     chosen = spans[spans.frame_key.isin(scores.index)].assign(score=lambda t: t.frame_key.map(scores).astype(float))
+    for column in ("speech_start", "speech_end"):
+        values = unique[column].astype(float) if column in unique else pd.Series(dtype=float)
+        chosen[column] = chosen.frame_key.map(values).astype(float)
     segments: list[Segment] = []
     for video_id, group in chosen.groupby("video_id", sort=False):
         group = group.sort_values("timestamp")
@@ -121,26 +130,35 @@ def hit_segments(
         merged: list[list[Any]] = []  # [start, end, rows]
         for rows in runs:
             duration = rows[0].duration if not math.isnan(rows[0].duration) else math.inf
+            speech = _speech_bounds(rows)
             if slideshow:
                 start, end = rows[0].timestamp, rows[0].timestamp
             else:
-                start = max(0.0, rows[0].timestamp - padding_before)
-                end = min(duration, rows[-1].span_end + padding_after)
+                start = max(0.0, min(rows[0].timestamp, speech[0] if speech else math.inf) - padding_before)
+                end = min(duration, max(rows[-1].span_end, speech[1] if speech else -math.inf) + padding_after)
             if merged and not slideshow and start <= merged[-1][1]:
                 merged[-1][1] = max(merged[-1][1], end)
                 merged[-1][2].extend(rows)
             else:
                 merged.append([start, end, list(rows)])
         for start, end, rows in merged:
+            speech = None if slideshow else _speech_bounds(rows)
             best = max(rows, key=lambda r: (r.score, -r.timestamp))
             segments.append(Segment(
                 video_id=str(video_id), video_name=str(best.video_name), source=str(best.video_path),
                 start=float(start), end=float(end), score=float(best.score), hits=len(rows),
                 best_timestamp=float(best.timestamp), thumbnails=tuple(str(r.thumbnail) for r in rows),
                 hit_timestamps=tuple(float(r.timestamp) for r in rows), still=slideshow,
-                source_row=int(best.Index), frame_rows=tuple(int(r.Index) for r in rows),
+                source_row=int(best.Index), frame_rows=tuple(int(r.Index) for r in rows), speech=speech,
             ))  # fmt: skip
     return sorted(segments, key=lambda s: (s.video_name, s.start))
+
+
+def _speech_bounds(rows: list[Any]) -> tuple[float, float] | None:
+    """The earliest start and latest end of the utterances some of `rows` were found in, or None."""
+    starts = [r.speech_start for r in rows if not math.isnan(r.speech_start)]
+    ends = [r.speech_end for r in rows if not math.isnan(r.speech_end)]
+    return (float(min(starts)), float(max(ends))) if starts and ends else None
 
 
 def select_segments(
@@ -152,10 +170,13 @@ def select_segments(
     Segments longer than `max_segment_seconds` are shortened around their best hit. The best
     `max_segments_per_video` of each source are candidates; then, best first, segments are kept
     until `max_total_seconds`; the one that crosses the limit is shortened around its best hit
-    (when at least half a second is left). Stills count `still_seconds` each.
+    (when at least half a second is left). Stills count `still_seconds` each. A segment found in
+    speech is never shortened below its utterance: it keeps the whole utterance, or is left out
+    of the total when the utterance no longer fits.
     """
     if max_segment_seconds:
-        segments = [_trim(s, max_segment_seconds) if not s.still and s.duration > max_segment_seconds else s for s in segments]
+        segments = [_trim(s, max(max_segment_seconds, _spoken(s))) if not s.still and s.duration > max_segment_seconds else s
+                    for s in segments]  # fmt: skip
     by_score = sorted(segments, key=lambda s: (-s.score, s.video_name, s.start))
     per_video: dict[str, int] = {}
     kept: list[Segment] = []
@@ -168,7 +189,7 @@ def select_segments(
         if left < 1e-9:
             break
         if length > left + 1e-9:
-            if segment.still or left < 0.5:
+            if segment.still or left < max(0.5, _spoken(segment)):
                 continue  # a shorter one further down may still fit
             segment, length = _trim(segment, left), left
         kept.append(segment)
@@ -179,9 +200,18 @@ def select_segments(
     return kept
 
 
+def _spoken(segment: Segment) -> float:
+    """How long the utterances of a segment last (0 without speech)."""
+    return segment.speech[1] - segment.speech[0] if segment.speech else 0.0
+
+
 def _trim(segment: Segment, length: float) -> Segment:
-    """The `length` seconds of a segment around its best hit (starting a little before it)."""
+    """The `length` seconds of a segment around its best hit (starting a little before it), or, for a
+    segment found in speech, around its utterance (`length` is then at least the utterance's)."""
     start = min(max(segment.start, segment.best_timestamp - length / 3), segment.end - length)
+    if segment.speech:  # centre the window on the utterance, inside the segment
+        spare = length - _spoken(segment)
+        start = min(max(segment.start, segment.speech[0] - spare / 2), segment.end - length)
     end = start + length
     inside = [i for i, t in enumerate(segment.hit_timestamps) if start - 1e-9 <= t < end] if segment.hit_timestamps else []
     if not inside:  # no per-hit detail: keep the counts as they were

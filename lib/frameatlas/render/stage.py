@@ -98,7 +98,8 @@ def query_job(result: Any, run: RunPaths | Path | str, options: RenderConfig, *,
     """The job for one `search.SearchResult`: every hit it kept (top-k and above the threshold)."""
     run = run if isinstance(run, RunPaths) else RunPaths(run)
     frames, videos = _frames_with_paths(run)
-    return _make_job("query", name or f"query_{slug(result.query)}", result.query, result.hits[["frame_key", "score"]],
+    columns = [c for c in ("frame_key", "score", "speech_start", "speech_end") if c in result.hits]  # speech: utterance bounds
+    return _make_job("query", name or f"query_{slug(result.query)}", result.query, result.hits[columns],
                      frames, videos, options, query=result.query)  # fmt: skip
 
 

@@ -1,0 +1,520 @@
+"""What is said in every video (part of the caption stage), for the `speech` search channel.
+
+Each video's audio is decoded with PyAV and resampled to 16 kHz mono as it streams, in pieces of
+about `speech.chunk_seconds` cut at a pause, so memory stays flat for hours of audio. Voice activity
+detection (Silero, inside faster-whisper) drops music and silence before Whisper
+(`models.speech`) transcribes what is left. Times are seconds on the frames' clock (from the
+video stream's start), so frames, captions, on-screen text and speech line up.
+
+Tables (the run folder's contract):
+
+* ``tables/speech.parquet``: one row per segment (an utterance): start, end, text, language,
+  avg log-prob, no-speech probability, compression ratio, model;
+* ``tables/speech_words.parquet``: one row per word, with its times and probability;
+* ``tables/speech_frames.parquet``: one row per frame with the speech said within
+  ``speech.frame_window_seconds`` of it (empty when none) and that speech's start and end, which
+  `03_embed` embeds for the `speech` channel and render uses to cut at utterance bounds;
+* ``tables/speech_videos.parquet``: one row per video: status (transcribed, no audio, no speech),
+  language, audio and voiced seconds, words per minute, speech share of the running time.
+
+Work is cached per video and model settings under ``speech/<settings>/<video id>.*``: a re-run, or
+a run killed halfway, transcribes only the videos it has not finished. A video whose audio cannot
+be decoded is skipped with its reason (and tried again next run); the stage goes on.
+
+Example:
+    >>> from frameatlas.speech import transcribe_run
+    >>> summary = transcribe_run(cfg, "outputs/demo")  # doctest: +SKIP
+    >>> summary.table[["video_name", "start", "end", "text"]].head()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .config import PipelineConfig, SpeechConfig
+from .corpus import SkippedInput, failure_reason
+from .files import UnsafePath, atomic_write_json, contained_path
+from .models.base import ModelRecord
+from .models.speech import SpeechModel, load_speech_model
+from .progress import progress_bar
+from .store import RunPaths, read_table, write_table
+from .summary import StageSummary
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "SAMPLE_RATE",
+    "SEGMENT_COLUMNS",
+    "SPEECH_FRAME_COLUMNS",
+    "SPEECH_TABLES",
+    "WORD_COLUMNS",
+    "AudioDecoder",
+    "NoAudio",
+    "SpeechSummary",
+    "frames_with_speech",
+    "speech_report_html",
+    "transcribe_audio",
+    "transcribe_run",
+]
+
+SAMPLE_RATE = 16000  # what Whisper and Silero VAD take
+SEGMENT_COLUMNS = ["segment_id", "video_id", "video_name", "start", "end", "text", "language", "avg_logprob",
+                   "no_speech_prob", "compression_ratio", "model"]  # fmt: skip
+WORD_COLUMNS = ["segment_id", "video_id", "start", "end", "word", "probability"]
+SPEECH_FRAME_COLUMNS = ["frame_key", "video_id", "timestamp", "text", "speech_start", "speech_end", "segments"]
+VIDEO_COLUMNS = ["video_id", "video_name", "status", "language", "language_probability", "audio_seconds",
+                 "voiced_seconds", "segments", "words", "words_per_minute", "speech_share", "transcribe_seconds", "note"]  # fmt: skip
+SPEECH_TABLES = ("speech", "speech_words", "speech_frames", "speech_videos")
+PAUSE_SEARCH_SECONDS = 30.0  # a piece is cut at the last pause within this many seconds of its end
+
+
+class NoAudio(Exception):
+    """The video has no audio stream: no speech, no error."""
+
+
+class AudioDecoder:
+    """A video's first audio stream as 16 kHz mono float32 blocks, decoded and resampled as it streams.
+
+    `offset` is where the audio starts on the frames' clock (the video stream's start is 0), so a
+    time in the audio plus `offset` is a frame timestamp. Raises `NoAudio` when there is no audio
+    stream, and PyAV's errors for a file or stream that cannot be decoded.
+
+    Example:
+        >>> with AudioDecoder("talk.mp4") as audio:  # doctest: +SKIP
+        ...     seconds = sum(len(block) for block in audio.blocks()) / SAMPLE_RATE
+    """
+
+    def __init__(self, path: Path | str, sample_rate: int = SAMPLE_RATE):
+        import av
+
+        self.path, self.sample_rate = Path(path), sample_rate
+        self.container = av.open(str(path))
+        try:
+            if not self.container.streams.audio:
+                raise NoAudio(f"{path}: no audio stream")
+            self.stream = self.container.streams.audio[0]
+            self.stream.thread_type = "AUTO"
+            self.offset = self._start(self.stream) - (
+                self._start(self.container.streams.video[0]) if self.container.streams.video else 0.0
+            )
+        except BaseException:
+            self.container.close()
+            raise
+
+    @staticmethod
+    def _start(stream) -> float:
+        return float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """The audio as float32 arrays in [-1, 1], in order (a few thousand samples each)."""
+        import av
+
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=self.sample_rate)
+        for frame in self.container.decode(self.stream):
+            for out in resampler.resample(frame):
+                yield out.to_ndarray().reshape(-1)
+        for out in resampler.resample(None):  # what the resampler still holds
+            yield out.to_ndarray().reshape(-1)
+
+    def close(self) -> None:
+        self.container.close()
+
+    def __enter__(self) -> AudioDecoder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _vad_options(options: SpeechConfig):
+    from faster_whisper.vad import VadOptions
+
+    return VadOptions(threshold=options.vad_threshold, min_silence_duration_ms=options.min_silence_ms)
+
+
+def _pause_cut(audio: np.ndarray, vad_options) -> int:
+    """Where to end a piece of audio: in the last pause of its final `PAUSE_SEARCH_SECONDS`, else its end."""
+    from faster_whisper.vad import get_speech_timestamps
+
+    tail_start = max(0, len(audio) - int(PAUSE_SEARCH_SECONDS * SAMPLE_RATE))
+    speech = get_speech_timestamps(audio[tail_start:], vad_options, sampling_rate=SAMPLE_RATE)
+    if not speech:
+        return len(audio)
+    tail = len(audio) - tail_start
+    if speech[-1]["end"] < tail - SAMPLE_RATE // 5:  # the piece ends in silence
+        return tail_start + (speech[-1]["end"] + tail) // 2
+    gaps = [(a["end"] + b["start"]) // 2 for a, b in zip(speech, speech[1:])]
+    return tail_start + gaps[-1] if gaps else len(audio)
+
+
+def _pieces(blocks: Iterator[np.ndarray], chunk_samples: int, vad_options) -> Iterator[tuple[int, np.ndarray]]:
+    """(first sample, audio) pieces of about `chunk_samples`, each ended at a pause, so no word is cut in two."""
+    held: list[np.ndarray] = []
+    count, first = 0, 0
+    for block in blocks:
+        held.append(block)
+        count += len(block)
+        if count >= chunk_samples:
+            audio = np.concatenate(held)
+            cut = _pause_cut(audio, vad_options)
+            yield first, audio[:cut]
+            first += cut
+            held, count = [audio[cut:]], len(audio) - cut
+    if count:
+        yield first, np.concatenate(held)
+
+
+@dataclass
+class Transcript:
+    """One video's speech: segments and words (times on the frames' clock) and what it took."""
+
+    segments: pd.DataFrame
+    words: pd.DataFrame
+    language: str | None = None
+    language_probability: float | None = None
+    audio_seconds: float = 0.0
+    voiced_seconds: float = 0.0
+    seconds: float = 0.0
+
+
+def _utterances(segment, pause: float) -> list[dict[str, Any]]:
+    """A Whisper segment split where its words pause for at least `pause` seconds (VAD joins speech across
+    pauses before Whisper sees it, so one segment can hold two sentences said seconds apart)."""
+    words = list(segment.words or [])
+    if not words:
+        return [{"start": float(segment.start), "end": float(segment.end), "text": segment.text.strip(), "words": []}]
+    groups = [[words[0]]]
+    for previous, word in zip(words, words[1:]):
+        if pause > 0 and float(word.start) - float(previous.end) >= pause:
+            groups.append([])
+        groups[-1].append(word)
+    if len(groups) == 1:
+        return [{"start": float(segment.start), "end": float(segment.end), "text": segment.text.strip(), "words": words}]
+    return [{"start": float(group[0].start), "end": float(group[-1].end), "text": "".join(w.word for w in group).strip(),
+             "words": group} for group in groups]  # fmt: skip
+
+
+def transcribe_audio(model: SpeechModel, decoder: AudioDecoder, options: SpeechConfig, *, video_id: str = "",
+                     video_name: str = "", on_audio=None) -> Transcript:  # fmt: skip
+    """Transcribe everything `decoder` streams, piece by piece; `on_audio(seconds)` is called as audio is consumed."""
+    started = time.perf_counter()
+    vad_options = _vad_options(options)
+    language = options.language or ("en" if model.english_only else None)
+    detected: tuple[str | None, float | None] = (language, 1.0 if language else None)
+    segments: list[dict[str, Any]] = []
+    words: list[dict[str, Any]] = []
+    audio_seconds = voiced = 0.0
+    for first, piece in _pieces(decoder.blocks(), int(options.chunk_seconds * SAMPLE_RATE), vad_options):
+        shift = decoder.offset + first / SAMPLE_RATE
+        found, info = model.model.transcribe(
+            piece, language=detected[0], beam_size=options.beam_size, word_timestamps=True, vad_filter=options.vad,
+            vad_parameters=vad_options if options.vad else None,
+        )  # fmt: skip
+        for segment in found:  # a generator: decoding happens here
+            for part in _utterances(segment, options.min_silence_ms / 1000):
+                segment_id = f"{video_id}:{len(segments):05d}"
+                segments.append({
+                    "segment_id": segment_id, "video_id": video_id, "video_name": video_name,
+                    "start": round(shift + part["start"], 3), "end": round(shift + part["end"], 3), "text": part["text"],
+                    "avg_logprob": float(segment.avg_logprob), "no_speech_prob": float(segment.no_speech_prob),
+                    "compression_ratio": float(segment.compression_ratio),
+                })  # fmt: skip
+                words.extend({"segment_id": segment_id, "video_id": video_id, "start": round(shift + float(w.start), 3),
+                              "end": round(shift + float(w.end), 3), "word": w.word.strip(), "probability": float(w.probability)}
+                             for w in part["words"])  # fmt: skip
+        if detected[0] is None and info.duration_after_vad > 0:  # the first piece with speech names the language
+            detected = (info.language, float(info.language_probability))
+        audio_seconds += info.duration
+        voiced += info.duration_after_vad if options.vad else info.duration
+        if on_audio is not None:
+            on_audio(info.duration)
+    segment_table = pd.DataFrame(segments, columns=[c for c in SEGMENT_COLUMNS if c not in ("language", "model")])
+    segment_table.insert(6, "language", detected[0] if segments else None)
+    segment_table["model"] = model.record.model_id
+    return Transcript(segment_table, pd.DataFrame(words, columns=WORD_COLUMNS), detected[0] if segments else None,
+                      detected[1] if segments else None, audio_seconds, voiced, time.perf_counter() - started)  # fmt: skip
+
+
+# --- the pass over a run ------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class SpeechSummary(StageSummary):
+    """What the speech pass did; it goes to the caption stage's manifest entry (`CombinedSummary.of(...)`).
+
+    `seconds` is the time spent transcribing (not counting cached videos).
+    """
+
+    table: pd.DataFrame
+    words: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=WORD_COLUMNS))
+    frames: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SPEECH_FRAME_COLUMNS))
+    videos: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=VIDEO_COLUMNS))
+    record: ModelRecord | None = None  # None: speech is off in the config
+    transcribed: int = 0
+    cached: int = 0
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        if self.record is None:
+            return {"speech": "off"}
+        statuses = self.videos.status.value_counts().to_dict() if len(self.videos) else {}
+        audio = float(self.videos.audio_seconds.fillna(0).sum()) if len(self.videos) else 0.0
+        voiced = float(self.videos.voiced_seconds.fillna(0).sum()) if len(self.videos) else 0.0
+        work = float(self.videos.transcribe_seconds.fillna(0).sum()) if len(self.videos) else 0.0
+        return {
+            "speech_model": self.record.model_id,
+            "speech_videos_transcribed": self.transcribed,
+            "speech_videos_cached": self.cached,
+            "speech_videos_no_audio": int(statuses.get("no audio", 0)),
+            "speech_videos_skipped": len(self.skipped),
+            "speech_segments": len(self.table),
+            "speech_words": len(self.words),
+            "speech_audio_seconds": round(audio, 1),
+            "speech_voiced_seconds": round(voiced, 1),
+            "speech_seconds": round(self.seconds, 2),
+            "speech_real_time_factor": round(audio / work, 1) if work else 0.0,
+        }
+
+    @property
+    def model_records(self) -> list[dict[str, Any]]:
+        return [self.record.as_dict()] if self.record is not None else []
+
+
+def _settings_key(options: SpeechConfig, model_id: str) -> str:
+    settings = (f"{model_id}|{options.compute_type}|{options.language}|{options.beam_size}|{options.vad}|"
+                f"{options.vad_threshold}|{options.min_silence_ms}|{options.chunk_seconds}")  # fmt: skip
+    return hashlib.sha256(settings.encode()).hexdigest()[:12]
+
+
+def _cached(folder: Path, video_id: str) -> tuple[pd.DataFrame, pd.DataFrame, dict] | None:
+    meta_path = folder / f"{video_id}.json"
+    if not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        return (
+            pd.read_parquet(folder / f"{video_id}.segments.parquet"),
+            pd.read_parquet(folder / f"{video_id}.words.parquet"),
+            meta,
+        )
+    except (OSError, ValueError) as error:
+        log.warning("speech: cached transcript of %s unreadable (%s); transcribing it again", video_id, error)
+        return None
+
+
+def _store(folder: Path, video_id: str, transcript: Transcript, meta: dict) -> None:
+    """Segments and words first, the marker (`.json`) last: a run killed in between transcribes the video again."""
+    write_table(transcript.segments, folder / f"{video_id}.segments.parquet")
+    write_table(transcript.words, folder / f"{video_id}.words.parquet")
+    atomic_write_json(folder / f"{video_id}.json", meta)
+
+
+def _video_row(video, meta: dict, segments: pd.DataFrame, words: pd.DataFrame) -> dict[str, Any]:
+    duration = float(video.duration) if pd.notna(video.duration) else meta.get("audio_seconds", 0.0)
+    spoken = float((segments.end - segments.start).sum()) if len(segments) else 0.0
+    return {
+        "video_id": video.video_id, "video_name": video.video_name, "status": meta["status"],
+        "language": meta.get("language"), "language_probability": meta.get("language_probability"),
+        "audio_seconds": meta.get("audio_seconds", 0.0), "voiced_seconds": meta.get("voiced_seconds", 0.0),
+        "segments": len(segments), "words": len(words),
+        "words_per_minute": round(len(words) / (spoken / 60), 1) if spoken > 0 else 0.0,
+        "speech_share": round(spoken / duration, 3) if duration else 0.0,
+        "transcribe_seconds": meta.get("seconds", 0.0), "note": meta.get("note", ""),
+    }  # fmt: skip
+
+
+def _remove_tables(run: RunPaths) -> None:
+    for name in SPEECH_TABLES:
+        run.table(name).unlink(missing_ok=True)
+
+
+def transcribe_run(
+    cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False, model: SpeechModel | None = None
+) -> SpeechSummary:
+    """Transcribe every video of the run into the speech tables (see the module docstring).
+
+    With `speech.enabled: false` the tables are removed, so no stale speech outlives the setting.
+    Raises `ModelUnavailable` when the model's weights are missing and `speech.on_missing_weights`
+    is `error`. A video without audio gets no speech and is noted; one whose audio cannot be decoded
+    (or whose source path leads outside the corpus and the run) is skipped with its reason.
+    """
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    options = cfg.speech
+    summary = SpeechSummary(table=pd.DataFrame(columns=SEGMENT_COLUMNS))
+    if not options.enabled:
+        _remove_tables(run)
+        return summary
+    model = model or load_speech_model(options, cfg.models)
+    summary.record = model.record
+    if not model.available:
+        summary.notes.append(f"no speech: {model.record.fallback_reason}")
+        _remove_tables(run)
+        return summary
+    videos = read_table(run.table("videos"))
+    frames = read_table(run.table("frames"))
+    folder = run.root / "speech" / _settings_key(options, model.record.model_id)
+    roots = [Path(cfg.corpus.videos), run.root]
+    segment_tables, word_tables, rows = [], [], []
+    todo = []
+    for row, video in enumerate(videos.itertuples()):
+        cached = None if force else _cached(folder, video.video_id)
+        if cached is None:
+            todo.append((row, video))
+            continue
+        segments, words, meta = cached
+        segment_tables.append(segments)
+        word_tables.append(words)
+        rows.append(_video_row(video, meta, segments, words))
+        summary.cached += 1
+    if todo:
+        started = time.perf_counter()
+        total = float(sum(v.duration for _, v in todo if pd.notna(v.duration) and v.has_audio)) or None
+        bar = progress_bar(total=total, desc="speech", unit="s")
+        try:
+            for row, video in todo:
+                outcome = _transcribe_video(model, options, video, row, roots, folder, bar)
+                if isinstance(outcome, str):  # why it could not be transcribed: tried again next run
+                    (folder / f"{video.video_id}.json").unlink(missing_ok=True)  # a forced run's failure is no cached success
+                    log.warning("speech: skipped %s: %s", video.video_path, outcome)
+                    summary.skipped.append(SkippedInput(str(video.video_path), f"no speech: {outcome}", stage="caption"))
+                    continue
+                transcript, meta = outcome
+                segment_tables.append(transcript.segments)
+                word_tables.append(transcript.words)
+                rows.append(_video_row(video, meta, transcript.segments, transcript.words))
+                summary.transcribed += 1
+        finally:
+            bar.close()
+        summary.seconds = time.perf_counter() - started
+    summary.table = (
+        _concat(segment_tables, SEGMENT_COLUMNS).sort_values(["video_name", "start"], kind="stable").reset_index(drop=True)
+    )
+    summary.words = _concat(word_tables, WORD_COLUMNS)
+    summary.videos = pd.DataFrame(rows, columns=VIDEO_COLUMNS)
+    summary.frames = frames_with_speech(frames, summary.table, options.frame_window_seconds)
+    for table, name in ((summary.table, "speech"), (summary.words, "speech_words"), (summary.frames, "speech_frames"),
+                        (summary.videos, "speech_videos")):  # fmt: skip
+        write_table(table, run.table(name))
+    no_audio = summary.videos[summary.videos.status == "no audio"].video_name.tolist()
+    if no_audio:
+        summary.notes.append(f"no audio stream, so no speech: {', '.join(no_audio)}")
+    counts = summary.counts
+    log.info("speech: %d videos (%d transcribed, %d cached), %d segments, %d words, %.0f s of audio at %.1fx real time",
+             len(summary.videos), summary.transcribed, summary.cached, counts["speech_segments"], counts["speech_words"],
+             counts["speech_audio_seconds"], counts["speech_real_time_factor"])  # fmt: skip
+    return summary
+
+
+def _concat(tables: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    tables = [t for t in tables if len(t)]
+    return pd.concat(tables, ignore_index=True)[columns] if tables else pd.DataFrame(columns=columns)
+
+
+def _transcribe_video(model: SpeechModel, options: SpeechConfig, video, row: int, roots: list[Path], folder: Path,
+                      bar) -> tuple[Transcript, dict] | str:  # fmt: skip
+    """One video's transcript and cache marker, cached; or the reason it has none (a string)."""
+    try:
+        path = contained_path(str(video.video_path), roots, what=f"tables/videos.parquet row {row}, column video_path")
+    except UnsafePath as error:
+        return str(error)
+    try:
+        with AudioDecoder(path) as decoder:
+            transcript = transcribe_audio(model, decoder, options, video_id=video.video_id, video_name=video.video_name,
+                                          on_audio=bar.update)  # fmt: skip
+    except NoAudio:
+        transcript = Transcript(pd.DataFrame(columns=SEGMENT_COLUMNS), pd.DataFrame(columns=WORD_COLUMNS))
+        meta = {"status": "no audio", "note": "no audio stream"}
+        _store(folder, video.video_id, transcript, meta)
+        return transcript, meta
+    except MemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 - one video's audio must not stop the pass (av errors, a broken stream)
+        log.debug("speech: %s failed", path, exc_info=True)
+        return f"its audio cannot be transcribed: {failure_reason(error)}"
+    meta = {"status": "transcribed" if len(transcript.segments) else "no speech", "language": transcript.language,
+            "language_probability": transcript.language_probability, "audio_seconds": round(transcript.audio_seconds, 3),
+            "voiced_seconds": round(transcript.voiced_seconds, 3), "seconds": round(transcript.seconds, 3),
+            "model": model.record.model_id}  # fmt: skip
+    _store(folder, video.video_id, transcript, meta)
+    return transcript, meta
+
+
+def frames_with_speech(frames: pd.DataFrame, segments: pd.DataFrame, window: float) -> pd.DataFrame:
+    """One row per frame: the text of the segments said within `window` seconds of it (joined in time
+    order; empty when none), their earliest start and latest end, and their ids.
+
+    Example:
+        >>> frames = pd.DataFrame({"frame_key": ["a", "b"], "video_id": "v", "timestamp": [0.0, 5.0]})
+        >>> said = pd.DataFrame({"segment_id": ["v:0"], "video_id": "v", "start": [0.2], "end": [1.5], "text": ["hello"]})
+        >>> frames_with_speech(frames, said, 0.5)[["frame_key", "text", "speech_start", "speech_end"]]
+          frame_key   text  speech_start  speech_end
+        0         a  hello           0.2         1.5
+        1         b                  NaN         NaN
+    """
+    texts = [""] * len(frames)
+    starts = np.full(len(frames), np.nan)
+    ends = np.full(len(frames), np.nan)
+    ids: list[list[str]] = [[] for _ in range(len(frames))]
+    positions = pd.Series(np.arange(len(frames)), index=frames.index)
+    by_video = {video_id: group.sort_values("start") for video_id, group in segments.groupby("video_id")} if len(segments) else {}
+    for video_id, group in frames.groupby("video_id", sort=False):
+        said = by_video.get(video_id)
+        if said is None:
+            continue
+        seg_start, seg_end = said.start.to_numpy(float), said.end.to_numpy(float)
+        for index, t in zip(group.index, group.timestamp.to_numpy(float)):
+            hit = np.flatnonzero((seg_start <= t + window) & (seg_end >= t - window))
+            if not len(hit):
+                continue
+            i = positions[index]
+            texts[i] = " ".join(str(x) for x in said.text.to_numpy()[hit])
+            starts[i], ends[i] = seg_start[hit].min(), seg_end[hit].max()
+            ids[i] = [str(x) for x in said.segment_id.to_numpy()[hit]]
+    return pd.DataFrame({"frame_key": frames.frame_key.to_numpy(), "video_id": frames.video_id.to_numpy(),
+                         "timestamp": frames.timestamp.to_numpy(), "text": texts, "speech_start": starts,
+                         "speech_end": ends, "segments": ids})  # fmt: skip
+
+
+# --- for the report -----------------------------------------------------------------------------
+
+
+def speech_report_html(summary: SpeechSummary, *, max_segments: int = 40) -> str:
+    """Per video: language, words per minute, speech share of the running time, and the transcript with
+    its timestamps (the first `max_segments` segments of each)."""
+    import html
+
+    from .plots import format_time
+
+    if summary.videos.empty:
+        return "<p>No videos.</p>"
+    parts = []
+    for video in summary.videos.sort_values("video_name").itertuples():
+        said = summary.table[summary.table.video_id == video.video_id]
+        facts = [video.status]
+        if video.language:
+            facts.append(
+                f"language {video.language}" + (f" ({video.language_probability:.0%})" if video.language_probability else "")
+            )
+        if len(said):
+            facts += [f"{video.words_per_minute:.0f} words per minute", f"speech {video.speech_share:.0%} of the running time"]
+        parts.append(f"<h4>{html.escape(str(video.video_name))}</h4><p>{html.escape(' · '.join(facts))}</p>")
+        if len(said):
+            lines = "".join(f"<tr><td style='white-space:nowrap'>{format_time(s.start)} – {format_time(s.end)}</td>"
+                            f"<td style='text-align:left'>{html.escape(str(s.text))}</td></tr>" for s in said.head(max_segments).itertuples())  # fmt: skip
+            more = (
+                f"<p>… and {len(said) - max_segments} more segments (tables/speech.parquet)</p>"
+                if len(said) > max_segments
+                else ""
+            )
+            parts.append(f"<table>{lines}</table>{more}")
+    return "".join(parts)

