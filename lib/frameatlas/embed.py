@@ -303,7 +303,7 @@ def sync_index(
 
 
 # Where each text channel's texts come from: (table written by 02_caption, its text column).
-TEXT_SOURCES = {"caption": ("captions", "prompt"), "ocr": ("ocr", "text")}
+TEXT_SOURCES = {"caption": ("captions", "prompt"), "ocr": ("ocr", "text"), "speech": ("speech_frames", "text")}
 
 
 def embed_text_channel(
