@@ -65,9 +65,10 @@ def _rendered_videos(run: RunPaths) -> list[dict[str, Any]]:
 
 
 def _interactive_pages(run: RunPaths) -> list[dict[str, str]]:
-    """Standalone pages under plots/ (3D maps, timelines), maps first."""
+    """Standalone pages under plots/ (3D maps, timelines, investigator pages), maps first."""
     folder = run.root / "plots"
-    pages = sorted(folder.glob("map_*.html")) + sorted(folder.glob("timeline_*.html")) if folder.is_dir() else []
+    patterns = ("map_*.html", "timeline_*.html", "investigate_*.html")
+    pages = [page for pattern in patterns for page in sorted(folder.glob(pattern))] if folder.is_dir() else []
     return [{"href": run.relative(page), "title": page.stem.replace("_", " ")} for page in pages]
 
 

@@ -42,6 +42,7 @@ import plotly.io as pio
 
 from .config import PipelineConfig
 from .files import atomic_write_text
+from .investigator.pages import write_investigator_pages
 from .plots import format_time
 from .progress import progress_bar
 from .project import STATS as PROJECTION_STATS
@@ -449,6 +450,7 @@ class VisualizeSummary(StageSummary):
     projections_cached: int = 0
     timelines: Timelines | None = None
     timeline_files: dict[str, Path] = field(default_factory=dict)  # video_id -> file
+    investigator_files: dict[str, Path] = field(default_factory=dict)  # video_id -> plots/investigate_<video>.html
 
     @property
     def figures(self) -> dict[str, go.Figure]:
@@ -473,6 +475,7 @@ class VisualizeSummary(StageSummary):
             "timeline_videos": len(self.timelines.figures) if self.timelines else 0,
             "timeline_queries": len(self.timelines.queries) if self.timelines and self.timelines.figures else 0,
             "model": self.model_id,
+            "investigator_pages": len(self.investigator_files),
         }
 
 
@@ -564,6 +567,12 @@ def write_visualizations(cfg: PipelineConfig, run: RunPaths | Path | str) -> Vis
             written.add(path)
     else:
         run.table("timelines").unlink(missing_ok=True)  # no stale timelines next to a config without them
+    if options.timelines:  # the same prompts beside the video: plots/investigate_<video>.html (frameatlas.investigator)
+        pages = write_investigator_pages(run, cfg)
+        summary.investigator_files = pages.files
+        summary.notes.extend(pages.notes)
+    else:
+        _remove_stale(plots, "investigate_*.html", set())
     _remove_stale(plots, "map_*.html", written)
     _remove_stale(plots, "timeline_*.html", written)
     summary.seconds = time.perf_counter() - started

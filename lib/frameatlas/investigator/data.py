@@ -44,7 +44,7 @@ class NotARun(ValueError):
     """A folder that is not a finished frameatlas run (the message names it and what is missing)."""
 
 
-def check_run_folder(root: Path | str) -> RunPaths:
+def check_run_folder(root: Path | str, *, need_config: bool = True) -> RunPaths:
     """`root` as a run, or `NotARun` naming the folder and what a run has that it lacks."""
     path = Path(root)
     if not path.exists():
@@ -52,9 +52,8 @@ def check_run_folder(root: Path | str) -> RunPaths:
     if not path.is_dir():
         raise NotARun(f"{path}: not a folder; give a run folder such as outputs/demo")
     run = RunPaths(path)
-    missing = [
-        name for name in ("config.json", "tables/frames.parquet", "tables/videos.parquet") if not (run.root / name).is_file()
-    ]
+    needed = ("config.json",) * need_config + ("tables/frames.parquet", "tables/videos.parquet")
+    missing = [name for name in needed if not (run.root / name).is_file()]
     if missing:
         raise NotARun(
             f"{path}: not a frameatlas run (no {', '.join(missing)}); give a run folder such as outputs/demo, "
@@ -111,10 +110,12 @@ class Curves:
     frame_keys: list[str]
     lines: list[Line] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    duration: float = 0.0  # the video's length (the chart's time axis spans it)
 
     def as_json(self) -> dict:
         return {
             "video_id": self.video_id,
+            "duration": self.duration,
             "x": [round(float(t), 4) for t in self.timestamps],
             "frame_keys": self.frame_keys,
             "lines": [line.as_json() for line in self.lines],
@@ -138,9 +139,9 @@ class VideoInfo:
 class RunView:
     """A run's tables read once, for many queries (thread-safe for reading)."""
 
-    def __init__(self, root: Path | str):
-        self.run = check_run_folder(root)
-        self.config: PipelineConfig = search_module._run_config(self.run)
+    def __init__(self, root: Path | str, config: PipelineConfig | None = None):
+        self.run = check_run_folder(root, need_config=config is None)
+        self.config: PipelineConfig = config if config is not None else search_module._run_config(self.run)
         self.frames = read_table(self.run.table("frames")).reset_index(drop=True)
         self.videos_table = read_table(self.run.table("videos"))
         self._lock = threading.Lock()
@@ -247,7 +248,9 @@ class RunView:
         without text in that channel are gaps. `Curves.notes` says what could not be scored and why.
         """
         frames = self.video_frames(video_id)
-        curves = Curves(video_id, frames.timestamp.to_numpy(float), frames.frame_key.astype(str).tolist())
+        video = self.video(video_id)
+        curves = Curves(video_id, frames.timestamp.to_numpy(float), frames.frame_key.astype(str).tolist(),
+                        duration=video.duration if video is not None else 0.0)  # fmt: skip
         if not prompts or not len(frames):
             return curves
         texts = list(dict.fromkeys([p.text for p in prompts] + [p.negative for p in prompts if p.negative]))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import socket
@@ -28,33 +27,16 @@ from pathlib import Path
 
 from ..files import atomic_write_json
 from ..investigator.data import NotARun, RunView, check_run_folder
+from ..investigator.jupyter import ADDRESS_FILE, running_app
 from ..lock import RunLocked, run_lock
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ADDRESS_FILE", "DEFAULT_HOST", "DEFAULT_PORT", "NotARun", "running_server", "serve"]
+__all__ = ["ADDRESS_FILE", "DEFAULT_HOST", "DEFAULT_PORT", "NotARun", "running_app", "serve"]
 
-ADDRESS_FILE = ".frameatlas-serve.json"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
-
-
-def running_server(run_dir: Path | str) -> dict | None:
-    """The address of a `frameatlas serve` running on this run (its `.frameatlas-serve.json`), or
-    None when there is none or its process is gone."""
-    try:
-        data = json.loads((Path(run_dir) / ADDRESS_FILE).read_text())
-        pid, url = int(data["pid"]), str(data["url"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass  # alive, someone else's
-    return {**data, "url": url}
 
 
 def _announce(root: Path, address: dict | None) -> None:
@@ -64,7 +46,7 @@ def _announce(root: Path, address: dict | None) -> None:
     try:
         with run_lock(root, "frameatlas serve (address file)"):
             if address is None:
-                current = running_server(root)
+                current = running_app(root)
                 if current is None or current.get("pid") == os.getpid():
                     path.unlink(missing_ok=True)
             else:

@@ -92,7 +92,7 @@
       const layout = {
         margin: { l: 50, r: 10, t: 10, b: 40 }, height: 300, dragmode: "select", selectdirection: "h",
         hovermode: "x", showlegend: true, legend: { orientation: "h", y: -0.25 },
-        xaxis: { title: { text: "time (s)" }, range: [0, Math.max(last, this.video.duration || 0, 0.1)] },
+        xaxis: { title: { text: "time (s)" }, range: [0, Math.max(last, curves.duration || 0, 0.1)] },
         yaxis: { title: { text: "similarity" } }, shapes: shapes,
       };
       const config = { displaylogo: false, responsive: true };
@@ -159,8 +159,8 @@
     keyboard() {
       document.addEventListener("keydown", (event) => {
         const tag = (event.target && event.target.tagName) || "";
-        if (["INPUT", "TEXTAREA", "SELECT", "BUTTON"].includes(tag) && event.key !== "Home") return;
-        if (["INPUT", "TEXTAREA", "SELECT"].includes(tag)) return;
+        if (["INPUT", "TEXTAREA", "SELECT"].includes(tag)) return; // typing
+        if (tag === "BUTTON" && event.key === " ") return; // space presses the focused button
         if (event.key === " ") { this.toggle(); event.preventDefault(); }
         else if (event.key === "ArrowLeft") { this.step(-1); event.preventDefault(); }
         else if (event.key === "ArrowRight") { this.step(1); event.preventDefault(); }
@@ -210,7 +210,8 @@
       this.viewer.keyboard();
       this.bind();
       this.listVideos();
-      const first = run.videos.find((v) => v.playable);
+      const wanted = new URLSearchParams(window.location.search).get("video");
+      const first = run.videos.find((v) => v.playable && v.video_id === wanted) || run.videos.find((v) => v.playable);
       if (first) this.open(first.video_id, 0);
     }
 
