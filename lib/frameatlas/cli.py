@@ -169,6 +169,15 @@ def _models_download(args: argparse.Namespace) -> int:
                 location = snapshot_download(location, cache_dir=args.cache_dir)
             print(location)
             return 0
+        if args.kind == "speech":
+            from faster_whisper import download_model
+
+            from .models.speech import whisper_sizes
+
+            if args.name not in whisper_sizes():
+                raise ValueError(f"speech model {args.name!r}: choose one of {', '.join(whisper_sizes())}")
+            print(download_model(args.name, cache_dir=args.cache_dir))  # the folder to set as speech.model offline
+            return 0
         from .models.clip import download_open_clip
 
         source = download_open_clip(args.name, args.pretrained, cache_dir=args.cache_dir)
@@ -261,6 +270,12 @@ def format_hits(result) -> str:
         mark=["*" if a else "" for a in hits.above_threshold],
     )
     columns = ["rank", "score", *[c for c in hits.columns if c.startswith("score_") and c != "score"], "video_name", "time", "mark"]
+    if "speech_text" in hits:  # what was said at the speech channel's hits, and when
+        from .plots import format_time
+
+        shown["said"] = [f"{format_time(a)}-{format_time(b)} {text}" if text else ""
+                         for a, b, text in zip(hits.speech_start, hits.speech_end, hits.speech_text)]  # fmt: skip
+        columns.append("said")
     table = shown[columns].rename(columns={"video_name": "video", "mark": ">=thr"})
     return header + "\n" + table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
@@ -296,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         "name", help="open_clip model name (e.g. ViT-B-32), hf-hub:org/repo, a sentence model, or blip-base/blip-large"
     )
     download.add_argument("--pretrained", default="laion2b_s34b_b79k", help="open_clip pretrained tag")
-    download.add_argument("--kind", choices=["image", "text", "caption"], default="image")
+    download.add_argument("--kind", choices=["image", "text", "caption", "speech"], default="image")
     download.add_argument("--cache-dir", default=None, help="hub cache folder (default: the hub's)")
     download.set_defaults(handler=_models_download)
 
