@@ -165,6 +165,12 @@ def test_the_packaged_whisper_writes_down_what_is_said_and_when(speech_corpus):
     assert talk.speech_share == pytest.approx(spoken_seconds / 11, abs=0.12)
     assert 100 < talk.words_per_minute < 250
     assert summary.notes == ["no audio stream, so no speech: mute.mp4"]
+    subtitles = run.root / "subtitles"
+    assert sorted(p.name for p in subtitles.iterdir()) == ["odd.srt", "odd.vtt", "talk.srt", "talk.vtt"]
+    vtt = (subtitles / "talk.vtt").read_text()
+    first = segments[segments.video_name == "talk.mp4"].iloc[0]
+    assert vtt.startswith("WEBVTT\n\n") and vtt.count(" --> ") == 2 and f"\n{first.text}\n" in vtt
+    assert f"00:00:{first.start:06.3f} --> " in vtt and (subtitles / "talk.srt").read_text().startswith("1\n00:00:0")
     counts = summary.counts
     assert (counts["speech_videos_transcribed"], counts["speech_videos_no_audio"], counts["speech_segments"]) == (4, 1, 3)
 
@@ -317,3 +323,42 @@ def test_segments_from_speech_hits_cover_the_whole_utterance_even_under_the_leng
     plain = hits.drop(columns=["speech_start", "speech_end"])
     [visual] = hit_segments(plain, frames, videos, padding_before=0.5, padding_after=0.5)
     assert (visual.start, visual.end, visual.speech) == (3.5, 5.5, None)
+
+
+@pytest.mark.slow
+def test_the_pipeline_transcribes_in_02_caption_and_the_cli_searches_the_speech_channel(speech_corpus, tmp_path):
+    import json
+    import os
+    import sys
+
+    import yaml
+
+    cfg, *_ = speech_corpus
+    config = {
+        "run": {"name": "talk", "output_dir": str(tmp_path / "out")},
+        "corpus": {"videos": str(cfg.corpus.videos), "demo": False},
+        "extract": {"every_seconds": 1.0, "thumbnail_long_side": 64},
+        "models": {"threads": 2, "image": {"name": "fallback"}},
+        "caption": {"ocr": {"enabled": False}},
+        "speech": {"enabled": True, "model": "packaged"},
+    }
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    repo = Path(__file__).resolve().parent.parent
+    ran = subprocess.run([sys.executable, str(repo / "run_pipeline.py"), str(tmp_path / "pipeline.yaml"), "--stages",
+                          "extract,caption,embed", "--no-progress", "-q"], capture_output=True, text=True, timeout=600,
+                         env={**os.environ})  # fmt: skip
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-3000:]
+    run = tmp_path / "out" / "talk"
+    manifest = json.loads((run / "manifest.json").read_text())
+    [record] = [m for m in manifest["models"] if m["kind"] == "speech"]
+    assert record["model_id"].startswith("whisper-tiny.en-packaged-") and len(record["weights_sha256"]) == 64
+    counts = manifest["stages"]["caption"]["counts"]
+    assert counts["speech_segments"] == 3 and counts["speech_videos_no_audio"] == 1
+    report = (run / "reports" / "02_caption.html").read_text()
+    assert "railway station" in report and "words per minute" in report and record["model_id"] in report
+
+    found = subprocess.run([sys.executable, "-m", "frameatlas.cli", "search", str(run), "meet me at the railway station",
+                            "--channel", "speech", "--top-k", "2"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    lines = found.stdout.splitlines()
+    assert "(channels: speech)" in lines[0] and "talk.mp4" in lines[2] and "railway station tomorrow morning" in lines[2]

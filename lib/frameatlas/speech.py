@@ -15,7 +15,8 @@ Tables (the run folder's contract):
   ``speech.frame_window_seconds`` of it (empty when none) and that speech's start and end, which
   `03_embed` embeds for the `speech` channel and render uses to cut at utterance bounds;
 * ``tables/speech_videos.parquet``: one row per video: status (transcribed, no audio, no speech),
-  language, audio and voiced seconds, words per minute, speech share of the running time.
+  language, audio and voiced seconds, words per minute, speech share of the running time;
+* ``subtitles/<video>.vtt`` and ``.srt``: each video's utterances as subtitles.
 
 Work is cached per video and model settings under ``speech/<settings>/<video id>.*``: a re-run, or
 a run killed halfway, transcribes only the videos it has not finished. A video whose audio cannot
@@ -43,7 +44,7 @@ import pandas as pd
 
 from .config import PipelineConfig, SpeechConfig
 from .corpus import SkippedInput, failure_reason
-from .files import UnsafePath, atomic_write_json, contained_path
+from .files import UnsafePath, atomic_write_json, atomic_write_text, contained_path
 from .models.base import ModelRecord
 from .models.speech import SpeechModel, load_speech_model
 from .progress import progress_bar
@@ -63,6 +64,7 @@ __all__ = [
     "SpeechSummary",
     "frames_with_speech",
     "speech_report_html",
+    "subtitle_texts",
     "transcribe_audio",
     "transcribe_run",
 ]
@@ -262,6 +264,7 @@ class SpeechSummary(StageSummary):
     record: ModelRecord | None = None  # None: speech is off in the config
     transcribed: int = 0
     cached: int = 0
+    subtitles: list[Path] = field(default_factory=list)  # subtitles/<video>.vtt and .srt of videos with speech
 
     @property
     def counts(self) -> dict[str, Any]:
@@ -336,6 +339,7 @@ def _video_row(video, meta: dict, segments: pd.DataFrame, words: pd.DataFrame) -
 def _remove_tables(run: RunPaths) -> None:
     for name in SPEECH_TABLES:
         run.table(name).unlink(missing_ok=True)
+    write_subtitles(run, pd.DataFrame(columns=SEGMENT_COLUMNS), pd.DataFrame(columns=["video_id", "video_name"]))
 
 
 def transcribe_run(
@@ -405,6 +409,7 @@ def transcribe_run(
     for table, name in ((summary.table, "speech"), (summary.words, "speech_words"), (summary.frames, "speech_frames"),
                         (summary.videos, "speech_videos")):  # fmt: skip
         write_table(table, run.table(name))
+    summary.subtitles = write_subtitles(run, summary.table, summary.videos)
     no_audio = summary.videos[summary.videos.status == "no audio"].video_name.tolist()
     if no_audio:
         summary.notes.append(f"no audio stream, so no speech: {', '.join(no_audio)}")
@@ -447,6 +452,51 @@ def _transcribe_video(model: SpeechModel, options: SpeechConfig, video, row: int
             "model": model.record.model_id}  # fmt: skip
     _store(folder, video.video_id, transcript, meta)
     return transcript, meta
+
+
+def _timecode(seconds: float, separator: str) -> str:
+    milliseconds = max(0, round(seconds * 1000))
+    hours, rest = divmod(milliseconds, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}{separator}{rest % 1000:03d}"
+
+
+def subtitle_texts(segments: pd.DataFrame) -> tuple[str, str]:
+    """One video's utterances as WebVTT and SubRip text.
+
+    Example:
+        >>> vtt, srt = subtitle_texts(pd.DataFrame({"start": [1.5], "end": [3.25], "text": ["Hello there."]}))
+        >>> print(srt)
+        1
+        00:00:01,500 --> 00:00:03,250
+        Hello there.
+        <BLANKLINE>
+    """
+    cues = [(max(0.0, float(s.start)), float(s.end), " ".join(str(s.text).split())) for s in segments.itertuples()]
+    vtt = "WEBVTT\n\n" + "".join(f"{_timecode(a, '.')} --> {_timecode(b, '.')}\n{text}\n\n" for a, b, text in cues)
+    srt = "".join(f"{i}\n{_timecode(a, ',')} --> {_timecode(b, ',')}\n{text}\n\n" for i, (a, b, text) in enumerate(cues, 1))
+    return vtt.rstrip("\n") + "\n", srt.rstrip("\n") + "\n"
+
+
+def write_subtitles(run: RunPaths, segments: pd.DataFrame, videos: pd.DataFrame) -> list[Path]:
+    """`subtitles/<video>.vtt` and `.srt` for every video with speech (a video name two videos share gets its id
+    appended); subtitle files of videos without speech any more are removed. Returns the files written."""
+    folder = run.root / "subtitles"
+    stems = videos.video_name.map(lambda name: Path(str(name)).stem)
+    repeated = set(stems[stems.duplicated()])
+    written: list[Path] = []
+    for video, stem in zip(videos.itertuples(), stems):
+        said = segments[segments.video_id == video.video_id]
+        if said.empty:
+            continue
+        name = f"{stem}-{video.video_id[:8]}" if stem in repeated else stem
+        vtt, srt = subtitle_texts(said)
+        written += [atomic_write_text(folder / f"{name}.vtt", vtt), atomic_write_text(folder / f"{name}.srt", srt)]
+    if folder.is_dir():
+        for old in folder.iterdir():
+            if old.suffix in (".vtt", ".srt") and old not in written:
+                old.unlink()
+    return written
 
 
 def frames_with_speech(frames: pd.DataFrame, segments: pd.DataFrame, window: float) -> pd.DataFrame:
