@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import search as search_module
 from ..config import PipelineConfig
 from ..files import UnsafePath, contained_path
+from ..search import TEXT_CHANNELS, _load_channel, _run_config, _text_query, available_channels, matching_image_encoder
 from ..store import RunPaths, read_table
 
 log = logging.getLogger(__name__)
@@ -141,10 +141,11 @@ class RunView:
 
     def __init__(self, root: Path | str, config: PipelineConfig | None = None):
         self.run = check_run_folder(root, need_config=config is None)
-        self.config: PipelineConfig = config if config is not None else search_module._run_config(self.run)
+        self.config: PipelineConfig = config if config is not None else _run_config(self.run)
         self.frames = read_table(self.run.table("frames")).reset_index(drop=True)
         self.videos_table = read_table(self.run.table("videos"))
         self._lock = threading.Lock()
+        self._encode_lock = threading.Lock()
         self._text_vectors: dict[tuple[str, str], OrderedDict] = {}
         self._thumbnails: dict[str, Path] | None = None
         self.videos = self._video_infos()
@@ -213,17 +214,21 @@ class RunView:
     def _encode(self, channel: str, model_id: str, texts: list[str]) -> tuple[np.ndarray | None, str | None]:
         """Unit vectors of `texts` in `channel`'s space (cached per text), or None and the reason."""
         cache = self._text_vectors.setdefault((channel, model_id), OrderedDict())
+        with self._encode_lock:  # one model load and one encode at a time (the warm-up thread and a query)
+            return self._encode_locked(channel, model_id, texts, cache)
+
+    def _encode_locked(self, channel, model_id, texts, cache) -> tuple[np.ndarray | None, str | None]:
         todo = [t for t in dict.fromkeys(texts) if t not in cache]
         if todo:
             if channel == "visual":
-                encoder, reason = search_module.matching_image_encoder(self.config, model_id, need_text=True)
+                encoder, reason = matching_image_encoder(self.config, model_id, need_text=True)
                 if encoder is None:
                     return None, f"visual channel off for text prompts: {reason}"
                 vectors = encoder.encode_text(todo)
             else:
                 vectors = []
                 for text in todo:
-                    vector, reason = search_module._text_query(self.config, model_id, text)
+                    vector, reason = _text_query(self.config, model_id, text)
                     if vector is None:
                         return None, reason
                     vectors.append(vector)
@@ -236,7 +241,7 @@ class RunView:
 
     def _channel(self, channel: str):
         try:
-            return search_module._load_channel(self.run, channel)
+            return _load_channel(self.run, channel)
         except FileNotFoundError:
             return None
 
@@ -266,7 +271,7 @@ class RunView:
         else:
             visual_reason = "visual channel off: no frame vectors yet (run the embed stage)"
         curves.notes.append(visual_reason)
-        for channel in search_module.TEXT_CHANNELS:
+        for channel in TEXT_CHANNELS:
             loaded = self._channel(channel)
             if loaded is None or not len(loaded[0]):
                 continue
@@ -277,7 +282,7 @@ class RunView:
                 continue
             curves.lines += _lines(prompts, texts, encoded, vectors, _rows_of(table, curves.frame_keys), channel)
         if not curves.lines:
-            text_channels = [c for c in search_module.TEXT_CHANNELS if self._channel(c) is not None]
+            text_channels = [c for c in TEXT_CHANNELS if self._channel(c) is not None]
             if not text_channels:
                 curves.notes.append("no caption, on-screen text or speech channel in this run to score text prompts with")
         return curves
@@ -297,7 +302,7 @@ class RunView:
         return {
             "name": self.name,
             **self.settings(),
-            "channels": search_module.available_channels(self.run),
+            "channels": available_channels(self.run),
             "videos": [
                 {
                     "video_id": v.video_id,

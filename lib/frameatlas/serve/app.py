@@ -37,8 +37,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from .. import search as search_module
 from ..investigator.data import Prompt, RunView
+from ..search import SearchError, SearchResult, search
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class Investigator:
                 self.uploads.popitem(last=False)
         return JSONResponse({"image_id": image_id, "width": image.width, "height": image.height})
 
-    def _search(self, params) -> search_module.SearchResult:
+    def _search(self, params) -> SearchResult:
         """Run `frameatlas.search.search` for the query in `params` (text, frame or image)."""
         given = [name for name in ("text", "frame", "image") if params.get(name)]
         if len(given) != 1:
@@ -236,14 +236,14 @@ class Investigator:
                 raise BadRequest(f"video={video!r}: not a video of this run")
         threshold = params.get("threshold")
         try:
-            return search_module.search(
+            return search(
                 self.view.run, **query, top_k=_int(params, "top_k", max(options.top_k, 100), 1, MAX_TOP_K),
                 threshold=_float(threshold, "threshold", 1e-6, 1.0) if threshold else options.threshold,
                 relative=True if threshold else options.relative, videos=videos or None,
                 suppress_seconds=_float(params.get("suppress", 0.0), "suppress", 0.0, 3600.0),
                 min_text_score=options.min_text_score,
             )  # fmt: skip
-        except search_module.SearchError as error:
+        except SearchError as error:
             raise BadRequest(str(error)) from None
 
     def search_page(self, params) -> dict:
