@@ -9,7 +9,8 @@
   time; one figure per video with one line per query, so peaks of different queries in the
   same video can be compared on one time axis (as in the CLIP video-investigator app).
   The weight-free fallback descriptor has no text side: no timelines, and the reason says so.
-* **Standalone HTML** (`write_standalone_html`): plotly.js embedded (no network needed), and
+* **Standalone HTML** (`write_standalone_html`): plotly.js from the run's one copy
+  (`plots/plotly.min.js`, referenced relatively: no network needed, and light pages), and
   the hovered or clicked point's thumbnail shown next to the plot. Thumbnails are referenced
   relative to the HTML file (`plots/` inside the run), so a zipped run folder keeps working.
   Every thumbnail path read from `tables/frames.parquet` must resolve inside the run, or the
@@ -43,7 +44,7 @@ import plotly.io as pio
 from .config import PipelineConfig
 from .files import atomic_write_text
 from .investigator.pages import write_investigator_pages
-from .plots import format_time
+from .plots import format_time, plotly_bundle
 from .progress import progress_bar
 from .project import STATS as PROJECTION_STATS
 from .project import even_sample, project
@@ -199,7 +200,12 @@ def _groups(frames: pd.DataFrame, color_by: str) -> tuple[str, str | None, list[
 
 
 def map_3d(
-    points: np.ndarray, frames_table: pd.DataFrame, *, color_by: str = "cluster", title: str = "Frames in 3D", marker_size: float = 3
+    points: np.ndarray,
+    frames_table: pd.DataFrame,
+    *,
+    color_by: str = "cluster",
+    title: str = "Frames in 3D",
+    marker_size: float = 3,
 ) -> go.Figure:
     """A 3D scatter of `points` (n, 3), one row of `frames_table` per point.
 
@@ -303,9 +309,10 @@ def _relative_to(folder: Path, target: Path) -> str:
 def write_standalone_html(
     fig: go.Figure, path: Path | str, run: RunPaths | Path | str, *, thumbnails: bool = True, title: str | None = None
 ) -> Path:
-    """Write `fig` as one self-contained HTML file that works offline.
+    """Write `fig` as an HTML page that works offline.
 
-    plotly.js is embedded (~4.8 MB; no `<script src>`). With `thumbnails`, the customdata
+    plotly.js is not embedded: the page loads the run's one copy (`plots/plotly.min.js`, written by
+    `frameatlas.plots.plotly_bundle` when missing) by a relative path. With `thumbnails`, the customdata
     thumbnail of every point (run-relative in the figure) is resolved inside the run (an
     outside one raises `UnsafePath` naming the trace and point) and rewritten relative to the
     HTML file's folder, and a side panel shows the hovered / clicked point's frame. The figure
@@ -330,8 +337,10 @@ def write_standalone_html(
                     relative[file] = _relative_to(path.parent, file)
                 row[0] = relative[file]
             trace.customdata = rows
+    # One plotly.js per run (plots/plotly.min.js), referenced relatively: the page opens offline and from an archive.
+    bundle = plotly_bundle(run.root / "plots")
     plot = pio.to_html(
-        out, include_plotlyjs=True, full_html=False, post_script=_POST_SCRIPT if thumbnails else None,
+        out, include_plotlyjs=_relative_to(path.parent, bundle), full_html=False, post_script=_POST_SCRIPT if thumbnails else None,
         default_width="100%", default_height="100vh", config={"displaylogo": False, "responsive": True},
     )  # fmt: skip
     page = _PAGE.format(title=html.escape(re.sub(r"<[^>]+>", "", title)), plot=plot, side=_SIDE if thumbnails else "",

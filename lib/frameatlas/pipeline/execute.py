@@ -1,6 +1,6 @@
 """Executing one stage notebook with papermill: parameters injected, kernel on local IPC
 sockets, a time limit for the whole stage, the executed notebook saved atomically, and its
-HTML export.
+HTML export (`frameatlas.pipeline.export`).
 
 Example:
     >>> from frameatlas.pipeline.execute import notebooks_dir
@@ -16,15 +16,16 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..config import PipelineConfig
-from ..files import atomic_path, atomic_write_text
+from ..files import atomic_path
 from ..lock import child_environment
 from ..progress import PROGRESS_ENV
 from ..store import RunPaths
+from .export import export_html
 from .notebook import LOG_LEVEL_ENV
 from .registry import Stage
 
@@ -192,22 +193,3 @@ def execute_stage(stage: Stage, cfg: PipelineConfig, run: RunPaths, force: bool,
         export_html(output, f"{stage.notebook} (failed)")
         raise failure
     return output
-
-
-def export_html(notebook: Path, title: str = "", banners: Iterable[str] = ()) -> Path | None:
-    """Export an executed notebook to standalone HTML next to it: images embedded, no CDN scripts."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    if not notebook.exists():
-        return None
-    exporter = HTMLExporter(
-        template_name="frameatlas_report",
-        extra_template_basedirs=[str(PACKAGE_DIR / "templates" / "nbconvert")],
-        embed_images=True,
-    )
-    resources = {"frameatlas_title": title, "frameatlas_banners": list(banners)}
-    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4), resources=resources)
-    target = notebook.with_suffix(".html")
-    atomic_write_text(target, body)
-    return target

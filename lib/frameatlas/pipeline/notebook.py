@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -143,6 +144,8 @@ class _NoteFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record).strip()
+        if record.name == "py.warnings":  # "/path/to/module.py:12: UserWarning: ..." -> "UserWarning: ..."
+            text = re.sub(r"^(\w+: )\S.*?:\d+: ", r"\1", text, count=1)
         first, _, rest = text.partition("\n")
         if rest or len(first) > NOTE_CHARS:
             first = f"{first[:NOTE_CHARS].rstrip()} ... (whole message in {self.log_name})"
