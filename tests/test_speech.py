@@ -362,3 +362,22 @@ def test_the_pipeline_transcribes_in_02_caption_and_the_cli_searches_the_speech_
     assert found.returncode == 0, found.stderr
     lines = found.stdout.splitlines()
     assert "(channels: speech)" in lines[0] and "talk.mp4" in lines[2] and "railway station tomorrow morning" in lines[2]
+
+
+def test_audio_is_transcribed_in_bounded_pieces_cut_in_pauses(tmp_path):
+    """Memory stays flat: the stream is cut into pieces of about chunk_seconds, each ending in a pause (never mid-word)."""
+    from frameatlas.speech import SAMPLE_RATE, _pieces, _vad_options
+
+    rate, samples = synthesize(RAILWAY, tmp_path)
+    voice = np.interp(np.arange(0, len(samples) / rate, 1 / SAMPLE_RATE), np.arange(len(samples)) / rate,
+                      samples.astype(np.float32) / 32768).astype(np.float32)  # fmt: skip
+    pause = np.zeros(SAMPLE_RATE, np.float32)
+    stream = np.concatenate([np.concatenate([voice, pause]) for _ in range(20)])  # about 90 s of speech and pauses
+    blocks = (stream[i : i + 1024] for i in range(0, len(stream), 1024))
+    chunk = 30 * SAMPLE_RATE
+    pieces = list(_pieces(blocks, chunk, _vad_options(SpeechConfig(min_silence_ms=500))))
+    assert len(pieces) >= 3 and all(len(piece) <= chunk + 1024 for _, piece in pieces)
+    assert np.array_equal(np.concatenate([piece for _, piece in pieces]), stream)  # nothing lost or repeated
+    period = len(voice) + len(pause)
+    for first, _ in pieces[1:]:
+        assert first % period >= len(voice), f"cut at {first / SAMPLE_RATE:.2f} s falls inside a sentence"
