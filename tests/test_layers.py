@@ -16,7 +16,7 @@ PACKAGE = REPO / "lib" / "frameatlas"
 
 LAYERS = {
     "face": {"cli", "scaffold", "serve"},
-    "orchestration": {"pipeline", "report"},
+    "orchestration": {"pipeline", "report", "share"},
     "stages": {"frames", "caption", "ocr", "speech", "embed", "evaluation", "cluster", "project", "visualize", "search", "render", "investigator"},
     "data": {"__init__", "config", "files", "lock", "store", "corpus", "index", "plots", "progress", "summary", "models"},
 }

@@ -256,6 +256,20 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _share(args: argparse.Namespace) -> int:
+    """`frameatlas share RUN_DIR`: the run as one zip to send (frameatlas.share)."""
+    from .share import ShareError, share_run
+
+    setup_logging(logging.WARNING)
+    try:
+        shared = share_run(args.run_dir, args.out, videos=args.videos)
+    except (ShareError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(shared.describe())
+    return 0
+
+
 def format_hits(result) -> str:
     """A readable table of search hits for the terminal."""
     hits = result.hits
@@ -344,6 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     serve.set_defaults(handler=_serve)
+
+    share = commands.add_parser("share", help="one zip of a run to send: dashboard, reports, plots, tables (no caches)")
+    share.add_argument("run_dir", help="a run folder, e.g. outputs/demo")
+    share.add_argument("--out", metavar="RUN.zip", help="the archive to write (default: the run folder's name + .zip, beside it)")
+    share.add_argument("--with-videos", dest="videos", action="store_true", default=True,
+                       help="include the rendered videos (the default)")  # fmt: skip
+    share.add_argument("--no-videos", dest="videos", action="store_false", help="leave the rendered videos out")
+    share.set_defaults(handler=_share)
 
     config = commands.add_parser("config", help="pipeline configs")
     config_commands = config.add_subparsers(dest="config_command", required=True)
