@@ -260,6 +260,7 @@ def test_a_video_with_an_unreadable_thumbnail_is_skipped_with_its_reason_and_the
     broken.write_bytes(b"not a JPEG")
     for shard in (run.root / "vectors").rglob(f"{two.video_id.iloc[0]}/*.parquet"):
         shard.unlink()  # its CLIP vectors must be made now, from the thumbnails
+    (tmp_path / "videos" / "two.mp4").unlink()  # (with its source there, they would come from its decoded frames)
 
     summary = caption_frames(cfg, run)
     [skipped] = summary.skipped

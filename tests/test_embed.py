@@ -66,19 +66,34 @@ def test_every_frame_gets_one_unit_vector_and_an_index_entry(extracted):
     assert stored["timestamp"] == pytest.approx(frames.timestamp[0])
 
 
-def test_a_frames_own_thumbnail_finds_itself_first(extracted):
+def test_a_frame_finds_itself_first_from_its_model_input_and_from_its_thumbnail(extracted):
+    # The index holds vectors of the full decoded frames. The same input decoded again finds its
+    # frame exactly; its thumbnail (a smaller JPEG of the same picture) is another input, and must
+    # still rank its frame first, or level with a frame of identical content (both videos open on
+    # the same picture).
+    from frameatlas.frames import iter_frames_at, model_input, probe_video
+
     cfg = extracted
     summary = embed_frames(cfg, cfg.run_dir)
     run = RunPaths(cfg.run_dir)
     frames = read_table(run.table("frames"))
     encoder = models.image_encoder(cfg.models)
-    query = encode_image_files(encoder, [run.absolute(t) for t in frames.thumbnail])
     index = open_index(run.root)
-    hits = index.query(index.collection(summary.model.model_id, create=False), query, k=3)
-    for key, found in zip(frames.frame_key, hits):
-        assert found.frame_key[0] == key
-        assert found.score[0] == pytest.approx(1.0, abs=1e-4)
+    collection = index.collection(summary.model.model_id, create=False)
+
+    inputs = []
+    for path, group in frames.groupby("video_path", sort=False):
+        info = probe_video(path)
+        size = encoder.input_size(info.width, info.height)
+        inputs += [model_input(frame, size, info.rotation) for _, frame in iter_frames_at(path, group.timestamp)]
+    exact = index.query(collection, encoder.encode_images(inputs), k=3)
+    thumbnails = index.query(collection, encode_image_files(encoder, run.thumbnails(frames)), k=3)
+    for key, found, near in zip(frames.frame_key, exact, thumbnails):
+        assert found.frame_key[0] == key and found.score[0] == pytest.approx(1.0, abs=1e-4)
         assert found.score[1] < found.score[0]
+        scores = dict(zip(near.frame_key, near.score))
+        assert key in scores and 0.99 < scores[key] < 1.0 - 1e-6  # not the identical input
+        assert scores[key] >= near.score[0] - 1e-4
 
 
 def test_cached_rerun_embeds_nothing_and_a_new_video_only_its_frames(extracted, monkeypatch):
@@ -140,6 +155,7 @@ def test_a_video_with_an_unreadable_thumbnail_is_skipped_and_the_stage_goes_on(e
     frames = read_table(run.table("frames"))
     missing = frames.iloc[3]  # a frame of one.mp4
     run.absolute(missing.thumbnail).unlink()
+    Path(missing.video_path).unlink()  # its source is gone too: its frames can only come from thumbnails
     summary = embed_frames(cfg, cfg.run_dir)
     [skipped] = summary.skipped
     assert skipped.path == missing.video_path and skipped.stage == "embed"
@@ -159,6 +175,7 @@ def test_any_error_reading_a_thumbnail_skips_only_that_video(extracted, monkeypa
     # PIL refuses an image far above MAX_IMAGE_PIXELS with DecompressionBombError, which is not an OSError
     Image.new("RGB", (400, 400), "red").save(run.absolute(two.thumbnail.iloc[1]))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 96 * 96)
+    Path(two.video_path.iloc[0]).write_bytes(b"changed since extraction")  # so its thumbnails are used
     summary = embed_frames(cfg, cfg.run_dir)
     assert [s.path for s in summary.skipped] == [two.video_path.iloc[0]]
     assert "DecompressionBombError" in summary.skipped[0].reason and "--force extract" in summary.skipped[0].reason

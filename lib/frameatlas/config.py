@@ -204,6 +204,10 @@ class EmbedConfig(_Section):
     enabled: bool = True
     loader_threads: int = Field(1, ge=1, le=32, description="Threads decoding and preprocessing thumbnails.")
     prefetch_batches: int = Field(2, ge=1, le=64, description="Batches prepared ahead of the model.")
+    during_extract: bool = Field(
+        True, description="Embed while extracting: the model's input made from each decoded frame (no JPEG round trip), "
+        "inference overlapped with decoding; the embed stage then only embeds what is missing.",
+    )  # fmt: skip
     quality: Literal["quick", "full", "off"] = Field(
         "quick", description="Report checks, computed once per set of vectors and cached: quick (the run's own index "
         "against exact search, impulse noise on noise_samples frames) | full (also FAISS flat/LSH and a fresh HNSW, "

@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -47,8 +49,8 @@ from .summary import StageSummary
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "TEXT_SOURCES", "EmbedSummary", "UnreadableThumbnail", "add_to_shared", "cached_frame_vectors", "embed_captions",
-    "embed_frames", "embed_text_channel", "embed_text_channels", "encode_image_files", "load_vectors",
+    "TEXT_SOURCES", "EmbedSummary", "FrameEmbedder", "UnreadableThumbnail", "add_to_shared", "cached_frame_vectors",
+    "embed_captions", "embed_frames", "extract_and_embed", "frame_input", "embed_text_channel", "embed_text_channels", "encode_image_files", "load_vectors",
     "nearest_neighbour_grid", "quality_checks", "sync_index", "vectors_fingerprint",
 ]  # fmt: skip
 
@@ -158,8 +160,182 @@ class EmbedSummary(StageSummary):
         return [self.model.as_dict()] + ([self.text_model.as_dict()] if self.text_model else [])
 
 
-def _shard_path(run: RunPaths, model_id: str, video_id: str, sampling: str) -> Path:
-    return run.root / "vectors" / model_id / video_id / f"{sampling}.parquet"
+def _shard_path(run: RunPaths, model_id: str, video_id: str, sampling: str, model_input: str | None = None) -> Path:
+    """Where a video's vectors are cached: per model, video, sampling, and the model's input
+    (thumbnails: no suffix, as before full frames were used; full frames: `.<input key>`)."""
+    name = f"{sampling}.{model_input}.parquet" if model_input else f"{sampling}.parquet"
+    return run.root / "vectors" / model_id / video_id / name
+
+
+def frame_input(encoder: ImageEncoder) -> str | None:
+    """The encoder's key for input made from full decoded frames, or None (it sees thumbnails)."""
+    key = getattr(encoder, "input_key", None)
+    return key if isinstance(key, str) and callable(getattr(encoder, "input_size", None)) else None
+
+
+class FrameEmbedder:
+    """The embed pass fed one decoded frame at a time (a `frames.SampleSink`).
+
+    The caller's thread (the decoder) preprocesses each image and puts it on a bounded queue;
+    one worker thread runs the model on batches and writes each video's vector shard when the
+    video is done, so decoding and inference overlap and memory holds at most `queue_batches`
+    batches of model input. Batches never span two videos, so a video's vectors are the same
+    whichever pass made them. With `strict`, a model error is raised by `close`; otherwise it is
+    logged once and the frames that follow are not embedded (the embed stage does them later).
+    """
+
+    def __init__(
+        self, encoder: ImageEncoder, run: RunPaths, *, batch_size: int = 32, queue_batches: int = 2,
+        strict: bool = False, on_batch=None,
+    ):  # fmt: skip
+        self.encoder, self.run, self.batch_size, self.strict, self.on_batch = encoder, run, batch_size, strict, on_batch
+        self.model_input = frame_input(encoder)
+        if self.model_input is None:
+            raise ValueError(f"{encoder.record.model_id} does not take full frames (no input_size)")
+        self.tables: list[pd.DataFrame] = []
+        self.embedded = 0
+        self.model_seconds = 0.0
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, batch_size * queue_batches))
+        self._thread = threading.Thread(target=self._work, name="frameatlas-embed", daemon=True)
+        self._thread.start()
+
+    # --- the decoder's side (frames.SampleSink)
+
+    def input_size(self, width: int, height: int) -> tuple[int, int] | None:
+        return None if self.error is not None else self.encoder.input_size(width, height)  # type: ignore[attr-defined]
+
+    def add(self, video_id: str, frame_key: str, image: Image.Image) -> None:
+        if self.error is not None:
+            return
+        try:
+            prepared = self.encoder.preprocess(image)
+        except Exception as error:  # noqa: BLE001 - reported by close() or in the log
+            self._failed(error)
+            return
+        self._put(("frame", video_id, (frame_key, prepared)))
+
+    def video_done(self, video_id: str, frames: pd.DataFrame) -> None:
+        self._put(("done", video_id, frames[["frame_key", "video_id", "sampling"]].copy()))
+
+    def video_failed(self, video_id: str) -> None:
+        self._put(("failed", video_id, None))
+
+    def close(self) -> FrameEmbedder:
+        """Wait until every frame given is embedded and written; raise a model error if `strict`."""
+        self._put(("stop", "", None))
+        self._thread.join()
+        if self.error is not None and self.strict:
+            raise self.error
+        return self
+
+    def _put(self, item: tuple) -> None:
+        while self.error is None and self._thread.is_alive():  # a dead worker never leaves us blocked
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _failed(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+            if not self.strict:
+                log.warning("embedding while extracting stopped (%s: %s); the embed stage will embed those frames",
+                            type(error).__name__, error)  # fmt: skip
+
+    # --- the worker
+
+    def _work(self) -> None:
+        batch: list[tuple[str, Any]] = []
+        vectors: dict[str, dict[str, np.ndarray]] = {}
+        current = ""
+        try:
+            while True:
+                kind, video_id, payload = self._queue.get()
+                if kind == "frame":
+                    if video_id != current:
+                        self._encode(current, batch, vectors)
+                        batch, current = [], video_id
+                    batch.append(payload)
+                    if len(batch) >= self.batch_size:
+                        self._encode(current, batch, vectors)
+                        batch = []
+                elif kind == "done":
+                    if video_id == current:
+                        self._encode(current, batch, vectors)
+                        batch = []
+                    self._write(payload, vectors.pop(video_id, {}))
+                elif kind == "failed":
+                    if video_id == current:
+                        batch = []
+                    vectors.pop(video_id, None)
+                else:
+                    return
+        except BaseException as error:  # noqa: BLE001 - handed to the decoder's side
+            self._failed(error)
+
+    def _encode(self, video_id: str, batch: list[tuple[str, Any]], vectors: dict[str, dict[str, np.ndarray]]) -> None:
+        if not batch:
+            return
+        started = time.perf_counter()
+        encoded = self.encoder.encode_preprocessed([prepared for _, prepared in batch])
+        self.model_seconds += time.perf_counter() - started
+        vectors.setdefault(video_id, {}).update(zip((key for key, _ in batch), encoded))
+        if self.on_batch:
+            self.on_batch(len(batch))
+
+    def _write(self, frames: pd.DataFrame, found: dict[str, np.ndarray]) -> None:
+        if not len(frames) or any(key not in found for key in frames.frame_key):
+            return  # not every frame came: nothing is cached, the embed stage does the video
+        model_id = self.encoder.record.model_id
+        table = pd.DataFrame(
+            {"frame_key": frames.frame_key.to_numpy(), "video_id": frames.video_id.to_numpy(), "model_id": model_id,
+             "vector": [found[key] for key in frames.frame_key]}
+        )  # fmt: skip
+        video_id, sampling = str(frames.video_id.iloc[0]), str(frames.sampling.iloc[0])
+        write_table(table, _shard_path(self.run, model_id, video_id, sampling, self.model_input))
+        self.tables.append(table)
+        self.embedded += len(table)
+
+
+def _frame_source(cfg: PipelineConfig, run: RunPaths, group: pd.DataFrame, hashes) -> Path | None:
+    """The source video of `group` when it is still there unchanged (its content hash is its
+    video_id), else None: its frames are then embedded from their thumbnails. A path outside the
+    corpus folder raises `UnsafePath`."""
+    from .corpus import content_hash, video_in_corpus
+
+    if "video_path" not in group or not len(group):
+        return None
+    row = group.index[0]
+    path = video_in_corpus(
+        group.video_path.iloc[0], cfg.corpus.videos, what=f"tables/frames.parquet row {row}, column video_path"
+    )
+    if not path.is_file():
+        log.warning("embed: %s is gone; embedding its frames from their thumbnails", path)
+        return None
+    if content_hash(path, hashes) != group.video_id.iloc[0]:
+        log.warning("embed: %s changed since extraction; embedding its frames from their thumbnails", path)
+        return None
+    return path
+
+
+def _decode_into(embedder: FrameEmbedder, source: Path, group: pd.DataFrame, decode_threads: int) -> None:
+    """Decode `source` again at the frames of `group` and hand them to `embedder`."""
+    from .frames import iter_frames_at, model_input, probe_video
+
+    video_id = str(group.video_id.iloc[0])
+    info = probe_video(source)
+    size = embedder.input_size(info.width, info.height)
+    key_of = dict(zip(group.timestamp.astype(float), group.frame_key))
+    try:
+        if size is not None:
+            for timestamp, frame in iter_frames_at(source, list(key_of), decode_threads=decode_threads):
+                embedder.add(video_id, key_of[timestamp], model_input(frame, size, info.rotation))
+    except BaseException:
+        embedder.video_failed(video_id)
+        raise
+    embedder.video_done(video_id, group)
 
 
 def cached_frame_vectors(
@@ -172,44 +348,74 @@ def cached_frame_vectors(
     summary: EmbedSummary | None = None,
     skipped: list[SkippedInput] | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """Vectors of `frames` by `encoder`, read from the per-(model, video, sampling) shards, embedding
-    (and saving) only what is missing. Returns the embeddings table and an (n, dim) array, in shard order.
+    """Vectors of `frames` by `encoder`, read from the per-(model, video, sampling, input) shards,
+    embedding (and saving) only what is missing. Returns the embeddings table and an (n, dim) array.
 
-    When `skipped` is a list, a video whose thumbnails cannot be read (any error) is left out and
-    appended there with the reason; otherwise the error propagates. The caption stage calls this
-    too, so 03_embed then finds its vectors already made.
+    When the encoder takes full frames (`frame_input`), a missing video is decoded again at its
+    sampled frames (decoding overlapped with the model, see `FrameEmbedder`); the extract stage
+    usually made them already, from the same decoded pictures. A video whose source is gone or
+    changed is embedded from its thumbnails instead (cached apart). When `skipped` is a list, a
+    video that cannot be read (any error) is left out and appended there with the reason;
+    otherwise the error propagates. The caption stage calls this too.
     """
+    from .files import HashCache
+
     summary = summary or EmbedSummary(model=encoder.record)
     model_id = encoder.record.model_id
+    wants_frames = frame_input(encoder)
+    hashes = HashCache(run.cache / "content_hashes.json") if wants_frames else None
     tables: list[pd.DataFrame] = []
-    todo: list[tuple[Path, pd.DataFrame]] = []
+    todo: list[tuple[Path, pd.DataFrame, Path | None]] = []
+
+    def skip(group: pd.DataFrame, error: BaseException) -> None:
+        if skipped is None:
+            raise error
+        video = str(group.video_path.iloc[0]) if "video_path" in group else str(group.video_id.iloc[0])
+        log.warning("embed: skipping %s: %s", video, error)
+        skipped.append(SkippedInput(video, str(error), stage="embed"))
+
     for (video_id, sampling), group in frames.groupby(["video_id", "sampling"], sort=True):
-        shard = _shard_path(run, model_id, video_id, sampling)
+        try:
+            run.thumbnails(group)  # a crafted path is refused whether or not the model reads it
+            source = _frame_source(cfg, run, group, hashes) if wants_frames else None
+        except UnsafePath as error:
+            skip(group, error)
+            continue
+        shard = _shard_path(run, model_id, video_id, sampling, wants_frames if source else None)
         if not force and shard.exists():
             cached = pd.read_parquet(shard)
             if set(cached.frame_key) >= set(group.frame_key):
                 tables.append(cached[cached.frame_key.isin(set(group.frame_key))])
                 summary.cached += len(group)
                 continue
-        todo.append((shard, group))
+        todo.append((shard, group, source))
+    if hashes is not None:
+        hashes.save()
 
-    total = sum(len(group) for _, group in todo)
+    total = sum(len(group) for _, group, _ in todo)
     bar = progress_bar(total=total, desc=f"embed {model_id}"[:40], unit="frame") if total else None
     started = time.perf_counter()
+    batch_size = cfg.models.image.batch_size
+    embedder = None
+    if any(source is not None for _, _, source in todo):
+        embedder = FrameEmbedder(encoder, run, batch_size=batch_size, queue_batches=cfg.embed.prefetch_batches,
+                                 strict=True, on_batch=bar.update if bar else None)  # fmt: skip
     try:
-        for shard, group in todo:
+        for shard, group, source in todo:
+            if source is not None:
+                try:
+                    _decode_into(embedder, source, group, cfg.extract.decode_threads)
+                except Exception as error:  # noqa: BLE001 - one unreadable video must not stop the others
+                    skip(group, error)
+                continue
             try:
                 paths = run.thumbnails(group)
                 vectors = encode_image_files(
-                    encoder, paths, batch_size=cfg.models.image.batch_size, loader_threads=cfg.embed.loader_threads,
+                    encoder, paths, batch_size=batch_size, loader_threads=cfg.embed.loader_threads,
                     prefetch_batches=cfg.embed.prefetch_batches, on_batch=bar.update if bar else None,
                 )  # fmt: skip
             except (UnreadableThumbnail, UnsafePath) as error:
-                if skipped is None:
-                    raise
-                video = str(group.video_path.iloc[0]) if "video_path" in group else str(group.video_id.iloc[0])
-                log.warning("embed: skipping %s: %s", video, error)
-                skipped.append(SkippedInput(video, str(error), stage="embed"))
+                skip(group, error)
                 continue
             table = pd.DataFrame(
                 {"frame_key": group.frame_key.to_numpy(), "video_id": group.video_id.to_numpy(), "model_id": model_id,
@@ -219,12 +425,50 @@ def cached_frame_vectors(
             tables.append(table)
             summary.embedded += len(table)
     finally:
+        if embedder is not None:
+            embedder.close()  # waits for the last frames; raises a model error
+            tables.extend(embedder.tables)
+            summary.embedded += embedder.embedded
         if bar:
             bar.close()
     summary.embed_seconds += time.perf_counter() - started
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=EMBEDDING_COLUMNS)
     vectors = np.stack(table.vector.to_numpy()).astype(np.float32) if len(table) else np.zeros((0, encoder.dim), np.float32)
     return table[EMBEDDING_COLUMNS], vectors
+
+
+def extract_and_embed(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False):
+    """The extract stage (`frames.extract_corpus`), handing each decoded frame to the embed pass
+    as well when the embed stage is enabled and the image model takes full frames: one decode,
+    two outputs (the thumbnail JPEG for the reports, the model's input scaled from the full
+    picture), with the model running in a thread while the next frames decode. The vectors land
+    in the embed stage's cache, where 03_embed (and 02_caption) find them.
+
+    Anything that goes wrong on the embedding side only costs time: the embed stage embeds what
+    is missing. Returns the `ExtractSummary`, whose counts also say how many frames were embedded.
+    """
+    from .frames import extract_corpus
+
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    embedder = None
+    if cfg.embed.enabled and cfg.embed.during_extract:
+        try:
+            encoder = image_encoder(cfg.models)
+        except Exception as error:  # noqa: BLE001 - the embed stage reports a model that cannot load
+            log.warning("extract: not embedding while decoding: the image model cannot be loaded (%s)", error)
+        else:
+            if frame_input(encoder):
+                embedder = FrameEmbedder(encoder, run, batch_size=cfg.models.image.batch_size,
+                                         queue_batches=cfg.embed.prefetch_batches)  # fmt: skip
+    try:
+        summary = extract_corpus(cfg, run, force=force, sink=embedder)
+    finally:
+        if embedder is not None:
+            embedder.close()
+    if embedder is not None:
+        summary.embedded = {"frames_embedded": embedder.embedded, "embed_model": embedder.encoder.record.model_id,
+                            "embed_model_seconds": round(embedder.model_seconds, 2)}  # fmt: skip
+    return summary
 
 
 def embed_frames(
@@ -523,7 +767,25 @@ def quality_checks(
 
 
 def model_input_images(cfg: PipelineConfig, run: RunPaths, encoder: ImageEncoder, rows: pd.DataFrame) -> dict[str, Image.Image]:
-    """The images the encoder saw for some rows of the embeddings table, by frame key."""
+    """The images the encoder saw for some rows of the embeddings table, by frame key: decoded
+    again from the source (seeking to each frame) when the encoder takes full frames and the
+    source is there unchanged, else the thumbnails (as `cached_frame_vectors` chooses)."""
+    from .files import HashCache
+    from .frames import iter_frames_at, model_input, probe_video
+
     frames = read_table(run.table("frames")).set_index("frame_key")
-    return {key: read_thumbnail(run.resolve(frames.thumbnail[key], what=f"tables/frames.parquet frame {key}, column thumbnail"))
-            for key in rows.frame_key}  # fmt: skip
+    frames = frames.loc[list(rows.frame_key)].reset_index()
+    images: dict[str, Image.Image] = {}
+    hashes = HashCache(run.cache / "content_hashes.json")
+    for _, group in frames.groupby("video_id", sort=True):
+        source = _frame_source(cfg, run, group, hashes) if frame_input(encoder) else None
+        if source is not None:
+            info = probe_video(source)
+            size = encoder.input_size(info.width, info.height)  # type: ignore[attr-defined]
+            key_of = dict(zip(group.timestamp.astype(float), group.frame_key))
+            for timestamp, frame in iter_frames_at(source, list(key_of), seek=True):
+                images[key_of[timestamp]] = model_input(frame, size, info.rotation)
+            continue
+        paths = run.thumbnails(group)
+        images.update((key, read_thumbnail(path)) for key, path in zip(group.frame_key, paths))
+    return {key: images[key] for key in rows.frame_key}

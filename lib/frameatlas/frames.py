@@ -33,10 +33,11 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Protocol
 
 import av
 import numpy as np
@@ -65,12 +66,15 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ExtractSummary",
     "Sample",
+    "SampleSink",
     "VideoError",
     "VideoInfo",
     "contact_sheet",
     "extract_corpus",
     "extract_video",
+    "iter_frames_at",
     "iter_samples",
+    "model_input",
     "probe_video",
     "read_videos",
     "sampling_key",
@@ -408,6 +412,104 @@ def thumbnail(frame: av.VideoFrame, long_side: int, rotation: int) -> Image.Imag
     return Image.fromarray(np.ascontiguousarray(rgb))
 
 
+def model_input(frame: av.VideoFrame, size: tuple[int, int], rotation: int) -> Image.Image:
+    """The frame scaled by FFmpeg straight from the decoded picture to `size` (width, height as
+    displayed), then rotated for display: an image model's input without a JPEG round trip."""
+    width, height = size
+    if rotation % 180 == 90:
+        width, height = height, width
+    rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
+    if rotation:
+        rgb = np.rot90(rgb, k=rotation // 90)
+    return Image.fromarray(np.ascontiguousarray(rgb))
+
+
+class SampleSink(Protocol):
+    """Takes a second output from each kept frame while the extract stage decodes (the embed
+    pass: `frameatlas.embed.FrameEmbedder`). It must not raise: extraction goes on regardless."""
+
+    def input_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """The image size wanted for a video displayed at width x height (None: nothing wanted)."""
+
+    def add(self, video_id: str, frame_key: str, image: Image.Image) -> None:
+        """One kept frame, as `model_input` made it."""
+
+    def video_done(self, video_id: str, frames: pd.DataFrame) -> None:
+        """Every frame of the video was given; `frames` is its finished frames table."""
+
+    def video_failed(self, video_id: str) -> None:
+        """The video's shard was abandoned: forget its frames."""
+
+
+def iter_frames_at(
+    path: Path | str, timestamps: Sequence[float], *, decode_threads: int = 0, seek: bool = False
+) -> Iterator[tuple[float, av.VideoFrame]]:
+    """Decode `path` again and yield (timestamp, frame) for the frames whose PTS time is one of
+    `timestamps` (as the frames table holds them), in time order.
+
+    Packets whose frame is no target and that no other frame depends on are not decoded, and
+    decoding stops after the last target. `seek=True` jumps to the keyframe before each target
+    instead of decoding the stretches in between: for a few frames far apart. Raises `VideoError`
+    when the file cannot be decoded or a target is not found.
+    """
+    path = Path(path)
+    wanted = sorted({float(t) for t in timestamps})
+    if not wanted:
+        return
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as error:
+        raise VideoError(path, _av_reason(error)) from None
+    with container:
+        if not container.streams.video:
+            raise VideoError(path, "no video stream (audio-only or data file)")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = decode_threads
+        time_base = stream.time_base or Fraction(1, 90000)
+        origin = stream.start_time
+        if seek and origin is not None:
+            for target in wanted:
+                container.seek(origin + int(Fraction(target) / time_base), stream=stream, backward=True)
+                yield from _frames_at(path, container, stream, [target], origin, time_base)
+        else:
+            yield from _frames_at(path, container, stream, wanted, origin, time_base)
+
+
+def _frames_at(
+    path: Path, container, stream, wanted: list[float], origin: int | None, time_base: Fraction
+) -> Iterator[tuple[float, av.VideoFrame]]:
+    tolerance = 1e-6
+    pending = list(wanted)
+
+    def needed(packet: av.Packet) -> bool:
+        if packet.pts is None or not packet.duration or origin is None:
+            return True
+        start = float((packet.pts - origin) * time_base)
+        end = float((packet.pts - origin + packet.duration) * time_base)
+        i = bisect.bisect_left(pending, start - tolerance)
+        return i < len(pending) and pending[i] < end
+
+    try:
+        for frame, _ in _decode(container, stream, needed):
+            if frame.pts is None:
+                continue
+            if origin is None:
+                origin = frame.pts
+            t = float((frame.pts - origin) * time_base)
+            i = bisect.bisect_left(pending, t - tolerance)
+            if i < len(pending) and abs(pending[i] - t) <= tolerance:
+                yield pending.pop(i), frame
+                if not pending:
+                    return
+            elif pending and t > pending[-1] + 1.0:
+                break  # past every target: they are not in this stream
+    except _DecodingStopped as stopped:
+        raise VideoError(path, f"cannot decode again: {_av_reason(stopped.error)}") from None
+    if pending:
+        raise VideoError(path, f"no frame at {pending[0]:.3f} s any more (the video changed since extraction?)")
+
+
 @dataclass
 class VideoResult:
     video_id: str
@@ -424,7 +526,14 @@ def _shard_dir(run: RunPaths, video_id: str, key: str) -> Path:
 
 
 def extract_video(
-    video: VideoFile, video_id: str, cfg: ExtractConfig, run: RunPaths, *, force: bool = False, position: int = 1
+    video: VideoFile,
+    video_id: str,
+    cfg: ExtractConfig,
+    run: RunPaths,
+    *,
+    force: bool = False,
+    position: int = 1,
+    sink: SampleSink | None = None,
 ) -> VideoResult:
     """Sample one video into its shard (`frames/<video_id>/<sampling key>/`), or reuse the shard.
 
@@ -432,6 +541,9 @@ def extract_video(
     only exists for finished work: a run killed halfway redoes just the unfinished video. Any
     error while sampling removes the unfinished shard and propagates (`VideoError` when the file
     is not a usable video; the stage skips the video whatever the error).
+
+    With a `sink`, each kept frame also goes to it as `model_input` made it, from the same decoded
+    picture (a cached shard is not decoded, so it gives the sink nothing).
     """
     key = sampling_key(cfg)
     shard = _shard_dir(run, video_id, key)
@@ -446,9 +558,11 @@ def extract_video(
         shutil.rmtree(shard)  # leftovers of an interrupted run
     shard.mkdir(parents=True)
     try:
-        return _sample_into_shard(video, video_id, cfg, run, info, shard, key, position)
+        return _sample_into_shard(video, video_id, cfg, run, info, shard, key, position, sink)
     except Exception:
         shutil.rmtree(shard, ignore_errors=True)  # never leave a shard that looks started
+        if sink is not None:
+            sink.video_failed(video_id)
         raise
 
 
@@ -468,18 +582,31 @@ def _cached_result(video: VideoFile, video_id: str, table_path: Path, meta_path:
 
 
 def _sample_into_shard(
-    video: VideoFile, video_id: str, cfg: ExtractConfig, run: RunPaths, info: VideoInfo, shard: Path, key: str, position: int
+    video: VideoFile,
+    video_id: str,
+    cfg: ExtractConfig,
+    run: RunPaths,
+    info: VideoInfo,
+    shard: Path,
+    key: str,
+    position: int,
+    sink: SampleSink | None = None,
 ) -> VideoResult:
     table_path, meta_path = shard / "frames.parquet", shard / "video.json"
     rows: list[dict] = []
     problem: SkippedInput | None = None
     started = time.perf_counter()
-    bar = progress_bar(total=round(info.duration, 1) or None, desc=video.path.name[:30], unit="s", position=position, leave=False, detail=True)
+    bar = progress_bar(
+        total=round(info.duration, 1) or None, desc=video.path.name[:30], unit="s", position=position, leave=False, detail=True
+    )
     done_seconds = 0.0
+    input_size = sink.input_size(info.width, info.height) if sink is not None else None
     try:
         for sample in iter_samples(video.path, cfg):
             image = thumbnail(sample.frame, cfg.thumbnail_long_side, info.rotation)
             millis = int(round(sample.timestamp * 1000))
+            if input_size is not None:  # one decode, two outputs: the model's input from the full picture
+                sink.add(video_id, f"{video_id}:{millis}", model_input(sample.frame, input_size, info.rotation))
             thumb_path = shard / f"t{millis:010d}.jpg"
             # One folder fsync for the whole shard, before its table commits it (below).
             save_image(image, thumb_path, format="JPEG", quality=cfg.jpeg_quality, sync_folder=False)
@@ -512,8 +639,11 @@ def _sample_into_shard(
     fsync_folder(shard)
     atomic_write_json(meta_path, {"info": asdict(info), "problem": problem.reason if problem else None})
     write_table(frames.drop(columns=["video_path", "video_name"]), table_path)  # last: the shard is whole
-    return VideoResult(video_id, str(video.path), frames, info, cached=False, problem=problem,
-                       decoded_seconds=time.perf_counter() - started)
+    if input_size is not None:
+        sink.video_done(video_id, frames)
+    return VideoResult(
+        video_id, str(video.path), frames, info, cached=False, problem=problem, decoded_seconds=time.perf_counter() - started
+    )
 
 
 # --- the stage ------------------------------------------------------------------------------
@@ -529,10 +659,12 @@ class ExtractSummary(StageSummary):
     frames: int = 0
     video_seconds: float = 0.0
     decode_seconds: float = 0.0
+    embedded: dict[str, float | int | str] = field(default_factory=dict)  # the embed pass fed while decoding
 
     @property
-    def counts(self) -> dict[str, float | int]:
+    def counts(self) -> dict[str, float | int | str]:
         return {
+            **self.embedded,
             "videos": self.videos,
             "videos_processed": self.processed,
             "videos_cached": self.cached,
@@ -551,13 +683,16 @@ def prepare_corpus(cfg: PipelineConfig) -> CorpusListing:
     return discover_videos(corpus.videos, corpus.extensions, corpus.recursive)
 
 
-def extract_corpus(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False) -> ExtractSummary:
+def extract_corpus(
+    cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False, sink: SampleSink | None = None
+) -> ExtractSummary:
     """Run the extract stage: sample every video, then write `tables/frames` and `tables/videos`.
 
     Videos already sampled with the same parameters are reused (by content hash), and the
     tables cover exactly the current corpus. Any error on one video (not a video, truncated, a
     decoder or image library failure, a disk error) skips that video with its reason in the
-    summary; the others are sampled regardless.
+    summary; the others are sampled regardless. `sink` gets a second output of every frame
+    decoded (see `extract_video`).
     """
     started = time.perf_counter()
     run = run if isinstance(run, RunPaths) else RunPaths(run)
@@ -577,7 +712,7 @@ def extract_corpus(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bo
                     overall.update(1)
                     continue
                 seen[video_id] = str(video.path)
-                result = extract_video(video, video_id, cfg.extract, run, force=force)
+                result = extract_video(video, video_id, cfg.extract, run, force=force, sink=sink)
             except VideoError as error:
                 _skip_video(summary, video, error.reason)
                 overall.update(1)
@@ -603,16 +738,10 @@ def extract_corpus(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bo
             frame_tables.append(result.frames)
             video_rows.append(_video_row(video, video_id, result))
             overall.update(1)
-            log.info(
-                "%s: %d frames (%s)", video.path.name, len(result.frames), "cached" if result.cached else "extracted"
-            )
+            log.info("%s: %d frames (%s)", video.path.name, len(result.frames), "cached" if result.cached else "extracted")
     finally:
         overall.close()
-    frames = (
-        pd.concat(frame_tables, ignore_index=True)[FRAME_COLUMNS]
-        if frame_tables
-        else pd.DataFrame(columns=FRAME_COLUMNS)
-    )
+    frames = pd.concat(frame_tables, ignore_index=True)[FRAME_COLUMNS] if frame_tables else pd.DataFrame(columns=FRAME_COLUMNS)
     frames = frames.astype({"shot_id": "Int64"})
     write_table(frames, run.table("frames"))
     write_table(pd.DataFrame(video_rows, columns=VIDEO_COLUMNS), run.table("videos"))

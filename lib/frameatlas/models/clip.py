@@ -76,7 +76,7 @@ def resolve_open_clip(
     label = f"{name}/{pretrained}" if pretrained and not name.startswith(HF_PREFIX) else name
     hint = _download_hint(name, pretrained)
     if name.startswith(HF_PREFIX):
-        repo = name[len(HF_PREFIX):]
+        repo = name[len(HF_PREFIX) :]
         for weights in WEIGHT_FILES:
             snapshot = hf_cached_snapshot(repo, [CONFIG_FILE, weights], cache_dir)
             if snapshot:
@@ -89,14 +89,16 @@ def resolve_open_clip(
         raise ModelUnavailable(hint, looked, _why_no_download(allow_download))
 
     if name.startswith(LOCAL_DIR_PREFIX):
-        folder = Path(name[len(LOCAL_DIR_PREFIX):]).expanduser().resolve()
+        folder = Path(name[len(LOCAL_DIR_PREFIX) :]).expanduser().resolve()
         weights = _local_dir_weights(folder)
         if (folder / CONFIG_FILE).is_file() and weights:
             return ClipSource(f"{LOCAL_DIR_PREFIX}{folder}", None, weights, f"{folder.name}", origin="file")
         raise ModelUnavailable(name, [str(folder)], f"needs {CONFIG_FILE} and a .safetensors/.bin/.pth weights file")
     if name not in open_clip.list_models():
-        raise ValueError(f"models.image.name = {name!r}: not an open_clip model; known names include "
-                         f"ViT-B-32, ViT-B-16, ViT-L-14 (see open_clip.list_models()), or use hf-hub:org/repo")
+        raise ValueError(
+            f"models.image.name = {name!r}: not an open_clip model; known names include "
+            f"ViT-B-32, ViT-B-16, ViT-L-14 (see open_clip.list_models()), or use hf-hub:org/repo"
+        )
     if not pretrained:
         return ClipSource(name, None, None, f"{name}/random-init", origin="random")
     if _looks_like_path(pretrained) or Path(pretrained).expanduser().exists():
@@ -108,8 +110,10 @@ def resolve_open_clip(
     tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if not tag_cfg:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
-        raise ValueError(f"models.image.pretrained = {pretrained!r}: not a pretrained tag of {name}; "
-                         f"its tags are: {tags}; or give a path to a checkpoint file")
+        raise ValueError(
+            f"models.image.pretrained = {pretrained!r}: not a pretrained tag of {name}; "
+            f"its tags are: {tags}; or give a path to a checkpoint file"
+        )
     preprocess = _tag_preprocess(tag_cfg)
     looked: list[str] = []
     hub = tag_cfg.get("hf_hub", "")
@@ -203,6 +207,42 @@ class OpenClipEncoder:
     def preprocess(self, image: Image.Image) -> Any:
         return self._preprocess(image.convert("RGB"))
 
+    # How a video frame becomes the model's input when the image is made from the decoded picture
+    # (`input_size`), not from a thumbnail; part of the vector cache's key. Bump when that changes.
+    FRAME_INPUT = "frame1"
+
+    @property
+    def input_key(self) -> str | None:
+        """Names the model input made from full decoded frames (None: this model's transform
+        does not start with a plain resize, so it only ever sees thumbnails)."""
+        return self.FRAME_INPUT if self.input_size(1280, 720) is not None else None
+
+    def input_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """The (width, height) the model's own transform resizes a width x height image to.
+
+        A decoder can scale a video frame straight to this size: the transform's resize then
+        changes nothing, and its crop and normalisation run as usual. None when the transform
+        does not start with a plain torchvision `Resize`.
+
+        Example:
+            >>> encoder.input_size(1280, 720)  # doctest: +SKIP
+            (398, 224)
+        """
+        from torchvision.transforms import Resize
+
+        first = self._preprocess.transforms[0] if hasattr(self._preprocess, "transforms") else None
+        if type(first) is not Resize or width < 1 or height < 1:
+            return None
+        size = first.size
+        if isinstance(size, int) or len(size) == 1:  # shortest side to `size`, as torchvision computes it
+            target = size if isinstance(size, int) else size[0]
+            short, long = min(width, height), max(width, height)
+            new_short, new_long = target, int(target * long / short)
+            if first.max_size is not None and new_long > first.max_size:
+                return None
+            return (new_short, new_long) if width <= height else (new_long, new_short)
+        return int(size[1]), int(size[0])  # (height, width) in torchvision
+
     def encode_preprocessed(self, batch: list[Any]) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
@@ -219,7 +259,6 @@ class OpenClipEncoder:
             tokens = self._tokenizer(list(texts)).to(self.device)
             features = self.model.encode_text(tokens)
         return l2_normalise(features.float().cpu().numpy())
-
 
     @property
     def tokenizer(self):
