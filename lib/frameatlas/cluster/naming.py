@@ -216,8 +216,9 @@ def _pixel_colour_names(rgb: np.ndarray) -> np.ndarray:
     return np.where(top < 0.18, COLOUR_NAMES.index("black"), names)
 
 
-def _colour_name(paths: Sequence[Path | str]) -> str:
-    """Dominant named colour(s) of some thumbnails, with light/dark, e.g. "dark blue, white"."""
+def _colour_parts(paths: Sequence[Path | str]) -> tuple[list[str], list[str]]:
+    """The dominant named colour(s) of some thumbnails, with light/dark (e.g. ["dark blue", "white"]),
+    and the further colours present, by share."""
     votes = np.zeros(len(COLOUR_NAMES))
     lightness = np.zeros(len(COLOUR_NAMES))
     for path in paths:
@@ -235,7 +236,7 @@ def _colour_name(paths: Sequence[Path | str]) -> str:
         votes += np.bincount(names, minlength=len(COLOUR_NAMES))
         lightness += np.bincount(names, weights=pixel_lightness, minlength=len(COLOUR_NAMES))
     if not votes.any():
-        return "unknown colour"
+        return ["unknown colour"], []
     order = np.argsort(-votes, kind="stable")
 
     def described(index: int) -> str:
@@ -248,7 +249,9 @@ def _colour_name(paths: Sequence[Path | str]) -> str:
     parts = [described(order[0])]
     if votes[order[1]] >= 0.5 * votes[order[0]]:
         parts.append(described(order[1]))
-    return ", ".join(parts)
+    # colours covering at least 3% of the pixels can tell apart two clusters of the same main colours
+    spares = [described(i) for i in order[len(parts) :] if votes[i] >= 0.03 * votes.sum()]
+    return parts, spares
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -328,12 +331,18 @@ def name_clusters(
         for label in remaining:
             named[label] = (vocabulary_names[label], "clip-vocabulary")
 
+    colour_names: list[str] = []
     for label in labels:
         if label in named:
             continue
         if thumbnails is not None:
             central = [thumbnails[i] for i in clusters.members(label)[:COLOUR_SAMPLE_FRAMES]]
-            named[label] = (_colour_name(central), "colour")
+            parts, spares = _colour_parts(central)
+            # a second colour tells apart clusters of the same main colour: "green, yellow" vs "green, brown"
+            name = _first_unused(parts, spares, colour_names) if len(parts) > 1 else _first_unused(
+                parts, [f"{parts[0]}, {spare}" for spare in spares], colour_names)  # fmt: skip
+            colour_names.append(name)
+            named[label] = (name, "colour")
         else:
             named[label] = (f"cluster {label}", "none")
 
