@@ -58,6 +58,7 @@ def test_the_archive_holds_the_pages_tables_and_videos_but_no_caches_index_or_st
         frames_csv = pd.read_csv(io.BytesIO(archive.read("small/tables/frames.csv")))
         embeddings_csv = pd.read_csv(io.BytesIO(archive.read("small/tables/embeddings.csv")))
         readme = archive.read("small/README.txt").decode()
+        investigator = archive.read("small/plots/investigate_v1.html").decode()
     assert {
         "small/index.html", "small/manifest.json", "small/reports/01_extract.html", "small/reports/01_extract.ipynb",
         "small/reports/frameatlas-report.css", "small/plots/plotly.min.js", "small/frames/v1/0.jpg", "small/videos/c.mp4",
@@ -69,7 +70,15 @@ def test_the_archive_holds_the_pages_tables_and_videos_but_no_caches_index_or_st
     assert "index.html" in readme
     assert shared.left_out == ["cache/", "index/", "stages/"]
     assert shared.missing_links == []  # a link inside a script is no link, web links are not files
-    assert shared.outside_links == ["plots/investigate_v1.html: ../../../videos/v1.mp4"]
+    # the source video of an investigator page is not shared: its player says so instead of failing to load
+    assert shared.detached_media == ["plots/investigate_v1.html: ../../../videos/v1.mp4"] and shared.outside_links == []
+    assert "not part of this shared folder" in investigator and " src=" not in investigator
+    assert (small_run / "plots" / "investigate_v1.html").read_text() == '<video src="../../../videos/v1.mp4"></video>'
+
+
+def test_other_links_leaving_the_run_are_reported(small_run):
+    (small_run / "reports" / "notes.html").write_text('<a href="../../elsewhere/notes.txt">notes</a>')
+    assert share_run(small_run).outside_links == ["reports/notes.html: ../../elsewhere/notes.txt"]
 
 
 def test_no_videos_leaves_rendered_videos_out_and_does_not_call_their_links_missing(small_run, tmp_path):

@@ -5,8 +5,9 @@ dashboard (`index.html`), the reports (HTML and notebooks), the plots (3D maps, 
 investigator pages, montages, contact sheets, the run's one plotly.js), the frame thumbnails the
 pages show, the rendered videos (optional), the tables as Parquet and CSV, the manifest, the
 resolved config and the logs. Caches, the vector index and the source videos stay behind. Every
-page links relatively, so the links work inside the unzipped folder; links that would leave it
-(an investigator page's source video) are reported.
+page links relatively, so the links work inside the unzipped folder; a page's media that would be
+read from outside it (an investigator page's source video) is left out with a note on the page,
+and any other link leaving the folder is reported.
 
 The run is only read (no lock needed); the archive is written atomically, outside the run.
 
@@ -19,9 +20,11 @@ Example:
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
+import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -61,6 +64,7 @@ class SharedRun:
     tables_as_csv: list[str] = field(default_factory=list)
     outside_links: list[str] = field(default_factory=list)  # "page: link" that leave the shared folder
     missing_links: list[str] = field(default_factory=list)  # "page: link" to a file the archive lacks
+    detached_media: list[str] = field(default_factory=list)  # "page: link" of media outside the run, left out
 
     def describe(self) -> str:
         """A few lines for the terminal."""
@@ -72,6 +76,8 @@ class SharedRun:
             lines.append("  rendered videos left out (--no-videos)")
         if self.left_out:
             lines.append(f"  not shared: {', '.join(self.left_out)} (caches, index, stage state)")
+        if self.detached_media:
+            lines.append(f"  {len(self.detached_media)} page(s) play source videos, which are not shared (their players say so)")
         if self.outside_links:
             lines.append(
                 f"  {len(self.outside_links)} link(s) point outside the run (source videos, not shared), e.g. {self.outside_links[0]}"
@@ -156,6 +162,40 @@ def _check_links(pages: dict[str, str], names: set[str], result: SharedRun) -> N
                 result.missing_links.append(f"{page_name}: {link}")
 
 
+_MEDIA = re.compile(r"""<(video|audio|source)\b[^>]*?\ssrc=(["'])([^"']*)\2[^>]*>""", re.IGNORECASE)
+
+
+def _outside(page_name: str, link: str) -> bool:
+    parsed = urlparse(link.strip())
+    if parsed.scheme or parsed.netloc or not parsed.path or parsed.path.startswith("/"):
+        return False
+    target = os.path.normpath(Path(page_name).parent / unquote(parsed.path)).replace(os.sep, "/")
+    return target == ".." or target.startswith("../")
+
+
+def _detach_outside_media(page_name: str, page: str) -> tuple[str, list[str]]:
+    """`page` with media that would be read from outside the shared folder (an investigator page's
+    source video) left without a source, and a note saying so: a missing file would only be an
+    error in the browser's console. Returns the page and the links detached."""
+    detached: list[str] = []
+
+    def detach(match: re.Match[str]) -> str:
+        link = match.group(3)
+        if not _outside(page_name, link):
+            return match.group(0)
+        detached.append(link)
+        tag = match.group(0).replace(
+            f" src={match.group(2)}{link}{match.group(2)}", f" data-frameatlas-source={match.group(2)}{link}{match.group(2)}", 1
+        )
+        note = (
+            f'<p class="fa-error frameatlas-not-shared">The source video ({html.escape(Path(unquote(link)).name)}) is not part of '
+            "this shared folder: the curves and frames below still work.</p>"
+        )
+        return note + tag if match.group(1).lower() != "source" else tag
+
+    return _MEDIA.sub(detach, page), detached
+
+
 def _readme(run_name: str, result: SharedRun) -> str:
     videos = "rendered videos (videos/)" if result.videos else "no rendered videos (shared with --no-videos)"
     return (
@@ -214,9 +254,14 @@ def share_run(run_dir: Path | str, out: Path | str | None = None, *, videos: boo
             result.files += 1
 
         for file, name in _shared_files(run, videos):
-            add(name, file=file)
-            if file.suffix.lower() in PAGE_SUFFIXES:
-                pages[name] = file.read_text(encoding="utf-8", errors="replace")
+            if file.suffix.lower() not in PAGE_SUFFIXES:
+                add(name, file=file)
+                continue
+            page = file.read_text(encoding="utf-8", errors="replace")
+            page, detached = _detach_outside_media(name, page)
+            result.detached_media.extend(f"{name}: {link}" for link in detached)
+            pages[name] = page
+            add(name, page.encode("utf-8"))
         for name, data in _csv_tables(run, names):
             add(name, data)
             result.tables_as_csv.append(name)
