@@ -3,7 +3,9 @@
 
 - `registry`: the stages, their tables and their hooks;
 - `notebook`: `open_stage` / `StageContext`, used inside each stage notebook;
-- `execute`: one notebook run by papermill (time limit, atomic save, HTML export);
+- `execute`: one notebook run by papermill (time limit, atomic save), progress and logs kept
+  out of it (they go to the terminal and `logs/<stage>.log`);
+- `export`: its HTML report (summary, links, code behind toggles, light images, the run's plotly.js);
 - `manifest`: `manifest.json`;
 - `runner`: `run_pipeline`, fingerprints, the run's lock, the summary.
 
