@@ -330,11 +330,15 @@ def search(
     if not scores:
         raise SearchError("no channel can answer this query: " + "; ".join(notes))
 
-    ranked = _rank(frames, scores)
-    ranked = _filter(ranked, videos, time_range)
-    ranked = _suppress_neighbours(ranked, suppress_seconds)
-    best = float(ranked.score.iloc[0]) if len(ranked) else 0.0
+    scored = _filter(_scored(frames, scores), videos, time_range)
+    order = _ranking(scored)
+    best = float(scored.score.iat[order[0]]) if len(order) else 0.0  # suppression always keeps the best
     cut = None if threshold is None else (threshold * best if relative else threshold)
+    if suppress_seconds > 0:
+        ranked = _suppress_neighbours(scored.iloc[order].reset_index(), suppress_seconds)
+    else:  # the hits are a prefix of the ranking: only that prefix becomes a table (fast on 100k frames)
+        above = int((scored.score.to_numpy() >= cut).sum()) if cut is not None else 0
+        ranked = scored.iloc[order[: max(top_k, above)]].reset_index()
     ranked = ranked.reset_index(drop=True)
     ranked["rank"] = np.arange(1, len(ranked) + 1)
     ranked["in_top_k"] = ranked["rank"] <= top_k
@@ -364,6 +368,19 @@ def _with_speech(run: RunPaths, hits: pd.DataFrame) -> pd.DataFrame:
 
 
 def _rank(frames: pd.DataFrame, scores: dict[str, pd.Series]) -> pd.DataFrame:
+    """Every scored frame, best first (`_scored` in `_ranking` order), frame_key a column."""
+    table = _scored(frames, scores)
+    return table.iloc[_ranking(table)].reset_index()
+
+
+def _ranking(table: pd.DataFrame) -> np.ndarray:
+    """Row order of a `_scored` table: best score first; ties by video name, then time."""
+    names = pd.Categorical(table.video_name.astype(str))  # sorted categories: codes compare as the names do
+    return np.lexsort((table.timestamp.to_numpy(float), names.codes, -table.score.to_numpy(float)))
+
+
+def _scored(frames: pd.DataFrame, scores: dict[str, pd.Series]) -> pd.DataFrame:
+    """The frames any channel scored (indexed by frame_key, unsorted), each channel's score and the fused `score`."""
     table = frames.set_index("frame_key")[["video_id", "video_name", "timestamp", "thumbnail"]]
     for channel, series in scores.items():
         table[f"score_{channel}"] = series.reindex(table.index)
@@ -376,8 +393,8 @@ def _rank(frames: pd.DataFrame, scores: dict[str, pd.Series]) -> pd.DataFrame:
             ranks = table[f"score_{channel}"].rank(ascending=False, method="first")
             fused += np.where(ranks.notna(), 1.0 / (RRF_K + ranks.fillna(0)), 0.0)
         table["score"] = fused
-    table = table[table.score.notna()]
-    return table.sort_values(["score", "video_name", "timestamp"], ascending=[False, True, True]).reset_index()
+    present = table.score.notna().to_numpy()
+    return table if present.all() else table[present]
 
 
 def _filter(ranked: pd.DataFrame, videos: list[str] | None, time_range) -> pd.DataFrame:
