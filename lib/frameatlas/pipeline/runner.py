@@ -22,10 +22,10 @@ from .. import __version__
 from ..config import ConfigError, PipelineConfig, load_config
 from ..files import remove_orphan_temps
 from ..lock import RunLocked, acquire_run_lock
-from ..report import model_banners, write_dashboard
+from ..report import model_banners, next_step_lines, write_dashboard
 from ..store import RunPaths
 from .execute import StageFailed, execute_stage, export_html, notebooks_dir
-from .manifest import load_manifest, merge_models, now, package_versions, write_manifest
+from .manifest import load_manifest, merge_models, now, package_versions, record_invocation, with_weight_hashes, write_manifest
 from .registry import STAGE_NAMES, STAGES, Stage
 
 log = logging.getLogger(__name__)
@@ -114,13 +114,16 @@ def run_pipeline(
 ) -> int:
     """Run the enabled stages; returns an exit code (`EXIT_*`). Prints the dashboard path."""
     started = time.perf_counter()
+    started_at = now()
     try:
         cfg = load_config(config_path, list(overrides))
         selected = _select_stages(_split_names(stages) if stages else None)
         forced = set(_split_names(force))
         bad_force = forced - set(STAGE_NAMES) - {"all"}
         if bad_force:
-            raise ConfigError(f"--force: unknown stage(s) {', '.join(sorted(bad_force))}; stages are {', '.join(STAGE_NAMES)} or all")
+            raise ConfigError(
+                f"--force: unknown stage(s) {', '.join(sorted(bad_force))}; stages are {', '.join(STAGE_NAMES)} or all"
+            )
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID
@@ -134,7 +137,7 @@ def run_pipeline(
         remove_orphan_temps(run.root)
         handler = _log_to_file(run)
         try:
-            return _run_stages(cfg, run, selected, forced, show_progress, started)
+            return _run_stages(cfg, run, selected, forced, show_progress, started, started_at)
         finally:
             logging.getLogger("frameatlas").removeHandler(handler)
             handler.close()
@@ -143,8 +146,9 @@ def run_pipeline(
 
 
 def _run_stages(
-    cfg: PipelineConfig, run: RunPaths, selected: list[Stage], forced: set[str], show_progress: bool, started: float
-) -> int:
+    cfg: PipelineConfig, run: RunPaths, selected: list[Stage], forced: set[str], show_progress: bool, started: float,
+    started_at: str,
+) -> int:  # fmt: skip
     manifest = load_manifest(run)
     manifest.update(
         {
@@ -160,17 +164,21 @@ def _run_stages(
     manifest.setdefault("created", now())
     entries: dict[str, Any] = manifest.setdefault("stages", {})
     exit_code = EXIT_OK
+    ran = []
     for stage in selected:
-        if not _run_stage(stage, cfg, run, manifest, entries, forced, show_progress):
+        succeeded = _run_stage(stage, cfg, run, manifest, entries, forced, show_progress)
+        if entries.get(stage.name, {}).get("status") in {"done", "failed"}:
+            ran.append(stage.name)
+        if not succeeded:
             exit_code = EXIT_FAILED
             break
     _refresh_report_banners(run, manifest)
-    manifest["total_seconds"] = round(time.perf_counter() - started, 3)
-    write_manifest(run, manifest)
-    dashboard = write_dashboard(run, manifest)
-    if exit_code == EXIT_OK and manifest["skipped_inputs"]:
+    if exit_code == EXIT_OK and any(entry.get("skipped") for entry in entries.values()):
         exit_code = EXIT_SKIPPED_INPUTS
-    _print_summary(manifest, selected, dashboard)
+    record_invocation(manifest, started_at, time.perf_counter() - started, ran, exit_code)
+    write_manifest(run, manifest)
+    dashboard = write_dashboard(run, manifest, STAGE_NAMES)
+    _print_summary(manifest, selected, dashboard, run)
     return exit_code
 
 
@@ -207,7 +215,7 @@ def _run_stage(
         notebook = execute_stage(stage, cfg, run, is_forced, show_progress)
         result = _read_stage_result(run, stage)
         if result.get("models") or stage.model_kinds:
-            merge_models(manifest, result.get("models", []), stage.model_kinds)
+            merge_models(manifest, with_weight_hashes(result.get("models", [])), stage.model_kinds)
         banners = model_banners(manifest)
         html = export_html(notebook, f"{cfg.run.name} · {stage.notebook}", banners)
     except StageFailed as error:
@@ -262,8 +270,10 @@ def _log_to_file(run: RunPaths) -> logging.Handler:
     return handler
 
 
-def _print_summary(manifest: dict[str, Any], selected: list[Stage], dashboard: Path) -> None:
-    lines = ["", f"frameatlas run '{manifest['run']}' in {manifest['total_seconds']:.1f} s"]
+def _print_summary(manifest: dict[str, Any], selected: list[Stage], dashboard: Path, run: RunPaths) -> None:
+    invocations = len(manifest.get("invocations", []))
+    lines = ["", f"frameatlas run '{manifest['run']}' in {manifest['last_invocation_seconds']:.1f} s"
+             + (f" ({manifest['cumulative_seconds']:.1f} s over {invocations} invocations)" if invocations > 1 else "")]  # fmt: skip
     for stage in selected:
         entry = manifest["stages"].get(stage.name, {})
         counts = ", ".join(f"{k}={v}" for k, v in entry.get("counts", {}).items())
@@ -274,7 +284,15 @@ def _print_summary(manifest: dict[str, Any], selected: list[Stage], dashboard: P
     if skipped:
         lines.append(f"  {len(skipped)} input(s) skipped:")
         lines.extend(f"    {item['path']}: {item['reason']}" for item in skipped)
+    outdated = {name: entry["outdated_by"] for name, entry in manifest["stages"].items() if entry.get("outdated_by")}
+    if outdated:
+        lines.append("  older than the results they build on (the next full run redoes them): "
+                     + ", ".join(f"{name} (before {by})" for name, by in outdated.items()))  # fmt: skip
     lines.append(f"Dashboard: {_display_path(dashboard)}")
+    try:
+        lines.extend(next_step_lines(run, manifest))
+    except Exception as error:  # advice must never turn a finished run into a failure
+        log.warning("cannot suggest next steps: %s", error)
     print("\n".join(lines))
 
 
