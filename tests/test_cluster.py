@@ -289,7 +289,7 @@ def test_cluster_run_writes_tables_montages_keyframes_and_keeps_other_labellings
     for row in table.itertuples():
         assert len(row.representatives) == min(3, row.size)
         path = run.absolute(row.montage)
-        assert path.parent == run.root / "plots" / "clusters" / "kmeans-k4-pca4" and path.name == f"cluster_{row.label}.png"
+        assert path.parent == run.root / "plots" / "clusters" / "kmeans-k4-pca4" and path.name == f"cluster_{row.label}.jpg"
         with Image.open(path) as montage:
             assert montage.size == expected_montage_size(min(3, row.size))
     stored_table = cluster_table(run)
@@ -312,15 +312,15 @@ def test_cluster_run_writes_tables_montages_keyframes_and_keeps_other_labellings
     assert labellings(run).labelling.tolist() == ["kmeans-k4-pca4", "kmeans-k2-pca4"]  # the current one last
     assert read_table(run.table("frames_annotated")).cluster.nunique() == 2
     assert len(cluster_table(run)) == 2 and len(cluster_table(run, "kmeans-k4-pca4")) == 4
-    assert (run.root / "plots" / "clusters" / "kmeans-k4-pca4" / "cluster_3.png").exists()
+    assert (run.root / "plots" / "clusters" / "kmeans-k4-pca4" / "cluster_3.jpg").exists()
 
     # Re-running a labelling replaces its rows instead of adding more.
     cluster_run(cfg, run)
     assert len(read_table(run.table("clusters"))) == 24
     # Only finished files are left under plots/ (no temporary file of the atomic writer) and tables/.
     plots = sorted(p.relative_to(run.root / "plots").as_posix() for p in (run.root / "plots").rglob("*") if p.is_file())
-    montages = [f"clusters/kmeans-k2-pca4/cluster_{n}.png" for n in range(2)] + [
-        f"clusters/kmeans-k4-pca4/cluster_{n}.png" for n in range(4)
+    montages = [f"clusters/kmeans-k2-pca4/cluster_{n}.jpg" for n in range(2)] + [
+        f"clusters/kmeans-k4-pca4/cluster_{n}.jpg" for n in range(4)
     ]
     assert plots == sorted(montages + [f"keyframes/{p.name}" for p in strips]), plots
     assert sorted(p.name for p in run.tables.iterdir() if p.name.startswith(".")) == []

@@ -52,6 +52,7 @@ __all__ = [
 
 MONTAGE_TILE_WIDTH = 160
 KEYFRAME_TILE_WIDTH = 140
+MONTAGE_JPEG_QUALITY = 88  # montage files (the reports show display-size copies)
 KEYFRAME_COLUMNS_PER_ROW = 8
 RANGES_SHOWN = 12  # time ranges spelled out per cluster in `cluster_table`; the rest are counted
 _UNCLUSTERED = -2  # internal marker for frames without a label in the current labelling
@@ -300,7 +301,7 @@ def _summarise(annotated: pd.DataFrame, names: pd.DataFrame, run: RunPaths, labe
 
 
 def _montage_path(run: RunPaths, labelling: str, label: int) -> Path:
-    return run.root / "plots" / "clusters" / labelling / f"cluster_{label}.png"
+    return run.root / "plots" / "clusters" / labelling / f"cluster_{label}.jpg"
 
 
 def cluster_run(cfg: PipelineConfig, run: RunPaths | Path | str, *, encoder: Any = None) -> ClusterSummary:
@@ -319,7 +320,7 @@ def cluster_run(cfg: PipelineConfig, run: RunPaths | Path | str, *, encoder: Any
         * ``tables/frames_annotated.parquet`` and ``.csv``: the frames table plus cluster
           (nullable int; -1 = noise) and cluster_name of this labelling.
         * ``tables/keyframes.parquet``: video_id, frame_key, timestamp, rank, represents.
-        * ``plots/clusters/<labelling>/cluster_<label>.png`` and ``plots/keyframes/<video>.png``.
+        * ``plots/clusters/<labelling>/cluster_<label>.jpg`` and ``plots/keyframes/<video>.png``.
 
     Example:
         >>> summary = cluster_run(cfg, "outputs/demo")  # doctest: +SKIP
@@ -404,13 +405,14 @@ def _write_montages(
 ) -> dict[int, Path]:
     folder = run.root / "plots" / "clusters" / labelling
     if folder.exists():
-        for old in folder.glob("cluster_*.png"):  # a re-run with fewer clusters must not leave stale ones
+        for old in [*folder.glob("cluster_*.jpg"), *folder.glob("cluster_*.png")]:  # no stale ones (nor older PNGs)
             old.unlink()
     montages = {}
     for label in range(clusters.n_clusters):
         nearest = clusters.members(label)[:montage_frames]
         path = _montage_path(run, labelling, label)
-        save_image(cluster_montage(members.iloc[nearest], run), path, "PNG")
+        # JPEG: montages of photos weigh a quarter of a PNG (they travel with the reports and the share zip)
+        save_image(cluster_montage(members.iloc[nearest], run), path, "JPEG", quality=MONTAGE_JPEG_QUALITY)
         montages[label] = path
     return montages
 

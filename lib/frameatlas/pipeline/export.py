@@ -40,7 +40,7 @@ __all__ = ["DISPLAY_WIDTH", "export_html", "flat_differences", "report_links", "
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 DISPLAY_WIDTH = 960  # px: the widest an image is shown in a report
-JPEG_QUALITY = 72  # montages of 16 frames stay legible; the link opens the full PNG
+JPEG_QUALITY = 72  # montages of 16 frames stay legible; the link opens the full file
 STYLESHEET = "frameatlas-report.css"  # in reports/, shared by a run's reports
 _CSS_START, _CSS_END = "<!--frameatlas-css-->", "<!--/frameatlas-css-->"  # around the template's stylesheet
 NAV_META = "frameatlas-nav"  # <meta> holding the report's previous/next links, to spot stale ones
@@ -306,7 +306,7 @@ def _light_images(nb: Any, run: RunPaths | None) -> None:
             metadata = output.setdefault("metadata", {})
             if source is not None:
                 metadata["frameatlas"] = {"href": "../" + source}
-            if len(jpeg) < len(raw) or kind == "image/jpeg":
+            if len(jpeg) < len(raw):
                 data.pop("image/png", None)
                 data["image/jpeg"] = base64.b64encode(jpeg).decode()
                 shown = metadata.get(kind, {})
