@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -97,7 +96,7 @@ class Line:
             "negative": self.prompt.negative,
             "weight": self.prompt.weight,
             "channel": self.channel,
-            "y": [None if math.isnan(v) else round(float(v), 5) for v in self.scores],
+            "y": [None if v != v else v for v in np.round(self.scores.astype(float), 5).tolist()],  # NaN -> null
         }
 
 
@@ -146,6 +145,7 @@ class RunView:
         self.videos_table = read_table(self.run.table("videos"))
         self._lock = threading.Lock()
         self._encode_lock = threading.Lock()
+        self._row_cache: dict[tuple[str, str], tuple[pd.DataFrame, np.ndarray]] = {}
         self._text_vectors: dict[tuple[str, str], OrderedDict] = {}
         self._thumbnails: dict[str, Path] | None = None
         self.videos = self._video_infos()
@@ -239,6 +239,17 @@ class RunView:
                     cache.popitem(last=False)
         return np.stack([cache[t] for t in texts]), None
 
+    def _rows(self, channel: str, table: pd.DataFrame, video_id: str, frame_keys: list[str]) -> np.ndarray:
+        """`_rows_of`, remembered per channel and video while the channel's table is the same object
+        (search keeps one per file until the file changes)."""
+        cached = self._row_cache.get((channel, video_id))
+        if cached is not None and cached[0] is table:
+            return cached[1]
+        rows = _rows_of(table, frame_keys)
+        with self._lock:
+            self._row_cache[(channel, video_id)] = (table, rows)
+        return rows
+
     def _channel(self, channel: str):
         try:
             return _load_channel(self.run, channel)
@@ -265,7 +276,7 @@ class RunView:
             table, vectors, model_id = loaded
             encoded, visual_reason = self._encode("visual", model_id, texts)
             if encoded is not None:
-                rows = _rows_of(table, curves.frame_keys)
+                rows = self._rows("visual", table, video_id, curves.frame_keys)
                 curves.lines = _lines(prompts, texts, encoded, vectors, rows, "visual")
                 return curves
         else:
@@ -280,7 +291,9 @@ class RunView:
             if encoded is None:
                 curves.notes.append(f"{channel} channel off: {reason}")
                 continue
-            curves.lines += _lines(prompts, texts, encoded, vectors, _rows_of(table, curves.frame_keys), channel)
+            curves.lines += _lines(
+                prompts, texts, encoded, vectors, self._rows(channel, table, video_id, curves.frame_keys), channel
+            )
         if not curves.lines:
             text_channels = [c for c in TEXT_CHANNELS if self._channel(c) is not None]
             if not text_channels:
