@@ -141,7 +141,7 @@ class Investigator:
 
     async def video(self, request: Request) -> Response:
         video = self.view.video(request.path_params["video_id"])
-        if video is None or video.source is None:
+        if video is None or video.source is None or not video.source.is_file():
             raise HTTPException(404)
         return FileResponse(video.source, media_type="video/mp4")
 
@@ -194,6 +194,9 @@ class Investigator:
     async def upload(self, request: Request) -> Response:
         from PIL import Image, UnidentifiedImageError
 
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
+            raise BadRequest(f"upload: {declared} bytes, more than {MAX_UPLOAD_BYTES} allowed")
         data = await request.body()
         if not data:
             raise BadRequest("upload: empty body; send the image's bytes")
