@@ -347,7 +347,8 @@
     }
 
     select(start, end) {
-      this.selection = [Math.max(0, Math.min(start, end)), Math.max(start, end)];
+      const duration = this.current ? this.current.duration : Infinity;
+      this.selection = [Math.max(0, Math.min(start, end)), Math.min(Math.max(start, end), duration)];
       const button = $("fa-export-selection");
       button.disabled = false;
       button.textContent = "Export clip " + formatTime(this.selection[0]) + "–" + formatTime(this.selection[1]);
