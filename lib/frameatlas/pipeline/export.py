@@ -36,7 +36,7 @@ from .registry import STAGES, Stage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DISPLAY_WIDTH", "export_html", "flat_differences", "report_links", "stage_of"]
+__all__ = ["DISPLAY_WIDTH", "export_html", "flat_differences", "refresh_report_links", "report_links", "stage_of"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 DISPLAY_WIDTH = 960  # px: the widest an image is shown in a report
@@ -125,6 +125,23 @@ def _refresh_neighbours(run: RunPaths, exported: Stage, config: dict[str, Any]) 
         wanted = report_links(run, stage, config)
         if recorded != _links_key(wanted) and _links_key(report_links(run, stage, config, planned=False)) != recorded:
             _export(run.reports / stage.notebook, None, None, refresh=False)
+
+
+def refresh_report_links(run: RunPaths | Path | str) -> list[Path]:
+    """Re-export the reports of `run` whose previous/next links do not match the reports that
+    exist (the runner calls it when it ends: a stage that did not run leaves no dead link)."""
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    redone = []
+    for stage in STAGES:
+        notebook = run.reports / stage.notebook
+        report = notebook.with_suffix(".html")
+        if not notebook.exists() or not report.exists():
+            continue
+        recorded = _recorded_links(report)
+        if recorded is not None and recorded != _links_key(report_links(run, stage, {}, planned=False)):
+            _export(notebook, None, None, refresh=False, planned=False)
+            redone.append(report)
+    return redone
 
 
 # --------------------------------------------------------------------------- parameters and summary
@@ -340,7 +357,9 @@ def export_html(notebook: Path, title: str = "", banners: Iterable[str] = ()) ->
     return _export(Path(notebook), title, list(banners), refresh=True)
 
 
-def _export(notebook: Path, title: str | None, banners: list[str] | None, *, refresh: bool) -> Path | None:
+def _export(
+    notebook: Path, title: str | None, banners: list[str] | None, *, refresh: bool, planned: bool | None = None
+) -> Path | None:
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -369,7 +388,8 @@ def _export(notebook: Path, title: str | None, banners: list[str] | None, *, ref
         "plotly": None,
     }
     if run is not None and stage is not None:
-        planned = context["summary"]["status"] != "failed"
+        if planned is None:  # a failed stage ends the run: no link to a report that will not come
+            planned = context["summary"]["status"] != "failed"
         context["links"] = report_links(run, stage, config, planned=planned)
     context["nav_key"] = _links_key(context["links"])
     if run is not None and _reference_plotly(nb):

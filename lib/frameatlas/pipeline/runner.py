@@ -25,6 +25,7 @@ from ..lock import RunLocked, acquire_run_lock
 from ..report import model_banners, next_step_lines, write_dashboard
 from ..store import RunPaths
 from .execute import StageFailed, execute_stage, export_html, notebooks_dir
+from .export import refresh_report_links
 from .manifest import load_manifest, merge_models, now, package_versions, record_invocation, with_weight_hashes, write_manifest
 from .registry import STAGE_NAMES, STAGES, Stage
 
@@ -173,6 +174,7 @@ def _run_stages(
             exit_code = EXIT_FAILED
             break
     _refresh_report_banners(run, manifest)
+    refresh_report_links(run)  # no report links to one this invocation did not make
     if exit_code == EXIT_OK and any(entry.get("skipped") for entry in entries.values()):
         exit_code = EXIT_SKIPPED_INPUTS
     record_invocation(manifest, started_at, time.perf_counter() - started, ran, exit_code)
