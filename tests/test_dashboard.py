@@ -77,7 +77,7 @@ def test_rendered_videos_play_inline(finished_run, dashboard):
     durations = dict(zip(rendered.path, rendered.duration))
     for src, ready, error, duration, width in states:
         assert error is None and ready >= 1 and width > 0, (src, ready, error)
-        assert duration == pytest.approx(durations[src], abs=0.15), src
+        assert duration == pytest.approx(durations[src], abs=0.5), src
     first = players.first
     first.evaluate("v => { v.muted = true; return v.play(); }")
     page.wait_for_function("v => v.currentTime > 0.2", arg=first.element_handle(), timeout=20_000)
