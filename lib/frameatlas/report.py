@@ -289,6 +289,12 @@ def _stage_sentence(name: str, counts: dict[str, Any]) -> tuple[str, list[tuple[
             parts.append(f"Read on-screen text on {_count(c, 'ocr_frames_read')} frames; {_count(c, 'ocr_frames_with_text')} "
                          f"show text" + (f" ({per_frame:.2f} s per frame)." if isinstance(per_frame, (int, float)) else "."))  # fmt: skip
             numbers.append(("frames with text", str(_count(c, "ocr_frames_with_text"))))
+        if "speech_segments" in c:
+            transcribed = _count(c, "speech_videos_transcribed") + _count(c, "speech_videos_cached")
+            parts.append(f"Transcribed what is said in {transcribed} videos with {c.get('speech_model', 'Whisper')}: "
+                         f"{_count(c, 'speech_segments')} utterances, {_count(c, 'speech_words')} words"
+                         f" ({_count(c, 'speech_videos_no_audio')} videos have no sound).")  # fmt: skip
+            numbers.append(("utterances", str(_count(c, "speech_segments"))))
         return " ".join(parts), numbers
     if name == "embed":
         rate = c.get("frames_per_second")
@@ -373,12 +379,10 @@ def _clusters(run: RunPaths) -> list[dict[str, Any]]:
     except Exception as error:  # the dashboard must still be written; the cluster report has the detail
         log.warning("dashboard: cannot summarise the clusters: %s", error)
         return []
-    rendered = {}
-    if run.table("render_videos").exists():
-        videos = pd.read_parquet(run.table("render_videos"))
-        for video in videos[videos.kind == "cluster"].to_dict("records"):
-            if video.get("path") and (run.root / video["path"]).is_file():
-                rendered[str(video["name"]).split("_")[1] if str(video["name"]).count("_") >= 2 else ""] = video["path"]
+    rendered: dict[int, str] = {}  # cluster label -> its rendered video (named cluster_NN_<name>)
+    for video in _rendered_videos(run):
+        if video.get("kind") == "cluster" and (match := re.match(r"cluster_(\d+)_", str(video.get("name", "")))):
+            rendered[int(match.group(1))] = video["path"]
     rows = []
     for cluster in table.to_dict("records"):
         montage = cluster.get("montage")
@@ -386,7 +390,7 @@ def _clusters(run: RunPaths) -> list[dict[str, Any]]:
             "label": cluster["label"], "name": cluster["name"], "name_source": cluster["name_source"],
             "size": cluster["size"], "share": cluster["share"], "videos": cluster["videos"],
             "montage": montage if montage and (run.root / montage).is_file() else None,
-            "video": rendered.get(f"{cluster['label']:02d}") if cluster["label"] >= 0 else None,
+            "video": rendered.get(int(cluster["label"])),
         })  # fmt: skip
     return rows
 
