@@ -50,7 +50,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 PEER = ["clip-video-encode==1.3.0", "video2numpy==2.3.0", "webdataset", "braceexpand", "youtube-dl"]
 
-PEER_DRIVER = r'''
+PEER_DRIVER = r"""
 import json, sys, time
 started = time.perf_counter()
 video, dest, weights, every, threads, phases_file = sys.argv[1:7]
@@ -83,7 +83,7 @@ cve.FrameMapper.__call__ = timed_call
 clip_video_encode.clip_video_encode(video, dest, take_every_nth=int(every), oc_model_name="ViT-B-32", pretrained=weights)
 phases["total"] = time.perf_counter() - started
 json.dump(phases, open(phases_file, "w"))
-'''
+"""
 
 
 # --------------------------------------------------------------------------- set-up
@@ -328,13 +328,17 @@ def main() -> None:
         peaks = [r["peak_mb"] for r in runs]
         summary[tool] = {"wall": statistics.median(walls), "peak_mb": statistics.median(peaks),
                          "cpu": statistics.median([r["cpu"] for r in runs])}  # fmt: skip
-        print(f"{tool:10s} wall {spread(walls)}  peak {spread(peaks, 'MB')}  "
-              f"cpu {spread([r['cpu'] for r in runs])}  frames/s {runs[0]['vectors'] / statistics.median(walls):.2f}")
+        print(
+            f"{tool:10s} wall {spread(walls)}  peak {spread(peaks, 'MB')}  "
+            f"cpu {spread([r['cpu'] for r in runs])}  frames/s {runs[0]['vectors'] / statistics.median(walls):.2f}"
+        )
     wall_ratio = summary["frameatlas"]["wall"] / summary["peer"]["wall"]
     memory_ratio = summary["frameatlas"]["peak_mb"] / summary["peer"]["peak_mb"]
     pairs = [a["wall"] / b["wall"] for a, b in zip(results["frameatlas"], results["peer"])]
-    print(f"frameatlas / peer: wall {wall_ratio:.3f} (pairs {', '.join(f'{p:.3f}' for p in pairs)}; target <= 0.85), "
-          f"peak memory {memory_ratio:.3f} (target <= 0.5)")
+    print(
+        f"frameatlas / peer: wall {wall_ratio:.3f} (pairs {', '.join(f'{p:.3f}' for p in pairs)}; target <= 0.85), "
+        f"peak memory {memory_ratio:.3f} (target <= 0.5)"
+    )
     moved = vectors_moved(Path(results["frameatlas"][-1]["run"])) if args.moved else None
     if moved:
         print("vectors moved (full frame vs thumbnail input):", json.dumps(moved, indent=1))

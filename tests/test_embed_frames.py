@@ -197,3 +197,21 @@ def test_a_model_error_while_extracting_only_leaves_the_vectors_to_the_embed_sta
     assert "embedding while extracting stopped (RuntimeError: out of memory)" in caplog.text
     monkeypatch.setattr(encoder, "encode_preprocessed", real)
     assert embed_frames(cfg, cfg.run_dir).embedded == 10
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_an_error_on_the_decoders_side_neither_hangs_nor_is_lost(tmp_path, strict):
+    release = threading.Event()
+    release.set()
+    encoder = SlowEncoder(release)
+    encoder.preprocess = lambda image: (_ for _ in ()).throw(ValueError("odd picture"))
+    embedder = FrameEmbedder(encoder, RunPaths(tmp_path), batch_size=2, strict=strict)
+    for i in range(5):
+        embedder.add("v", f"v:{i}", Image.new("RGB", (8, 8)))
+    embedder.video_done("v", pd.DataFrame({"frame_key": [f"v:{i}" for i in range(5)], "video_id": "v", "sampling": "s"}))
+    if strict:
+        with pytest.raises(ValueError, match="odd picture"):
+            embedder.close()
+    else:
+        embedder.close()
+        assert isinstance(embedder.error, ValueError) and embedder.tables == [] and embedder.embedded == 0

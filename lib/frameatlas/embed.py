@@ -223,14 +223,15 @@ class FrameEmbedder:
 
     def close(self) -> FrameEmbedder:
         """Wait until every frame given is embedded and written; raise a model error if `strict`."""
-        self._put(("stop", "", None))
+        self._put(("stop", "", None), always=True)
         self._thread.join()
         if self.error is not None and self.strict:
             raise self.error
         return self
 
-    def _put(self, item: tuple) -> None:
-        while self.error is None and self._thread.is_alive():  # a dead worker never leaves us blocked
+    def _put(self, item: tuple, *, always: bool = False) -> None:
+        # after an error only the stop signal still goes in; a dead worker never leaves us blocked
+        while (always or self.error is None) and self._thread.is_alive():
             try:
                 self._queue.put(item, timeout=0.5)
                 return
@@ -331,6 +332,8 @@ def _decode_into(embedder: FrameEmbedder, source: Path, group: pd.DataFrame, dec
     try:
         if size is not None:
             for timestamp, frame in iter_frames_at(source, list(key_of), decode_threads=decode_threads):
+                if embedder.error is not None:
+                    break  # the model failed: close() raises it
                 embedder.add(video_id, key_of[timestamp], model_input(frame, size, info.rotation))
     except BaseException:
         embedder.video_failed(video_id)
