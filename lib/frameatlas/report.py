@@ -196,7 +196,7 @@ def next_steps(run: RunPaths, manifest: dict[str, Any], run_ref: str) -> list[di
     if _has_clip_text(manifest) and queries:
         text_query, channel = queries[0], "CLIP's text side"
     if text_query is None and (answered := _answered_query(run)):
-        text_query, channel = answered, "the caption or on-screen text channel"
+        text_query, channel = answered, "the captions, on-screen text or speech of this run"
     if text_query is None and (ocr := _ocr_query(run)):
         text_query, channel = ocr, "the on-screen text channel"
     if text_query is None and (caption := _caption_query(run)):
