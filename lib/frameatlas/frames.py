@@ -18,6 +18,10 @@ Sampling modes (`extract.mode`):
 Timestamps come from each frame's PTS (seconds from the stream's start), so they stay right
 for variable-frame-rate files. Rotation metadata (display matrix) is applied to thumbnails.
 
+A `SampleSink` (the embed pass) can take a second output of every kept frame, scaled straight
+from the decoded picture (`model_input`): one decode, two outputs. `iter_frames_at` decodes a
+video again at given frame times (linearly, or seeking for a few frames far apart).
+
 Example:
     >>> from frameatlas.config import ExtractConfig
     >>> from frameatlas.frames import iter_samples
