@@ -19,8 +19,6 @@ import yaml
 from conftest import REPO
 from frameatlas.corpus import DEMO_VIDEOS
 
-pytestmark = pytest.mark.slow
-
 README = REPO / "README.md"
 MARKER = "<!-- readme-test:"
 DEMO_FRAME = re.compile(r"\b([0-9a-f]{16}):(\d+)\b")
@@ -79,6 +77,7 @@ def test_the_readme_frame_key_is_a_frame_of_every_demo_run():
         assert milliseconds % round(every_seconds * 1000) == 0 and milliseconds / 1000 < 596  # a sampled moment of it
 
 
+@pytest.mark.slow
 def test_quick_start_commands_work_or_say_they_need_clip(demo_like):
     root, _ = demo_like
     frames = pd.read_parquet(root / "outputs" / "demo" / "tables" / "frames.parquet")
@@ -111,6 +110,7 @@ def test_search_examples_elsewhere_in_the_readme_are_marked_when_they_need_clip(
             assert "needs CLIP" in line, line
 
 
+@pytest.mark.slow
 def test_end_of_run_next_steps_work_and_give_the_remedy(demo_like):
     root, stdout = demo_like
     lines = stdout.splitlines()
@@ -126,3 +126,16 @@ def test_end_of_run_next_steps_work_and_give_the_remedy(demo_like):
     remedy = stdout[stdout.index("was replaced by fallback-colour-texture-v2") :]
     assert "frameatlas models download ViT-B-32 --pretrained laion2b_s34b_b79k" in remedy
     assert "models.image.pretrained" in remedy and "frameatlas run pipeline.yaml" in remedy
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_links_to_its_own_sections_resolve():
+    text = README.read_text()
+    anchors = {_slug(line.lstrip("#")) for line in text.splitlines() if line.startswith("#")}
+    links = set(re.findall(r"\]\(#([^)]+)\)", text))
+    assert len(links) >= 8
+    assert links <= anchors, sorted(links - anchors)
