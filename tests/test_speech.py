@@ -172,7 +172,7 @@ def test_the_packaged_whisper_writes_down_what_is_said_and_when(speech_corpus):
     assert vtt.startswith("WEBVTT\n\n") and vtt.count(" --> ") == 2 and f"\n{first.text}\n" in vtt
     assert f"00:00:{first.start:06.3f} --> " in vtt and (subtitles / "talk.srt").read_text().startswith("1\n00:00:0")
     counts = summary.counts
-    assert (counts["speech_videos_transcribed"], counts["speech_videos_no_audio"], counts["speech_segments"]) == (4, 1, 3)
+    assert (counts["speech_videos_transcribed"], counts["speech_videos_no_audio"], counts["speech_segments"]) == (3, 1, 3)
 
 
 def test_each_frame_gets_the_speech_said_around_it(speech_corpus):
@@ -221,19 +221,19 @@ def test_a_rerun_transcribes_nothing_and_a_killed_run_redoes_only_the_unfinished
     model.model = counting
     try:
         again = transcribe_run(cfg, run, model=model)
-        assert counting.calls == 0 and (again.transcribed, again.cached) == (0, 4)
+        assert counting.calls == 0 and (again.transcribed, again.cached) == (0, 3)
         assert again.table.equals(summary.table) and again.words.equals(summary.words)
 
         folder = next((run.root / "speech").iterdir())
         talk_id = summary.videos.set_index("video_name").loc["talk.mp4", "video_id"]
         (folder / f"{talk_id}.json").unlink()  # as if the run was killed after the segments were written
         resumed = transcribe_run(cfg, run, model=model)
-        assert (resumed.transcribed, resumed.cached) == (1, 3) and counting.calls >= 1
+        assert (resumed.transcribed, resumed.cached) == (1, 2) and counting.calls >= 1
         assert resumed.table.text.tolist() == summary.table.text.tolist()
 
         cfg.speech.beam_size = 1  # other settings: another cache
         other = transcribe_run(cfg, run, model=model)
-        assert other.transcribed == 4 and len(list((run.root / "speech").iterdir())) == 2
+        assert other.transcribed == 3 and len(list((run.root / "speech").iterdir())) == 2
     finally:
         cfg.speech.beam_size = 5
         model.model = counting.inner
@@ -255,10 +255,10 @@ def test_a_video_whose_audio_cannot_be_decoded_is_skipped_with_its_reason(speech
     result = transcribe_run(cfg, run, model=model, force=True)
     assert [Path(item.path).name for item in result.skipped] == ["odd.mp4"]
     assert "its audio cannot be transcribed: InvalidDataError" in result.skipped[0].reason
-    assert set(result.table.video_name) == {"talk.mp4"} and result.transcribed == 3
+    assert set(result.table.video_name) == {"talk.mp4"} and result.transcribed == 2
     monkeypatch.undo()
     healed = transcribe_run(cfg, run, model=model)  # not cached: tried again, and now it works
-    assert (healed.transcribed, healed.cached) == (1, 3) and set(healed.table.video_name) == {"talk.mp4", "odd.mp4"}
+    assert (healed.transcribed, healed.cached) == (1, 2) and set(healed.table.video_name) == {"talk.mp4", "odd.mp4"}
 
 
 def test_a_missing_speech_model_fails_at_once_naming_the_ways_out_or_falls_back_as_configured(tmp_path):
@@ -282,7 +282,7 @@ def test_the_report_lists_each_videos_transcript_with_times(speech_corpus):
     cfg, run, model, summary, truth = speech_corpus
     html = speech_report_html(summary)
     assert "<h4>talk.mp4</h4>" in html and "00:0" in html and "railway station" in html
-    assert "no audio" in html and "words per minute" in html and "of the running time" in html
+    assert "no audio" in html and "words per minute" in html and "of the running time" in html and "nan" not in html
 
 
 def test_the_speech_channel_finds_the_frame_where_a_phrase_is_said(speech_corpus):

@@ -262,8 +262,8 @@ class SpeechSummary(StageSummary):
     frames: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SPEECH_FRAME_COLUMNS))
     videos: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=VIDEO_COLUMNS))
     record: ModelRecord | None = None  # None: speech is off in the config
-    transcribed: int = 0
-    cached: int = 0
+    transcribed: int = 0  # videos whose audio was transcribed now (videos without audio not counted)
+    cached: int = 0  # videos whose transcript came from the cache (videos without audio not counted)
     subtitles: list[Path] = field(default_factory=list)  # subtitles/<video>.vtt and .srt of videos with speech
 
     @property
@@ -379,7 +379,7 @@ def transcribe_run(
         segment_tables.append(segments)
         word_tables.append(words)
         rows.append(_video_row(video, meta, segments, words))
-        summary.cached += 1
+        summary.cached += meta["status"] != "no audio"
     if todo:
         started = time.perf_counter()
         total = float(sum(v.duration for _, v in todo if pd.notna(v.duration) and v.has_audio)) or None
@@ -396,7 +396,7 @@ def transcribe_run(
                 segment_tables.append(transcript.segments)
                 word_tables.append(transcript.words)
                 rows.append(_video_row(video, meta, transcript.segments, transcript.words))
-                summary.transcribed += 1
+                summary.transcribed += meta["status"] != "no audio"
         finally:
             bar.close()
         summary.seconds = time.perf_counter() - started
@@ -551,9 +551,10 @@ def speech_report_html(summary: SpeechSummary, *, max_segments: int = 40) -> str
     for video in summary.videos.sort_values("video_name").itertuples():
         said = summary.table[summary.table.video_id == video.video_id]
         facts = [video.status]
-        if video.language:
+        if isinstance(video.language, str) and video.language:
             facts.append(
-                f"language {video.language}" + (f" ({video.language_probability:.0%})" if video.language_probability else "")
+                f"language {video.language}"
+                + (f" ({video.language_probability:.0%})" if pd.notna(video.language_probability) else "")
             )
         if len(said):
             facts += [f"{video.words_per_minute:.0f} words per minute", f"speech {video.speech_share:.0%} of the running time"]
