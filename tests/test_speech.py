@@ -278,6 +278,13 @@ def test_a_missing_speech_model_fails_at_once_naming_the_ways_out_or_falls_back_
     assert not skipped.available and "speech model weights missing" in skipped.record.fallback_reason
 
 
+def test_an_english_only_model_refuses_another_language_naming_the_keys(speech_corpus):
+    cfg, run, model, *_ = speech_corpus
+    french = cfg.model_copy(update={"speech": cfg.speech.model_copy(update={"language": "fr"})})
+    with pytest.raises(ValueError, match=r"speech.language = 'fr', but whisper-tiny.en-packaged-\w+ understands English only"):
+        transcribe_run(french, run, model=model)
+
+
 def test_the_report_lists_each_videos_transcript_with_times(speech_corpus):
     cfg, run, model, summary, truth = speech_corpus
     html = speech_report_html(summary)

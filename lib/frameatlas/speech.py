@@ -349,7 +349,7 @@ def transcribe_run(
 
     With `speech.enabled: false` the tables are removed, so no stale speech outlives the setting.
     Raises `ModelUnavailable` when the model's weights are missing and `speech.on_missing_weights`
-    is `error`. A video without audio gets no speech and is noted; one whose audio cannot be decoded
+    is `error`, and `ValueError` for a language the model does not know (a `.en` model asked for another). A video without audio gets no speech and is noted; one whose audio cannot be decoded
     (or whose source path leads outside the corpus and the run) is skipped with its reason.
     """
     run = run if isinstance(run, RunPaths) else RunPaths(run)
@@ -364,6 +364,9 @@ def transcribe_run(
         summary.notes.append(f"no speech: {model.record.fallback_reason}")
         _remove_tables(run)
         return summary
+    if model.english_only and options.language not in (None, "en"):
+        raise ValueError(f"speech.language = {options.language!r}, but {model.record.model_id} understands English only; "
+                         "set speech.language to en or null, or choose a multilingual speech.model (tiny, base, small, ...)")  # fmt: skip
     videos = read_table(run.table("videos"))
     frames = read_table(run.table("frames"))
     folder = run.root / "speech" / _settings_key(options, model.record.model_id)
