@@ -1,6 +1,6 @@
 """Speech pass speed: frameatlas's streaming, VAD-first transcription against faster-whisper's own defaults.
 
-    python benchmarks/bench_speech.py [--videos data/demo/bbb.mp4,...] [--talk 60] [--repeat 3] [--json OUT]
+    python benchmarks/bench_speech.py [--videos data/demo/bbb.mp4,...] [--seconds 120] [--talk 60] [--repeat 3] [--json OUT]
 
 Both run in this process with the same loaded model (`speech.model`, default the packaged tiny.en,
 int8, `models.threads` threads), on the same files, order rotated between repeats:
@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -77,6 +78,16 @@ def talk_file(seconds: float, folder: Path) -> Path:
     return path
 
 
+def first_seconds(path: Path, seconds: float, folder: Path) -> Path:
+    """The first `seconds` of a file, cut by stream copy with the bundled ffmpeg (no re-encoding)."""
+    import imageio_ffmpeg
+
+    cut = folder / f"{path.stem}-first{int(seconds)}s{path.suffix}"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(path), "-t", str(seconds),
+                    "-c", "copy", str(cut)], check=True)  # fmt: skip
+    return cut
+
+
 def run_baseline(model, path: Path) -> dict:
     started = time.perf_counter()
     segments, info = model.model.transcribe(str(path))  # faster-whisper's defaults: no VAD, beam 5
@@ -96,6 +107,7 @@ def run_frameatlas(model, path: Path, options: SpeechConfig) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", default=",".join(DEMO), help="comma-separated files with audio")
+    parser.add_argument("--seconds", type=float, default=0, help="use only the first N seconds of each video; 0 = all")
     parser.add_argument("--talk", type=float, default=60.0, help="also a generated recording of speech this long; 0 = none")
     parser.add_argument("--model", default="packaged", help="speech.model")
     parser.add_argument("--threads", type=int, default=0, help="models.threads (0 = every core)")
@@ -106,8 +118,10 @@ def main() -> None:
 
     options = SpeechConfig(enabled=True, model=args.model)
     model = load_speech_model(options, ModelsConfig(threads=args.threads))
-    files = [Path(v) for v in args.videos.split(",") if v]
     scratch = Path(tempfile.mkdtemp(prefix="bench-speech-"))
+    files = [Path(v) for v in args.videos.split(",") if v]
+    if args.seconds > 0:
+        files = [first_seconds(f, args.seconds, scratch) for f in files]
     if args.talk > 0:
         files.append(talk_file(args.talk, scratch))
     modes = args.modes.split(",")
@@ -121,7 +135,9 @@ def main() -> None:
                 print(f"  run {repeat + 1} {mode:10s} {path.name}: {outcome['seconds']:.2f} s", flush=True)
 
     print(f"\nmodel {model.record.model_id} ({model.record.backend}), {args.repeat} runs each, machine {machine()}")
-    print(f"{'file':28s} {'mode':10s} {'audio s':>8s} {'wall s (median, min-max)':>26s} {'x real time':>11s} {'VAD kept':>8s} {'segs':>5s}")
+    print(
+        f"{'file':28s} {'mode':10s} {'audio s':>8s} {'wall s (median, min-max)':>26s} {'x real time':>11s} {'VAD kept':>8s} {'segs':>5s}"
+    )
     summary: dict[str, dict] = {}
     for path, by_mode in results.items():
         for mode, runs in by_mode.items():
@@ -141,7 +157,10 @@ def main() -> None:
         totals[mode] = {"audio": audio, "wall": wall, "rtf": audio / wall if wall else 0.0}
         print(f"demo videos, {mode}: {audio:.0f} s of audio in {wall:.1f} s = {totals[mode]['rtf']:.1f}x real time")
     if {"baseline", "frameatlas"} <= set(modes) and totals["frameatlas"]["wall"]:
-        print(f"ratio baseline / frameatlas wall time on the demo videos: {totals['baseline']['wall'] / totals['frameatlas']['wall']:.2f}")
+        print(
+            f"ratio baseline / frameatlas wall time on the demo videos: {totals['baseline']['wall'] / totals['frameatlas']['wall']:.2f}"
+        )
+    shutil.rmtree(scratch, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine(), "model": model.record.as_dict(), "files": summary,
                                                "totals": totals, "repeat": args.repeat}, indent=2))  # fmt: skip
