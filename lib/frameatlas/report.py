@@ -489,7 +489,8 @@ def _summary(manifest: dict[str, Any], videos, clusters) -> dict[str, Any]:
         "hours": f"{footage / 3600:.2f}" if footage else "0",
         "frames": extract.get("frames", sum(int(v.get("frames_sampled") or 0) for v in videos)),
         "clusters": sum(1 for c in clusters if c["label"] >= 0),
-        "cumulative": format_duration(manifest.get("cumulative_seconds")),
+        # manifests from before invocations were recorded have one total, of their last invocation
+        "cumulative": format_duration(manifest.get("cumulative_seconds", manifest.get("total_seconds"))),
         "last": format_duration(manifest.get("last_invocation_seconds")),
         "invocations": len(manifest.get("invocations", [])),
     }
