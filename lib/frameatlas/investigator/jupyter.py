@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
+from ..store import RunPaths
 from .data import NotARun, RunView
 from .pages import page_name
 
@@ -46,8 +47,8 @@ def running_app(run_dir: Path | str) -> dict | None:
 def investigator_source(run, video: str | None = None, *, base: Path | str | None = None, live: bool = True) -> str:
     """Where the investigator for `video` (a name or id; default the first video) is: the running
     app's URL, or the offline page's path relative to `base` (default the working folder)."""
-    root = Path(run.run_dir if hasattr(run, "run_dir") else getattr(run, "root", run))
-    view = RunView(root, config=getattr(run, "config", None)) if (root / "tables/frames.parquet").exists() else None
+    root = run.root if isinstance(run, RunPaths) else Path(run)
+    view = RunView(root) if (root / "tables/frames.parquet").exists() else None
     if view is None:
         raise NotARun(f"{root}: not a frameatlas run (no tables/frames.parquet); run the pipeline first")
     chosen = view.videos[0] if view.videos and video is None else next(

@@ -102,6 +102,14 @@
         this.chart.on("plotly_click", (event) => {
           if (event && event.points && event.points.length) this.seek(event.points[0].x);
         });
+        // plotly_click needs the hover that a mouse move computes first; a click that comes before it
+        // (touch, a fast click) still seeks: the plot area's pixel -> time, snapped to the nearest sample.
+        this.chart.addEventListener("click", (event) => {
+          const area = event.target;
+          if (!area.classList || !area.classList.contains("nsewdrag") || !this.chart._fullLayout) return;
+          const t = this.chart._fullLayout.xaxis.p2l(event.clientX - area.getBoundingClientRect().left);
+          if (isFinite(t)) this.seek(this.nearest(t));
+        });
         this.chart.on("plotly_selected", (event) => {
           if (this.onSelect && event && event.range && event.range.x) this.onSelect(event.range.x[0], event.range.x[1]);
         });
@@ -109,6 +117,13 @@
       const status = { threshold: cut, lines: curves.lines.length };
       this.chart.dataset.threshold = cut === null ? "" : String(cut);
       return status;
+    }
+
+    nearest(t) {
+      const x = this.times();
+      let best = 0;
+      for (let i = 1; i < x.length; i++) if (Math.abs(x[i] - t) < Math.abs(x[best] - t)) best = i;
+      return x.length ? x[best] : t;
     }
 
     moveCursor() {
