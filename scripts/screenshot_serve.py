@@ -11,11 +11,14 @@ full-page screenshot. The server is stopped at the end.
 from __future__ import annotations
 
 import argparse
+import io
 import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from PIL import Image
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -60,13 +63,18 @@ def main() -> int:
                 page.wait_for_selector(".fa-hit", timeout=60_000)
                 page.wait_for_timeout(800)  # thumbnails
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(args.out), full_page=True)
+            shot = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
+            shot.quantize(256).save(args.out, optimize=True)  # a palette PNG keeps the repository small
             browser.close()
         print(args.out)
         return 0
     finally:
         server.send_signal(signal.SIGINT)
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 if __name__ == "__main__":
