@@ -17,6 +17,8 @@ from frameatlas.config import config_from_dict
 from frameatlas.investigator import Prompt, RunView
 from frameatlas.investigator.pages import write_investigator_pages
 
+pytestmark = pytest.mark.slow  # every test reads the shared finished run (one whole pipeline run)
+
 
 @pytest.fixture(scope="module")
 def view(finished_run) -> RunView:
@@ -52,7 +54,6 @@ def test_a_negative_prompt_subtracts_its_weighted_similarity(view):
     np.testing.assert_allclose(line.scores, plain["a red car"] - 0.5 * plain["a blue sky"], atol=1e-6)
 
 
-@pytest.mark.slow
 def test_without_a_text_side_the_text_channels_score_and_say_so(finished_run):
     view = RunView(finished_run, config=fallback_config(finished_run))
     gamma = next(v for v in view.videos if v.name == "gamma.mp4")  # shows HELLO, nothing, WORLD
@@ -69,7 +70,6 @@ def test_without_a_text_side_the_text_channels_score_and_say_so(finished_run):
     assert np.nanmax(ocr.scores[first_second & has_text]) > np.nanmax(ocr.scores[~first_second & has_text])
 
 
-@pytest.mark.slow
 def test_a_page_says_why_when_no_channel_can_score_the_prompts(finished_run, tmp_path, browser):
     run = Path(shutil.copytree(finished_run, tmp_path / "run"))
     for table in ("caption_embeddings", "ocr_embeddings", "speech_embeddings"):
@@ -105,7 +105,6 @@ def test_visualize_wrote_a_page_per_video_linked_from_the_dashboard_and_the_repo
     assert json.dumps(manifest).count('"investigator_pages": 3') == 1
 
 
-@pytest.mark.slow
 def test_the_offline_page_plays_and_seeks_from_file(finished_run, browser):
     page_file = finished_run / "plots" / "investigate_alpha.html"
     page = browser.new_page()
