@@ -19,7 +19,8 @@ weights can be downloaded), 2 torch threads (OMP/MKL too), and the same video.
 
 Runs alternate (frameatlas, peer, peer, frameatlas, ...), so load from elsewhere on the machine
 falls on both alike. Reported per run: wall seconds, peak memory of the whole process tree (the
-sum of the RSS of the process and all its descendants, sampled every 0.1 s with psutil), CPU
+sum of the PSS of the process and all its descendants, sampled every 0.2 s with psutil; the sum
+of their RSS too, which counts the peer's shared memory once per worker process), CPU
 seconds of the tree, the cores other processes kept busy meanwhile, and the phases (frameatlas:
 the extract and embed stages from its manifest and the rest; the peer: imports and model
 loading, reading frames, preprocessing and the model); then medians with their range and the
@@ -36,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -144,11 +146,14 @@ def frameatlas_config(workdir: Path, video: Path, weights: Path, threads: int) -
 
 
 class TreeMemory:
-    """Peak of the summed RSS of a process and all its descendants, sampled in a thread."""
+    """Peak memory of a process and all its descendants, sampled in a thread: the sum of their
+    PSS (shared pages divided among the processes that map them, so forked workers and shared
+    memory count once) and, for comparison, the sum of their RSS (which counts shared pages in
+    every process)."""
 
-    def __init__(self, pid: int, interval: float = 0.1):
+    def __init__(self, pid: int, interval: float = 0.2):
         self.root = psutil.Process(pid)
-        self.peak = 0
+        self.peak_pss = self.peak_rss = 0
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -156,23 +161,25 @@ class TreeMemory:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            total = 0
+            pss = rss = 0
             try:
                 processes = [self.root, *self.root.children(recursive=True)]
             except psutil.Error:
                 processes = []
             for process in processes:
                 try:
-                    total += process.memory_info().rss
+                    info = process.memory_full_info()
                 except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
+                    continue
+                pss += info.pss
+                rss += info.rss
+            self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
             self._stop.wait(self.interval)
 
-    def stop(self) -> int:
+    def stop(self) -> tuple[int, int]:
         self._stop.set()
         self._thread.join()
-        return self.peak
+        return self.peak_pss, self.peak_rss
 
 
 def timed(command: list[str], env: dict, cwd: Path, log: Path) -> dict:
@@ -185,17 +192,19 @@ def timed(command: list[str], env: dict, cwd: Path, log: Path) -> dict:
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - started
-    peak = memory.stop()
+    peak_pss, peak_rss = memory.stop()
     machine_after = psutil.cpu_times()
     busy = sum(getattr(machine_after, f) - getattr(machine_before, f) for f in ("user", "system", "nice", "irq", "softirq"))
     cpu = usage.ru_utime + usage.ru_stime  # the process and the descendants it waited for
     if process.returncode != 0:
         raise SystemExit(f"{command[:3]} failed ({process.returncode}); see {log}:\n{log.read_text()[-3000:]}")
-    return {"wall": wall, "peak_mb": peak / 2**20, "cpu": cpu, "busy_elsewhere": max(0.0, busy - cpu) / wall}
+    return {"wall": wall, "peak_mb": peak_pss / 2**20, "peak_rss_sum_mb": peak_rss / 2**20, "cpu": cpu,
+            "busy_elsewhere": max(0.0, busy - cpu) / wall}  # fmt: skip
 
 
 def run_frameatlas(workdir: Path, config: Path, number: int, env: dict) -> dict:
     out = workdir / f"frameatlas-{number}"
+    shutil.rmtree(out, ignore_errors=True)  # a fresh output folder: nothing of an earlier run is reused
     command = [sys.executable, str(REPO / "run_pipeline.py"), str(config), "--set", f"run.output_dir={out}", "--no-progress"]
     result = timed(command, env, REPO, workdir / f"frameatlas-{number}.log")
     run = out / "peer-bench"
@@ -218,6 +227,7 @@ def run_frameatlas(workdir: Path, config: Path, number: int, env: dict) -> dict:
 
 def run_peer(workdir: Path, python: Path, video: Path, weights: Path, threads: int, number: int, env: dict) -> dict:
     dest = workdir / f"peer-{number}"
+    shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True, exist_ok=True)
     phases_file = dest / "phases.json"
     command = [str(python), str(workdir / "peer_driver.py"), str(video.resolve()), str(dest), str(weights), "24",
@@ -293,6 +303,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/frameatlas-bench-peer"))
     parser.add_argument("--json", type=Path)
     parser.add_argument("--moved", action="store_true", help="also measure how far the vectors moved (see above)")
+    parser.add_argument("--peer-first", action="store_true", help="start the alternation with the peer")
     args = parser.parse_args()
     if not args.video.is_file():
         raise SystemExit(f"{args.video}: no such video (frameatlas demo fetch --dest data/demo)")
@@ -307,14 +318,15 @@ def main() -> None:
 
     results: dict[str, list[dict]] = {"frameatlas": [], "peer": []}
     for number in range(args.runs):
-        order = ["frameatlas", "peer"] if number % 2 == 0 else ["peer", "frameatlas"]
+        order = ["frameatlas", "peer"] if (number + args.peer_first) % 2 == 0 else ["peer", "frameatlas"]
         for tool in order:
             if tool == "frameatlas":
                 result = run_frameatlas(workdir, config, number, env)
             else:
                 result = run_peer(workdir, python, args.video, weights, args.threads, number, env)
             results[tool].append(result)
-            print(f"run {number + 1} {tool:10s} wall {result['wall']:6.1f} s  peak {result['peak_mb']:7.0f} MB  "
+            print(f"run {number + 1} {tool:10s} wall {result['wall']:6.1f} s  peak {result['peak_mb']:7.0f} MB "
+                  f"(RSS sum {result['peak_rss_sum_mb']:.0f} MB)  "
                   f"cpu {result['cpu']:6.1f} s  busy elsewhere {result['busy_elsewhere']:.2f} cores  vectors {result['vectors']}",
                   flush=True)  # fmt: skip
             for phase, seconds in result["phases"].items():
