@@ -164,6 +164,17 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _changed_since(path: Path, nb: Any) -> bool:
+    """Whether `path` was modified after the notebook started running (its overrides would be wrong)."""
+    import datetime as dt
+
+    started = nb.metadata.get("papermill", {}).get("start_time")
+    try:
+        return path.stat().st_mtime > dt.datetime.fromisoformat(started).timestamp()
+    except (TypeError, ValueError, OSError):
+        return False
+
+
 def _parameters(nb: Any, manifest: dict[str, Any]) -> dict[str, Any] | None:
     """The injected parameters as a one-line summary and the whole config as YAML."""
     import yaml
@@ -174,8 +185,8 @@ def _parameters(nb: Any, manifest: dict[str, Any]) -> dict[str, Any] | None:
         return None
     config = json.loads(json.dumps(config))  # plain dicts (a notebook's are NotebookNodes)
     config_file = manifest.get("config_file")
-    overrides: dict[str, Any] = {}
-    if config_file and Path(config_file).is_file():
+    overrides: dict[str, Any] | None = None  # None: unknown (the file is gone, or changed since the run)
+    if config_file and Path(config_file).is_file() and not _changed_since(Path(config_file), nb):
         from ..config import ConfigError, load_config
 
         try:
@@ -186,7 +197,7 @@ def _parameters(nb: Any, manifest: dict[str, Any]) -> dict[str, Any] | None:
         "run": str(config.get("run", {}).get("name", "")),
         "config_file": Path(config_file).name if config_file else None,
         "config_path": config_file,
-        "overrides": [f"{key}={_short(value)}" for key, value in overrides.items()],
+        "overrides": None if overrides is None else [f"{key}={_short(value)}" for key, value in overrides.items()],
         "force": bool(parameters.get("force")),
         "config_yaml": yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=100),
     }
