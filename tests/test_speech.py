@@ -42,6 +42,8 @@ class Spoken:
     end: float
 
 
+# 6 s at alternately 10 and ~3 frames per second (gaps of 0.1 s and 0.3 s)
+VARIABLE_FRAME_TIMES = [round(0.4 * (i // 2) + (0.1 if i % 2 else 0.0), 1) for i in range(30)]
 RAILWAY = "Please meet me at the railway station tomorrow morning."
 FOOTBALL = "The children are playing football in the park."
 COFFEE = "We need more coffee for the meeting."
@@ -55,9 +57,10 @@ def synthesize(text: str, folder: Path) -> tuple[int, np.ndarray]:
         return audio.getframerate(), np.frombuffer(audio.readframes(audio.getnframes()), np.int16)
 
 
-def talking_video(path: Path, sentences: list[tuple[str, float]], *, seconds: float, audio_options: list[str]) -> list[Spoken]:
-    """A generated video whose audio track says each (text, at seconds) and is silent elsewhere, muxed by ffmpeg
-    with `audio_options` (codec, rate, layout). Returns when each sentence is actually voiced."""
+def talking_video(path: Path, sentences: list[tuple[str, float]], *, seconds: float, audio_options: list[str],
+                  frame_times: list[float] | None = None) -> list[Spoken]:  # fmt: skip
+    """A generated video (variable frame rate with `frame_times`) whose audio track says each (text, at seconds) and is
+    silent elsewhere, muxed by ffmpeg with `audio_options` (codec, rate, layout). Returns when each sentence is voiced."""
     scratch = path.parent / f".{path.stem}-audio"
     scratch.mkdir(parents=True, exist_ok=True)
     rate = 0
@@ -73,7 +76,8 @@ def talking_video(path: Path, sentences: list[tuple[str, float]], *, seconds: fl
     with wave.open(str(scratch / "track.wav"), "wb") as out:
         out.setnchannels(1), out.setsampwidth(2), out.setframerate(rate)
         out.writeframes(track.tobytes())
-    silent = videogen.make_video(scratch / "video.mp4", seconds=seconds, fps=10, scene_cuts=[seconds / 2])
+    timing = {"frame_times": frame_times} if frame_times else {"seconds": seconds}
+    silent = videogen.make_video(scratch / "video.mp4", fps=10, scene_cuts=[seconds / 2], **timing)
     subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(silent), "-i",
                     str(scratch / "track.wav"), "-c:v", "copy", *audio_options, "-shortest", str(path)], check=True)  # fmt: skip
     shutil.rmtree(scratch)
@@ -120,16 +124,16 @@ def word_error_rate(truth: str, heard: str) -> float:
 
 @pytest.fixture(scope="module")
 def speech_corpus(tmp_path_factory):
-    """talk.mp4 (two sentences, stereo 44.1 kHz AAC), odd.mp4 (one sentence, 5.1 channels at 8 kHz),
+    """talk.mp4 (two sentences, stereo 96 kHz AAC), odd.mp4 (one sentence, 5.1 channels at 8 kHz, variable frame rate),
     music.mp4 (chords, no voice), mute.mp4 (no audio stream): extracted every second, no models beyond Whisper."""
     root = tmp_path_factory.mktemp("speech")
     videos = root / "videos"
     videos.mkdir()
     truth = {
         "talk.mp4": talking_video(videos / "talk.mp4", [(RAILWAY, 1.0), (FOOTBALL, 6.5)], seconds=11,
-                                  audio_options=["-c:a", "aac", "-ac", "2", "-ar", "44100"]),
+                                  audio_options=["-c:a", "aac", "-ac", "2", "-ar", "96000"]),
         "odd.mp4": talking_video(videos / "odd.mp4", [(COFFEE, 2.0)], seconds=6,
-                                 audio_options=["-c:a", "aac", "-ac", "6", "-ar", "8000"]),
+                                 audio_options=["-c:a", "aac", "-ac", "6", "-ar", "8000"], frame_times=VARIABLE_FRAME_TIMES),
     }  # fmt: skip
     music_video(videos / "music.mp4", seconds=6)
     videogen.make_video(videos / "mute.mp4", seconds=3, fps=10, scene_cuts=[1.0])
