@@ -136,9 +136,9 @@ def stop(process: subprocess.Popen) -> None:
     process.wait(timeout=60)
 
 
-def query(url: str, text: str) -> float:
+def query(url: str, text: str, timeout: float = 120) -> float:
     started = time.perf_counter()
-    with urllib.request.urlopen(url + "api/search?" + urlencode({"text": text, "per_page": 12}), timeout=120) as response:
+    with urllib.request.urlopen(url + "api/search?" + urlencode({"text": text, "per_page": 12}), timeout=timeout) as response:
         body = json.loads(response.read())
     seconds = time.perf_counter() - started
     assert body["hits"], body
@@ -181,7 +181,7 @@ def main() -> None:
 
         process, url, _ = start_server(run)
         try:
-            query(url, "warm-up: loads the vectors and the model")
+            query(url, "warm-up: loads the vectors and the model", timeout=900)
             warm = [query(url, text) for text in texts(args.queries, seed=1)]
         finally:
             stop(process)
