@@ -138,8 +138,11 @@ def test_the_printed_next_steps_work_on_the_run(rerun):
             [sys.executable, "-m", "frameatlas.cli", *argv[1:]], capture_output=True, text=True, timeout=300, cwd=root
         )
         assert found.returncode == 0, found.stderr
-        assert "no frames match" not in found.stdout and re.search(r"^\s+1\s+\d\.\d{4}", found.stdout, re.M), found.stdout
-    assert "replaced by" not in result.stdout  # nothing was substituted in this run: no remedy to give
+        assert "no frames match" not in found.stdout and re.search(r"^\s+1\s+-?\d\.\d{4}", found.stdout, re.M), found.stdout
+    # the caption model (blip-large, not cached) was substituted, the image model was not: one remedy
+    assert "The caption model blip-large was replaced by clip-only" in result.stdout
+    assert "frameatlas models download blip-large --kind caption" in result.stdout
+    assert "The image model" not in result.stdout
 
 
 # --------------------------------------------------------------------------- units

@@ -141,17 +141,20 @@ def _answered_query(run: RunPaths) -> str | None:
 
 
 def _ocr_query(run: RunPaths) -> str | None:
-    """The most frequent line of on-screen text with at least two words (lower-cased): the OCR
-    channel answers it, since frames show exactly that text."""
+    """The most frequent line of on-screen text (lower-cased; lines of several words first): the OCR
+    channel answers it, since frames show exactly that text. OCR often runs big words together
+    ("BIGBUCKBUNNY"), so one-word lines count too."""
     path = run.table("ocr")
     if not path.exists():
         return None
     texts = pd.read_parquet(path, columns=["text"]).text.dropna().astype(str)
     lines = Counter(
         line.strip().lower() for text in texts for line in text.splitlines()
-        if len(line.split()) >= 2 and sum(c.isalpha() for c in line) >= 0.7 * len(line.replace(" ", ""))
+        if sum(c.isalpha() for c in line) >= max(3, 0.7 * len(line.replace(" ", "")))
     )  # fmt: skip
-    return lines.most_common(1)[0][0] if lines else None
+    if not lines:
+        return None
+    return max(lines, key=lambda line: (len(line.split()) >= 2, lines[line], -len(line)))
 
 
 def _caption_query(run: RunPaths) -> str | None:
