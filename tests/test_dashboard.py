@@ -145,7 +145,12 @@ def fallback_dashboard(finished_run, tmp_path_factory):
 
 def test_fallback_banner_gives_the_remedy_and_absences_have_reasons(fallback_dashboard, browser):
     page, seen = _open(browser, fallback_dashboard / "index.html")
-    banner = page.locator(".remedy").inner_text()
+    # the shared run's caption model (blip-large, not cached) was substituted too: one banner each
+    assert page.locator(".remedy").count() == 2
+    assert (
+        "frameatlas models download blip-large --kind caption" in page.locator(".remedy", has_text="caption model").inner_text()
+    )
+    banner = page.locator(".remedy", has_text="the image model").inner_text()
     assert "fallback-colour-texture-v2" in banner and "text-to-image search" in banner
     assert "frameatlas models download ViT-B-32 --pretrained laion2b_s34b_b79k" in banner
     assert "models.image.pretrained" in banner and "HF_HOME" in banner and "frameatlas run pipeline.yaml" in banner
