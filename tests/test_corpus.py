@@ -164,6 +164,7 @@ def test_real_demo_list_matches_the_published_checksums():
         "carphone_pristine.mp4": "1c4add7838b07b4d65ad9d66e9491758c7dbb6c717490db4b79ecf9ff82bab28",
         "bigbuckbunny.mp4": "f25b31f155970c46300934bda4a76cd2f581acab45c49762832ffdfddbcf9fdd",
         "world.mp4": "71944d7430c461f0cd6e7fd10cee7eb72786352a3678fc7bc0ae3d410f72aece",
+        "conversation.mp4": "c319b4abca767b124e41432d364fd7df006cb26bb79d09326c487d606a134e6e",  # the recording's
     }
     assert {v.name: v.sha256 for v in corpus.DEMO_VIDEOS} == expected
     assert "CC-BY 3.0" in next(v.credit for v in corpus.DEMO_VIDEOS if v.name == "bbb.mp4")

