@@ -296,9 +296,10 @@ def test_the_report_lists_each_videos_transcript_with_times(speech_corpus):
     assert "no audio" in html and "words per minute" in html and "of the running time" in html and "nan" not in html
 
 
-def test_the_speech_channel_finds_the_frame_where_a_phrase_is_said(speech_corpus):
+@pytest.mark.slow
+def test_the_speech_channel_finds_the_frame_where_a_phrase_is_said(speech_corpus, tmp_path):
     from frameatlas.models import text_encoder
-    from frameatlas.render import query_job
+    from frameatlas.render import query_job, render_job
     from frameatlas.search import search, write_text_channel
 
     cfg, run, model, summary, truth = speech_corpus
@@ -317,6 +318,17 @@ def test_the_speech_channel_finds_the_frame_where_a_phrase_is_said(speech_corpus
     heard = words[words.segment_id.isin(summary.table[summary.table.text.str.contains("railway")].segment_id)]
     assert first.start <= heard.start.min() - cfg.render.padding_before + 1e-6
     assert first.end >= heard.end.max() + cfg.render.padding_after - 1e-6
+
+    rendered = render_job(job, run, cfg.render, dest=tmp_path / "railway.mp4")  # carries what is said as a sidecar
+    cues = re.findall(r"(\d\d):(\d\d):(\d\d)\.(\d{3}) --> (\d\d):(\d\d):(\d\d)\.(\d{3})\n(.+)",
+                      (tmp_path / "railway.vtt").read_text())  # fmt: skip
+    piece = rendered.segments[rendered.segments.start <= best.timestamp].iloc[-1]
+    shift = piece.output_start - piece.start
+    [(start, end)] = [(sum(float(v) * f for v, f in zip(cue[:4], (3600, 60, 1, 0.001))),
+                       sum(float(v) * f for v, f in zip(cue[4:8], (3600, 60, 1, 0.001))))
+                      for cue in cues if "railway station" in cue[8]]  # fmt: skip
+    assert start == pytest.approx(heard.start.min() + shift, abs=0.25) and end == pytest.approx(heard.end.max() + shift, abs=0.25)
+    assert rendered.title_seconds <= start and end <= rendered.duration
 
 
 def test_segments_from_speech_hits_cover_the_whole_utterance_even_under_the_length_limits():

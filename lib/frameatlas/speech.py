@@ -481,6 +481,47 @@ def subtitle_texts(segments: pd.DataFrame) -> tuple[str, str]:
     return vtt.rstrip("\n") + "\n", srt.rstrip("\n") + "\n"
 
 
+def rendered_cues(pieces: pd.DataFrame, segments: pd.DataFrame) -> pd.DataFrame:
+    """The utterances heard in a rendered video, on its own clock.
+
+    `pieces`: the render's segment table (`video_id`, source `start`/`end`, `output_start`/`output_end`,
+    `mode`); stills carry no sound, so no cues. An utterance cut by a piece's edge is kept for the
+    part that is heard.
+
+    Example:
+        >>> pieces = pd.DataFrame({"video_id": ["a"], "start": [10.0], "end": [14.0], "output_start": [2.0],
+        ...                        "output_end": [6.0], "mode": ["clip"]})
+        >>> said = pd.DataFrame({"video_id": ["a", "a"], "start": [9.0, 20.0], "end": [11.5, 21.0], "text": ["Hi.", "Bye."]})
+        >>> rendered_cues(pieces, said).to_dict("records")
+        [{'start': 2.0, 'end': 3.5, 'text': 'Hi.'}]
+    """
+    cues = []
+    for piece in pieces.itertuples():
+        if getattr(piece, "mode", "clip") != "clip":
+            continue
+        said = segments[(segments.video_id == piece.video_id) & (segments.end > piece.start) & (segments.start < piece.end)]
+        shift = piece.output_start - piece.start
+        for utterance in said.itertuples():
+            start = max(float(utterance.start), piece.start) + shift
+            end = min(float(utterance.end), piece.end) + shift
+            cues.append({"start": round(start, 3), "end": round(min(end, piece.output_end), 3), "text": utterance.text})
+    return pd.DataFrame(cues, columns=["start", "end", "text"])
+
+
+def write_rendered_subtitles(run: RunPaths, pieces: pd.DataFrame, target: Path) -> Path | None:
+    """`target`'s sidecar `.vtt` (the speech heard in the rendered video), or none (an old one removed)."""
+    sidecar = target.with_suffix(".vtt")
+    path = run.table("speech")
+    cues = rendered_cues(pieces, read_table(path)) if path.exists() and len(pieces) else pd.DataFrame()
+    if cues.empty:
+        sidecar.unlink(missing_ok=True)
+        return None
+    vtt, _ = subtitle_texts(cues)
+    if not sidecar.exists() or sidecar.read_text() != vtt:
+        atomic_write_text(sidecar, vtt)
+    return sidecar
+
+
 def write_subtitles(run: RunPaths, segments: pd.DataFrame, videos: pd.DataFrame) -> list[Path]:
     """`subtitles/<video>.vtt` and `.srt` for every video with speech (a video name two videos share gets its id
     appended); subtitle files of videos without speech any more are removed. Returns the files written."""

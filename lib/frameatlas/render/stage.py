@@ -256,7 +256,7 @@ def _remove_stale(run: RunPaths, wanted: set[str]) -> None:
     for meta in run.videos.glob("*.json"):
         if meta.stem in wanted:
             continue
-        for suffix in (".mp4", ".png", ".json"):
+        for suffix in (".mp4", ".png", ".json", ".vtt"):
             meta.with_suffix(suffix).unlink(missing_ok=True)
 
 
@@ -300,7 +300,7 @@ def _refuse_foreign_files(dest: Path) -> None:
     meta = dest.with_suffix(".json")
     if is_render_metadata(meta):
         return
-    for path in (dest, dest.with_suffix(".png"), meta, dest.with_suffix(".csv")):
+    for path in (dest, dest.with_suffix(".png"), meta, dest.with_suffix(".csv"), dest.with_suffix(".vtt")):
         if path.exists() or path.is_symlink():
             raise RenderError(
                 f"{path}: already exists and was not written by frameatlas (no {meta.name} from an earlier "

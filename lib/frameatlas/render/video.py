@@ -33,6 +33,7 @@ from PIL import Image
 
 from ..config import RenderConfig
 from ..files import UnsafePath, atomic_path, atomic_write_json, atomic_write_text, contained_path, save_image
+from ..speech import write_rendered_subtitles
 from ..store import RunPaths, read_table
 from .cards import letterbox, output_contact_sheet, title_card
 from .errors import RenderError
@@ -447,6 +448,7 @@ def render_job(
         except ValueError:
             cached = False
         if cached:
+            write_rendered_subtitles(run, table, target)
             return RenderedVideo(job, target, total_frames / options.fps, total_frames, table, sheet_path, "cached",
                                  seconds=time.perf_counter() - started, title_seconds=title_frames / options.fps)  # fmt: skip
     cache = run.cache / "render"
@@ -464,5 +466,6 @@ def render_job(
         "fps": options.fps, "pieces": sorted({p.video.name for p in pieces} | {p.audio.name for p in pieces if p.audio}),
         "segments": table.to_dict("records"),
     })  # fmt: skip
+    write_rendered_subtitles(run, table, target)  # the speech heard in it, as a sidecar .vtt
     return RenderedVideo(job, target, total_frames / options.fps, total_frames, table, sheet_path, "rendered",
                          seconds=time.perf_counter() - started, title_seconds=title_frames / options.fps)  # fmt: skip
