@@ -77,11 +77,9 @@ def serve(run_dir: Path | str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_
 
     Raises `NotARun` (naming the folder) for a folder that is not a run, `OSError` when the
     port is taken. `port=0` picks a free port. `ready(url)` is called once it listens. With
-    `warm`, tables and the image model are loaded in the background after start, so the first
-    query does not wait for them.
+    `warm`, the vectors and the image model load in the background once the first page has asked
+    for the run (not before: they would slow that page down), so the first query waits less.
     """
-    import threading
-
     import uvicorn
 
     from .app import create_app
@@ -90,7 +88,7 @@ def serve(run_dir: Path | str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_
     if host not in LOCAL_HOSTS:
         log.warning("serve: listening on %s: anyone who can reach this machine can read this run's videos and frames", host)
     view = RunView(run.root)
-    app = create_app(view)
+    app = create_app(view, warm=warm)
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     url = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}/"
@@ -99,8 +97,6 @@ def serve(run_dir: Path | str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_
     async def lifespan(_app):
         _announce(run.root, {"url": url, "host": host, "port": bound_port, "pid": os.getpid(), "run": str(run.root),
                              "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})  # fmt: skip
-        if warm:
-            threading.Thread(target=_warm, args=(view,), name="frameatlas-warm", daemon=True).start()
         if ready is not None:
             ready(url)
         try:
@@ -115,16 +111,3 @@ def serve(run_dir: Path | str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_
         server.run(sockets=[sock])
     finally:
         sock.close()
-
-
-def _warm(view: RunView) -> None:
-    """Load what the first query needs (frame vectors, the image model) without blocking the app."""
-    try:
-        if view.videos and view.settings()["queries"]:
-            view.curves(view.videos[0].video_id, [])
-            from ..investigator.data import Prompt
-
-            view.curves(view.videos[0].video_id, [Prompt(view.settings()["queries"][0])])
-        view.thumbnail("")
-    except Exception as error:  # noqa: BLE001 - warming is an optimisation; the query will report the problem
-        log.info("serve: warming up failed (%s); the first query will load what it needs", error)

@@ -32,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -120,8 +121,9 @@ async def _json_body(request: Request) -> dict:
 class Investigator:
     """The state of one served run: its view, uploaded query images, clips exported so far."""
 
-    def __init__(self, view: RunView):
+    def __init__(self, view: RunView, warm: bool = False):
         self.view = view
+        self.warm = warm  # load vectors and model after the first GET /api/run has been answered
         self.uploads: OrderedDict[str, Any] = OrderedDict()
         self.exports: dict[str, Path] = {}
         self._lock = threading.Lock()
@@ -160,7 +162,8 @@ class Investigator:
     # ---- the API
 
     async def run(self, request: Request) -> Response:
-        return JSONResponse(self.view.describe())
+        warm, self.warm = self.warm, False
+        return JSONResponse(self.view.describe(), background=BackgroundTask(_warm, self.view) if warm else None)
 
     def _video_id(self, value: Any) -> str:
         if not isinstance(value, str) or self.view.video(value) is None:
@@ -322,9 +325,20 @@ async def _server_error(request: Request, error: Exception) -> Response:
     return JSONResponse({"error": "internal error; the server's log has the details"}, status_code=500)
 
 
-def create_app(view: RunView) -> Starlette:
-    """The Starlette app serving `view` (a `RunView` of a finished run)."""
-    app_state = Investigator(view)
+def _warm(view: RunView) -> None:
+    """Load what the first query needs (frame vectors, the image model, thumbnail paths), off the request path."""
+    try:
+        queries = view.settings()["queries"]
+        if view.videos and queries:
+            view.curves(view.videos[0].video_id, [Prompt(queries[0])])
+        view.thumbnail("")
+    except Exception as error:  # noqa: BLE001 - an optimisation only: the query itself will report the problem
+        log.info("serve: warming up failed (%s); the first query loads what it needs", error)
+
+
+def create_app(view: RunView, *, warm: bool = False) -> Starlette:
+    """The Starlette app serving `view` (a `RunView` of a finished run); `warm`: see `serve`."""
+    app_state = Investigator(view, warm)
     routes = [
         Route("/", app_state.index),
         Route("/static/{name}", app_state.static),
