@@ -487,3 +487,35 @@ def test_a_demo_recording_is_verified_muxed_into_a_video_and_remade_when_damaged
                                                                  waveform_of_audio=True),))  # fmt: skip
     with pytest.raises(corpus.DemoFetchError, match=r"voice.mp4.voice.wav from pkg==1.0: sha256 [0-9a-f]+ does not match"):
         corpus.fetch_demo(dest)
+
+
+@pytest.mark.slow
+def test_the_investigator_page_and_the_dashboard_players_show_what_is_said(speech_corpus, browser, tmp_path):
+    from browser import watch
+    from frameatlas.investigator.pages import write_investigator_pages
+    from frameatlas.report import _rendered_videos
+    from frameatlas.store import RunPaths, write_table
+
+    cfg, run, model, summary, truth = speech_corpus
+    copy = RunPaths(shutil.copytree(run.root, tmp_path / "run"))
+    pages = write_investigator_pages(copy, cfg)
+    talk = next(path for path in pages.files.values() if path.name == "investigate_talk.html")
+    page = browser.new_page()
+    seen = watch(page)
+    page.goto(talk.as_uri())
+    page.wait_for_function("document.getElementById('fa-video').textTracks[0]?.cues?.length > 0")
+    cues = page.evaluate("[...document.getElementById('fa-video').textTracks[0].cues].map(c => [c.startTime, c.text])")
+    railway = truth["talk.mp4"][0]
+    [(start, text)] = [cue for cue in cues if "railway station" in cue[1]]
+    assert (
+        abs(start - railway.start) < 0.5 and page.evaluate("document.getElementById('fa-video').textTracks[0].mode") == "showing"
+    )
+    assert seen.problems() == []
+    page.close()
+
+    (copy.videos / "q.mp4").parent.mkdir(exist_ok=True)
+    (copy.videos / "q.mp4").write_bytes(b"")
+    (copy.videos / "q.vtt").write_text("WEBVTT\n\n00:00:02.000 --> 00:00:04.000\nPlease meet me.\n")
+    write_table(pd.DataFrame({"path": ["videos/q.mp4"], "contact_sheet": [None]}), copy.table("render_videos"))
+    [rendered] = _rendered_videos(copy)
+    assert '<track kind="subtitles"' in rendered["subtitles"] and "data:text/vtt;base64," in rendered["subtitles"]

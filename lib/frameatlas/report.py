@@ -400,6 +400,10 @@ def _clusters(run: RunPaths) -> list[dict[str, Any]]:
 
 def _rendered_videos(run: RunPaths) -> list[dict[str, Any]]:
     """The render stage's outputs that exist on disk, clusters first (from tables/render_videos)."""
+    import markupsafe
+
+    from .speech import subtitle_track
+
     path = run.table("render_videos")
     if not path.exists():
         return []
@@ -408,6 +412,8 @@ def _rendered_videos(run: RunPaths) -> list[dict[str, Any]]:
         if video.get("path") and (run.root / video["path"]).is_file():
             sheet = video.get("contact_sheet")
             video["contact_sheet"] = sheet if sheet and (run.root / sheet).is_file() else None
+            vtt = (run.root / video["path"]).with_suffix(".vtt")  # the speech heard in it (render stage)
+            video["subtitles"] = markupsafe.Markup(subtitle_track(vtt))
             rows.append(video)
     return rows
 

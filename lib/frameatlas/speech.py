@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -541,6 +542,25 @@ def write_subtitles(run: RunPaths, segments: pd.DataFrame, videos: pd.DataFrame)
             if old.suffix in (".vtt", ".srt") and old not in written:
                 old.unlink()
     return written
+
+
+def video_subtitles(run_root: Path | str, video_name: str, video_id: str) -> Path | None:
+    """The `subtitles/<video>.vtt` that `write_subtitles` wrote for a video, if any."""
+    stem = Path(str(video_name)).stem
+    folder = Path(run_root) / "subtitles"
+    for candidate in (folder / f"{stem}-{video_id[:8]}.vtt", folder / f"{stem}.vtt"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def subtitle_track(vtt: Path | None) -> str:
+    """A `<track>` for a `<video>` showing `vtt`, its text inlined as a data: URL (browsers refuse a
+    subtitle file next to a page opened from file://); empty without a file."""
+    if vtt is None or not Path(vtt).is_file():
+        return ""
+    url = "data:text/vtt;base64," + base64.b64encode(Path(vtt).read_bytes()).decode("ascii")
+    return f'<track kind="subtitles" srclang="en" label="Speech" default src="{url}">'
 
 
 def frames_with_speech(frames: pd.DataFrame, segments: pd.DataFrame, window: float) -> pd.DataFrame:

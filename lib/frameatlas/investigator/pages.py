@@ -27,6 +27,7 @@ from pathlib import Path
 from ..config import PipelineConfig
 from ..files import atomic_write_text
 from ..plots import PLOTLY_BUNDLE, format_time, plotly_bundle
+from ..speech import subtitle_track, video_subtitles
 from ..store import RunPaths
 from .data import Prompt, RunView, dumps
 
@@ -65,7 +66,8 @@ def _page(view: RunView, video, curves, reason: str | None, src: str | None, thr
     channels = sorted({line.channel for line in curves.lines})
     missing = "" if src else '<p class="fa-error">The source video is not available: ' + html.escape(video.problem or "") + "</p>"
     player = (
-        f'<video id="fa-video" controls preload="auto" src="{html.escape(src, quote=True)}"></video>'
+        f'<video id="fa-video" controls preload="auto" src="{html.escape(src, quote=True)}">'
+        f"{subtitle_track(video_subtitles(view.run.root, video.name, video.video_id))}</video>"  # what is said
         if src
         else ('<video id="fa-video" controls></video>')
     )
