@@ -42,7 +42,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from frameatlas.config import config_from_dict  # noqa: E402
 from frameatlas.files import atomic_write_json  # noqa: E402
-from frameatlas.store import write_table  # noqa: E402
+from frameatlas.store import (
+    RunPaths,  # noqa: E402
+    write_table,  # noqa: E402
+)
 
 FRAMES_PER_VIDEO = 10_000
 WORDS = ("red car blue sky city street night rabbit meadow bird flying dog beach snow mountain crowd train "
@@ -155,6 +158,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=40)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cli-runs", type=int, default=None, help="baseline CLI queries (default: --repeat)")
+    parser.add_argument("--no-http-queries", dest="http_queries", action="store_false", help="skip the queries through the app")
     parser.add_argument("--keep", type=Path, help="make (or reuse) the synthetic run in this folder instead of a temporary one")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -179,22 +183,24 @@ def main() -> None:
             f"app start to first page: median {statistics.median(starts):.2f} s, runs {[round(s, 2) for s in starts]}", flush=True
         )
 
-        process, url, _ = start_server(run)
-        try:
-            query(url, "warm-up: loads the vectors and the model", timeout=900)
-            warm = [query(url, text) for text in texts(args.queries, seed=1)]
-        finally:
-            stop(process)
-        results["warm_query_s"] = {"p50": percentile(warm, 50), "p95": percentile(warm, 95), "runs": warm}
-        print(f"warm text query over {args.frames} frames (HTTP, encoding included): "
-              f"p50 {1000 * percentile(warm, 50):.0f} ms, p95 {1000 * percentile(warm, 95):.0f} ms", flush=True)  # fmt: skip
+        warm = [float("nan")]
+        if args.http_queries:
+            process, url, _ = start_server(run)
+            try:
+                query(url, "warm-up: loads the vectors and the model", timeout=900)
+                warm = [query(url, text) for text in texts(args.queries, seed=1)]
+            finally:
+                stop(process)
+            results["warm_query_s"] = {"p50": percentile(warm, 50), "p95": percentile(warm, 95), "runs": warm}
+            print(f"warm text query over {args.frames} frames (HTTP, encoding included): "
+                  f"p50 {1000 * percentile(warm, 50):.0f} ms, p95 {1000 * percentile(warm, 95):.0f} ms", flush=True)  # fmt: skip
 
         # the same in this process, split: the query's encoding, and the rest of frameatlas.search.search
         from frameatlas.models import image_encoder
         from frameatlas.search import _run_config, search
 
         search(run, "warm-up")
-        encoder = image_encoder(_run_config(run).models)
+        encoder = image_encoder(_run_config(RunPaths(run)).models)
         encode, total = [], []
         for text in texts(args.queries, seed=4):
             started = time.perf_counter()
