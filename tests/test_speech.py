@@ -519,3 +519,32 @@ def test_the_investigator_page_and_the_dashboard_players_show_what_is_said(speec
     write_table(pd.DataFrame({"path": ["videos/q.mp4"], "contact_sheet": [None]}), copy.table("render_videos"))
     [rendered] = _rendered_videos(copy)
     assert '<track kind="subtitles"' in rendered["subtitles"] and "data:text/vtt;base64," in rendered["subtitles"]
+
+
+@pytest.mark.slow
+def test_timelines_plot_speech_similarity_where_something_is_said(speech_corpus, tmp_path):
+    from frameatlas.models import text_encoder
+    from frameatlas.search import write_text_channel
+    from frameatlas.store import RunPaths
+    from frameatlas.visualize import similarity_timelines
+
+    cfg, run, model, summary, truth = speech_corpus
+    copy = RunPaths(shutil.copytree(run.root, tmp_path / "run"))
+    said = read_table(copy.table("speech_frames"))
+    said = said[said.text != ""]
+    write_text_channel(copy, "speech", list(said.frame_key), list(said.text), text_encoder(cfg.models))
+    queries = ["meet me at the railway station", "more coffee for the meeting"]
+    timelines = similarity_timelines(copy, cfg, queries)  # the fallback image model: no visual lines, speech ones
+    table = timelines.table
+    assert set(table.channel) == {"speech"} and set(table.video_name) == {"talk.mp4", "odd.mp4"}
+    talk = table[(table.video_name == "talk.mp4") & (table["query"] == queries[0])].set_index("timestamp").similarity
+    railway, football = truth["talk.mp4"]
+    best = talk.idxmax()
+    assert railway.start - 1.5 <= best <= railway.end + 0.5
+    rows = table[table["query"] == queries[0]].set_index("frame_key").similarity
+    assert set(rows[rows.notna()].index) == set(said.frame_key)  # a gap wherever nothing is said around the frame
+    assert talk.max() > talk[talk.index >= football.start].max()
+    [figure] = [
+        f for video_id, f in timelines.figures.items() if table[table.video_id == video_id].video_name.iloc[0] == "talk.mp4"
+    ]
+    assert [trace.name for trace in figure.data] == [f"{q} [speech]" for q in queries]

@@ -275,7 +275,8 @@ def test_timelines_match_the_similarity_computed_directly(clip_run, tiny_dir, tm
     assert summary.counts["timeline_videos"] == 2 and summary.counts["timeline_queries"] == 3
     assert sorted(p.name for p in summary.timeline_files.values()) == ["timeline_one.html", "timeline_two.html"]
     saved = read_table(run.table("timelines"))
-    assert list(saved.columns) == ["video_id", "video_name", "frame_key", "timestamp", "query", "similarity"]
+    assert list(saved.columns) == ["video_id", "video_name", "frame_key", "timestamp", "query", "similarity", "channel"]
+    assert set(saved.channel) == {"visual"}  # no speech channel in this run
     assert len(saved) == len(timelines.table)
     assert list(saved[saved.video_name == "one.mp4"].drop_duplicates("query")["query"]) == QUERIES  # configured order
     page = (run.root / "plots" / "timeline_one.html").read_text()

@@ -68,7 +68,7 @@ __all__ = [
 
 CUSTOMDATA = ("thumbnail", "frame_key")  # per-point customdata columns of every trace
 PROJECTION_COLUMNS = ["frame_key", "method", "x", "y", "z"]
-TIMELINE_COLUMNS = ["video_id", "video_name", "frame_key", "timestamp", "query", "similarity"]
+TIMELINE_COLUMNS = ["video_id", "video_name", "frame_key", "timestamp", "query", "similarity", "channel"]
 METHOD_LABELS = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
 NOISE_COLOUR = "#b8b8b8"
 NO_CLUSTERS_NOTE = "no clusters yet (tables/frames_annotated.parquet missing): maps coloured by video"
@@ -356,10 +356,12 @@ def write_standalone_html(
 class Timelines:
     """Similarity of each query to each frame over time.
 
-    `table` has one row per (frame, query): video_id, video_name, frame_key, timestamp, query,
-    similarity (cosine of unit CLIP vectors), thumbnail; ordered by video, query (as configured)
-    and time. `figures` maps video_id to its figure (one line per
-    query). When no timelines can be made, `figures` is empty and `reason` says why.
+    `table` has one row per (frame, query, channel): video_id, video_name, frame_key, timestamp, query,
+    similarity, channel, thumbnail; ordered by video, channel, query (as configured) and time. The
+    `visual` channel is the cosine of unit CLIP vectors; the `speech` channel (videos with speech,
+    when the run has the speech channel) is the sentence-encoder cosine of the query to what is said
+    around the frame, NaN where nothing is. `figures` maps video_id to its figure (one line per
+    query and channel). When no timelines can be made, `figures` is empty and `reason` says why.
     """
 
     table: pd.DataFrame
@@ -387,12 +389,14 @@ def timeline_figure(table: pd.DataFrame, *, title: str | None = None) -> go.Figu
     palette = _palette()
     fig = go.Figure()
     video_name = str(table.video_name.iloc[0]) if len(table) else ""
-    for n, (query, rows) in enumerate(table.groupby("query", sort=False)):
+    channels = table["channel"] if "channel" in table else pd.Series("visual", index=table.index)
+    for n, ((query, channel), rows) in enumerate(table.groupby([table["query"], channels], sort=False)):
         rows = rows.sort_values("timestamp")
-        hover = [f"<b>{html.escape(str(query))}</b><br>{html.escape(video_name)} {format_time(float(t))}<br>similarity {s:.4f}"
+        name = str(query) if channel == "visual" else f"{query} [{channel}]"  # speech: gaps where nothing is said
+        hover = [f"<b>{html.escape(name)}</b><br>{html.escape(video_name)} {format_time(float(t))}<br>similarity {s:.4f}"
                  for t, s in zip(rows.timestamp, rows.similarity)]  # fmt: skip
         fig.add_trace(go.Scatter(
-            x=rows.timestamp.to_numpy(float), y=rows.similarity.to_numpy(float), mode="lines+markers", name=str(query),
+            x=rows.timestamp.to_numpy(float), y=rows.similarity.to_numpy(float), mode="lines+markers", name=name,
             line={"color": palette[n % len(palette)], "width": 1.5}, marker={"size": 4},
             text=hover, hovertemplate="%{text}<extra></extra>", customdata=_customdata(rows).tolist(),
         ))  # fmt: skip
@@ -403,6 +407,38 @@ def timeline_figure(table: pd.DataFrame, *, title: str | None = None) -> go.Figu
         meta={"frameatlas": {"kind": "timeline", "video_name": video_name, "customdata": list(CUSTOMDATA)}},
     )  # fmt: skip
     return fig
+
+
+def _speech_timelines(run: RunPaths, cfg: PipelineConfig, frames: pd.DataFrame, queries: list[str]) -> list[pd.DataFrame]:
+    """Each query's similarity to what is said around each frame (the speech channel's vectors), for the
+    videos with speech; frames without speech are gaps (NaN). None when the run has no speech channel."""
+    from .search import _load_channel, _text_query
+
+    try:
+        table, vectors, model_id = _load_channel(run, "speech")
+    except FileNotFoundError:
+        return []
+    if not len(table):
+        return []
+    encoded = []
+    for query in queries:
+        vector, reason = _text_query(cfg, model_id, query)
+        if vector is None:
+            log.info("visualize: no speech lines in the timelines: %s", reason)
+            return []
+        encoded.append(np.asarray(vector, np.float32))
+    position = pd.Series(np.arange(len(table)), index=table.frame_key.astype(str).to_numpy())
+    rows = position[~position.index.duplicated()].reindex(frames.frame_key.astype(str)).fillna(-1).to_numpy(int)
+    spoken = rows >= 0
+    with_speech = frames.video_id[spoken].unique()
+    keep = frames.video_id.isin(with_speech).to_numpy()
+    similarity = np.full((len(frames), len(queries)), np.nan, np.float32)
+    similarity[spoken] = vectors[rows[spoken]] @ np.stack(encoded).T
+    columns = {"video_id": frames.video_id.to_numpy()[keep], "video_name": frames.video_name.to_numpy()[keep],
+               "frame_key": frames.frame_key.to_numpy()[keep], "timestamp": frames.timestamp.to_numpy(float)[keep],
+               "thumbnail": frames.thumbnail.to_numpy()[keep], "channel": "speech"}  # fmt: skip
+    return [pd.DataFrame({**columns, "query": query, "similarity": similarity[keep, q].astype(float), "_order": len(queries) + q})
+            for q, query in enumerate(queries)]  # fmt: skip
 
 
 def similarity_timelines(
@@ -424,17 +460,21 @@ def similarity_timelines(
     if not len(frames):
         return Timelines(empty, reason="no timelines: no frame vectors yet; run the embed stage", queries=queries)
     text_vectors, reason = query_vectors(cfg, model_id, queries, encoder)
+    parts = []
     if text_vectors is None:
         log.debug("visualize: %s", reason)
+    else:
+        similarity = vectors @ text_vectors.T  # (frames, queries)
+        for q, query in enumerate(queries):
+            parts.append(pd.DataFrame({
+                "video_id": frames.video_id.to_numpy(), "video_name": frames.video_name.to_numpy(),
+                "frame_key": frames.frame_key.to_numpy(), "timestamp": frames.timestamp.to_numpy(float), "query": query,
+                "similarity": similarity[:, q].astype(float), "thumbnail": frames.thumbnail.to_numpy(), "_order": q,
+                "channel": "visual",
+            }))  # fmt: skip
+    parts += _speech_timelines(run, cfg, frames, queries)
+    if not parts:
         return Timelines(empty, reason=reason, queries=queries)
-    similarity = vectors @ text_vectors.T  # (frames, queries)
-    parts = []
-    for q, query in enumerate(queries):
-        parts.append(pd.DataFrame({
-            "video_id": frames.video_id.to_numpy(), "video_name": frames.video_name.to_numpy(),
-            "frame_key": frames.frame_key.to_numpy(), "timestamp": frames.timestamp.to_numpy(float), "query": query,
-            "similarity": similarity[:, q].astype(float), "thumbnail": frames.thumbnail.to_numpy(), "_order": q,
-        }))  # fmt: skip
     long = pd.concat(parts, ignore_index=True)
     figures = {str(video_id): timeline_figure(rows) for video_id, rows in long.groupby("video_id", sort=False)}
     table = long.sort_values(["video_name", "video_id", "_order", "timestamp"], kind="stable").reset_index(drop=True)
