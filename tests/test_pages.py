@@ -128,9 +128,10 @@ def test_runner_stage_progress_and_info_go_to_the_terminal_and_log_not_the_repor
 # --------------------------------------------------------------------------- reports and pages of a real run
 
 
-def _pages(root):
-    """Every report and plot page of a run folder."""
-    return sorted((root / "reports").glob("*.html")) + sorted((root / "plots").glob("*.html"))
+def _pages(root, *, investigator: bool = False):
+    """Every report, map and timeline page of a run folder (and its investigator pages)."""
+    plots = sorted(p for p in (root / "plots").glob("*.html") if investigator or not p.name.startswith("investigate_"))
+    return sorted((root / "reports").glob("*.html")) + plots
 
 
 def _open(browser, path):
@@ -152,24 +153,27 @@ def _plotted_points(page) -> int:
     )
 
 
-def _open_every_page(browser, root, frames: int) -> None:
-    pages = _pages(root)
+def _open_every_page(browser, pages, frames: int) -> None:
+    """Each page in one tab, one after the other: no console error, nothing off the machine, maps drawn."""
     assert {p.name for p in pages} >= {"01_extract.html", "06_render.html", "map_pca.html"}
+    tab = browser.new_page()
+    seen = watch(tab)
     for path in pages:
-        page, seen = _open(browser, path)
+        tab.goto(path.as_uri())
+        tab.wait_for_load_state("load")
         if path.name.startswith("map_"):
-            assert _plotted_points(page) == frames, path.name  # every frame is a point of the map
-            assert page.locator(".js-plotly-plot .gl-container canvas, .js-plotly-plot canvas").count() > 0
+            assert _plotted_points(tab) == frames, path.name  # every frame is a point of the map
+            assert tab.locator(".js-plotly-plot canvas").count() > 0
         if path.name == "05_visualize.html":
-            assert _plotted_points(page) > 0  # the report's figures draw with the run's plotly.js
+            assert _plotted_points(tab) > 0  # the report's figures draw with the run's plotly.js
         assert seen.problems() == [], path
-        page.close()
+    tab.close()
 
 
 @pytest.mark.slow
 def test_every_report_and_map_opens_from_file_with_no_errors_and_no_request_off_the_machine(finished_run, browser):
     frames = len(pd.read_parquet(finished_run / "tables" / "frames.parquet"))
-    _open_every_page(browser, finished_run, frames)
+    _open_every_page(browser, _pages(finished_run), frames)
 
 
 @pytest.mark.slow
@@ -254,7 +258,10 @@ def test_a_shared_archive_opens_anywhere_with_working_links(finished_run, browse
     assert not (root / "cache").exists() and not (root / "index").exists()
     assert (root / "tables" / "frames.csv").exists() and (root / "plots" / "plotly.min.js").exists()
     frames = len(pd.read_parquet(root / "tables" / "frames.parquet"))
-    _open_every_page(browser, root, frames)
+    investigators = sorted((root / "plots").glob("investigate_*.html"))
+    assert investigators and shared.detached_media  # their source videos are not shared: the players say so
+    _open_every_page(browser, _pages(root) + investigators[:1], frames)
+    assert "not part of this shared folder" in investigators[0].read_text(encoding="utf-8")
 
     page, seen = _open(browser, root / "index.html")
     links = page.eval_on_selector_all("a[href]", "links => links.map(a => a.getAttribute('href'))")
