@@ -258,6 +258,8 @@ def _serve(args: argparse.Namespace) -> int:
     except (NotARun, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the server has stopped (uvicorn re-raises it once it is done)
+        return 130
     return 0
 
 
