@@ -163,9 +163,7 @@ class CaptionConfig(_Section):
     term_limit: int | None = Field(
         None, ge=1, description="Keep only the first N lines of each term list (flavors has ~100k); null = all."
     )
-    intermediate_count: int = Field(
-        2048, ge=16, le=100000, description="best/negative: candidate flavors kept before chaining."
-    )
+    intermediate_count: int = Field(2048, ge=16, le=100000, description="best/negative: candidate flavors kept before chaining.")
     term_batch_size: int = Field(256, ge=1, le=8192, description="Term texts per CLIP text forward pass.")
     ocr: OcrConfig = OcrConfig()
 
@@ -256,7 +254,9 @@ class SearchConfig(_Section):
     @model_validator(mode="after")
     def _relative_in_range(self) -> "SearchConfig":
         if self.relative and self.threshold is not None and self.threshold > 1:
-            raise ValueError(f"relative threshold {self.threshold} must be at most 1 (0.9 = 90% of the best score)")
+            raise ValueError(
+                f"search.threshold {self.threshold} must be at most 1 while search.relative is true (0.9 = 90% of the best score)"
+            )
         return self
 
 
@@ -299,7 +299,9 @@ class RenderConfig(_Section):
         "clips", description="clips: cut from the sources; slideshow: still thumbnails; auto: stills where a source is gone."
     )
     clusters: bool = Field(True, description="One video per cluster of the latest labelling.")
-    queries: bool = Field(True, description="One video per search.queries entry (needs CLIP, caption or on-screen text to answer it).")
+    queries: bool = Field(
+        True, description="One video per search.queries entry (needs CLIP, caption or on-screen text to answer it)."
+    )
     padding_before: float = Field(0.5, ge=0, le=60, description="Seconds added before each segment.")
     padding_after: float = Field(0.5, ge=0, le=60, description="Seconds added after each segment.")
     max_total_seconds: float = Field(20.0, gt=0, description="Longest total of segments per output video (title excluded).")
@@ -395,7 +397,7 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> PipelineConfig:
         cfg.models.image.pretrained = str(absolute(Path(pretrained)))  # a checkpoint path, not a tag
     image_name = cfg.models.image.name
     if image_name.startswith("local-dir:"):
-        cfg.models.image.name = "local-dir:" + str(absolute(Path(image_name[len("local-dir:"):])))
+        cfg.models.image.name = "local-dir:" + str(absolute(Path(image_name[len("local-dir:") :])))
     text_name = cfg.models.text.name
     if text_name.startswith((".", "~", "/")):
         cfg.models.text.name = str(absolute(Path(text_name)))
@@ -433,9 +435,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     return data
 
 
-def config_from_dict(
-    data: dict[str, Any] | None, *, base_dir: Path | str = ".", source: str = "<config>"
-) -> PipelineConfig:
+def config_from_dict(data: dict[str, Any] | None, *, base_dir: Path | str = ".", source: str = "<config>") -> PipelineConfig:
     """Validate a raw dict into a `PipelineConfig`, resolving relative paths against `base_dir`."""
     data = dict(data or {})
     data.pop("source", None)
