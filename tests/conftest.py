@@ -55,6 +55,22 @@ def no_network(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def frameatlas_logging_restored():
+    """A test that opens a stage in this process (its log handlers, `propagate = False`) leaves the
+    logging set-up as it found it, so later tests' `caplog` still sees frameatlas records."""
+    loggers = [logging.getLogger("frameatlas"), logging.getLogger("py.warnings")]
+    saved = [(list(logger.handlers), logger.propagate, logger.level) for logger in loggers]
+    yield
+    for logger, (handlers, propagate, level) in zip(loggers, saved):
+        for handler in list(logger.handlers):
+            if handler not in handlers:
+                logger.removeHandler(handler)
+                handler.close()
+        logger.propagate, logger.level = propagate, level
+    logging.captureWarnings(False)
+
+
+@pytest.fixture(autouse=True)
 def fail_on_logged_errors(caplog):
     """A test that makes frameatlas log an ERROR fails, unless it says it expects one."""
     caplog.set_level(logging.WARNING, logger="frameatlas")
