@@ -38,6 +38,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -203,13 +204,10 @@ def _interval_fraction(seconds: float) -> Fraction:
     return Fraction(seconds).limit_denominator(1_000_000)
 
 
-def iter_samples(path: Path | str, cfg: ExtractConfig) -> Iterator[Sample]:
-    """Decode `path` once, yielding the frames the sampling mode keeps, in time order.
-
-    Raises `VideoError` if the file cannot be opened; a decode error after some frames were
-    yielded ends the iteration with `VideoError` as well (the caller keeps what it got).
-    """
-    path = Path(path)
+@contextmanager
+def _video_stream(path: Path, decode_threads: int) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
+    """The open container and its first video stream, set up for threaded decoding; `VideoError`
+    naming the file when it cannot be opened or has no video."""
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as error:
@@ -219,7 +217,18 @@ def iter_samples(path: Path | str, cfg: ExtractConfig) -> Iterator[Sample]:
             raise VideoError(path, "no video stream (audio-only or data file)")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = cfg.decode_threads
+        stream.codec_context.thread_count = decode_threads
+        yield container, stream
+
+
+def iter_samples(path: Path | str, cfg: ExtractConfig) -> Iterator[Sample]:
+    """Decode `path` once, yielding the frames the sampling mode keeps, in time order.
+
+    Raises `VideoError` if the file cannot be opened; a decode error after some frames were
+    yielded ends the iteration with `VideoError` as well (the caller keeps what it got).
+    """
+    path = Path(path)
+    with _video_stream(path, cfg.decode_threads) as (container, stream):
         if cfg.mode == "keyframes":
             stream.codec_context.skip_frame = "NONKEY"
         yield from _sample_stream(path, container, stream, cfg)
@@ -460,16 +469,7 @@ def iter_frames_at(
     wanted = sorted({float(t) for t in timestamps})
     if not wanted:
         return
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError) as error:
-        raise VideoError(path, _av_reason(error)) from None
-    with container:
-        if not container.streams.video:
-            raise VideoError(path, "no video stream (audio-only or data file)")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = decode_threads
+    with _video_stream(path, decode_threads) as (container, stream):
         time_base = stream.time_base or Fraction(1, 90000)
         origin = stream.start_time
         if seek and origin is not None:
