@@ -111,3 +111,8 @@ def serve(run_dir: Path | str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_
         server.run(sockets=[sock])
     finally:
         sock.close()
+    if server.started and server.should_exit:
+        # Stopped by Ctrl-C/SIGTERM. uvicorn re-raises the signal once it has shut down, but
+        # asyncio's own SIGINT handler can turn that into a cancel the finished task ignores:
+        # say it here, so the CLI always ends with the interrupted status.
+        raise KeyboardInterrupt
