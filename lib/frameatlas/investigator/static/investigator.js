@@ -153,8 +153,20 @@
     }
 
     toggle() {
-      if (this.video.paused) this.video.play();
-      else this.video.pause();
+      if (!this.video.paused) {
+        this.video.pause();
+        return;
+      }
+      // play() returns a promise that rejects with AbortError when a pause
+      // (the viewer's own next key press) lands before playback starts: that
+      // is the viewer's choice, not an error. Anything else (autoplay policy,
+      // an unplayable file) is reported.
+      const playing = this.video.play();
+      if (playing) {
+        playing.catch((error) => {
+          if (error.name !== "AbortError") console.error("frameatlas: cannot play:", error.message);
+        });
+      }
     }
 
     // One sampled frame back (-1) or forward (+1) from the current time.
