@@ -17,6 +17,8 @@ Sampling modes (`extract.mode`):
 
 Timestamps come from each frame's PTS (seconds from the stream's start), so they stay right
 for variable-frame-rate files. Rotation metadata (display matrix) is applied to thumbnails.
+Each thumbnail's 64-bit perceptual signature (`frameatlas.signature`) goes into the frames
+table's `signature` column: per-frame models reuse results across near-identical frames.
 
 A `SampleSink` (the embed pass) can take a second output of every kept frame, scaled straight
 from the decoded picture (`model_input`): one decode, two outputs. `iter_frames_at` decodes a
@@ -63,7 +65,8 @@ from .corpus import (
 )
 from .files import HashCache, atomic_write_json, fsync_folder, save_image
 from .progress import progress_bar
-from .store import RunPaths, read_table, write_table
+from .signature import frame_signature, frame_signatures
+from .store import RunPaths, read_table, read_thumbnail, write_table
 from .summary import StageSummary
 
 log = logging.getLogger(__name__)
@@ -87,7 +90,7 @@ __all__ = [
 
 FRAME_COLUMNS = [
     "frame_key", "video_id", "video_name", "video_path", "timestamp", "frame_index", "thumbnail",
-    "width", "height", "shot_id", "is_shot_start", "sampling",
+    "width", "height", "shot_id", "is_shot_start", "sampling", "signature",
 ]  # fmt: skip
 
 # Bump when sampling or thumbnail code changes in a way that changes its output.
@@ -553,7 +556,7 @@ def extract_video(
     shard = _shard_dir(run, video_id, key)
     table_path, meta_path = shard / "frames.parquet", shard / "video.json"
     if not force and table_path.exists():
-        cached = _cached_result(video, video_id, table_path, meta_path)
+        cached = _cached_result(video, video_id, table_path, meta_path, run)
         if cached is not None:
             return cached
 
@@ -570,12 +573,14 @@ def extract_video(
         raise
 
 
-def _cached_result(video: VideoFile, video_id: str, table_path: Path, meta_path: Path) -> VideoResult | None:
+def _cached_result(video: VideoFile, video_id: str, table_path: Path, meta_path: Path, run: RunPaths) -> VideoResult | None:
     """The finished shard's result, or None when it cannot be read (then the video is sampled again)."""
     try:
         meta = json.loads(meta_path.read_text())
         frames = read_table(table_path)
         info = VideoInfo(**meta["info"]) if meta.get("info") else None
+        if "signature" not in frames:
+            frames = _add_signatures(frames, run, table_path)
     except Exception as error:  # noqa: BLE001 - any damage to a cache means: redo the work
         log.warning("%s: cached frames unreadable (%s); sampling the video again", table_path.parent, failure_reason(error))
         return None
@@ -583,6 +588,14 @@ def _cached_result(video: VideoFile, video_id: str, table_path: Path, meta_path:
     frames["video_name"] = video.path.name
     problem = SkippedInput(str(video.path), meta["problem"], status="partial") if meta.get("problem") else None
     return VideoResult(video_id, str(video.path), frames, info, cached=True, problem=problem)
+
+
+def _add_signatures(frames: pd.DataFrame, run: RunPaths, table_path: Path) -> pd.DataFrame:
+    """A shard made before frames had signatures gets them from its thumbnails, saved once into the shard."""
+    frames = frames.assign(signature=frame_signatures(read_thumbnail(path) for path in run.thumbnails(frames)))
+    write_table(frames, table_path)
+    log.info("%s: signatures added to %d frames sampled before signatures existed", table_path.parent, len(frames))
+    return frames
 
 
 def _sample_into_shard(
@@ -628,6 +641,7 @@ def _sample_into_shard(
                     "shot_id": sample.shot_id,
                     "is_shot_start": sample.is_shot_start,
                     "sampling": key,
+                    "signature": frame_signature(image),  # near-duplicate frames reuse per-frame results
                 }
             )
             bar.update(round(sample.timestamp - done_seconds, 1))
