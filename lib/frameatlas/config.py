@@ -59,12 +59,30 @@ class RunConfig(_Section):
     stage_timeout_minutes: float = Field(
         240.0, gt=0, le=10080, description="Longest one stage notebook may run before it is stopped and marked failed."
     )
+    executor: Literal["local", "ray"] = Field(
+        "local", description="Where the per-video passes (extract, on-screen text, speech, image embedding) run: "
+        "local (this process) | ray (one task per video on a Ray cluster; needs the [scale] extra).",
+    )  # fmt: skip
+    ray_address: str | None = Field(
+        None, description="Ray cluster to use (ray://host:10001, host:6379 or auto); null = RAY_ADDRESS if set, else "
+        "a local Ray started for the pass.",
+    )  # fmt: skip
+    ray_worker_cpus: int = Field(
+        1, ge=1, le=256, description="CPUs each Ray worker gets (its model's threads); one worker per this many CPUs."
+    )
 
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
             raise ValueError("must be a folder name made of letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"auto|ray://[^\s/:]+(:\d+)?|[^\s/:]+:\d+", value):
+            raise ValueError("must be auto, ray://host:10001 (Ray Client) or host:6379 (the head's GCS), or null")
         return value
 
 
