@@ -18,7 +18,7 @@ LAYERS = {
     "face": {"cli", "scaffold", "serve"},
     "orchestration": {"pipeline", "report", "share"},
     "stages": {"frames", "caption", "ocr", "speech", "embed", "evaluation", "cluster", "project", "visualize", "search", "render", "investigator"},
-    "data": {"__init__", "config", "files", "lock", "store", "corpus", "index", "plots", "progress", "summary", "models", "signature"},
+    "data": {"__init__", "config", "files", "lock", "store", "corpus", "index", "plots", "progress", "summary", "models", "signature", "executor"},
 }
 ORDER = ["data", "stages", "orchestration", "face"]
 # The package's __init__ sits in the data layer (everyone reads __version__) and re-exports one entry

@@ -36,8 +36,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .config import PipelineConfig
+from .config import ModelsConfig, PipelineConfig
 from .corpus import SkippedInput
+from .executor import Failed, open_executor, worker_threads
 from .files import atomic_write_json
 from .index import VectorIndex, frame_metadata, open_index, shared_id
 from .models import ImageEncoder, ModelRecord, image_encoder
@@ -394,6 +395,10 @@ def cached_frame_vectors(
         todo.append((shard, group, source))
     if hashes is not None:
         hashes.save()
+    if todo and cfg.run.executor == "ray":
+        with open_executor(cfg.run, run.root) as executor:
+            _embed_on_workers(executor, cfg, run, encoder, todo, tables, summary, skip)
+        todo = []
 
     total = sum(len(group) for _, group, _ in todo)
     bar = progress_bar(total=total, desc=f"embed {model_id}"[:40], unit="frame") if total else None
@@ -440,6 +445,94 @@ def cached_frame_vectors(
     return table[EMBEDDING_COLUMNS], vectors
 
 
+@dataclass(frozen=True)
+class WorkerImageModel:
+    """The image model as a Ray worker loads it, once (`executor.RayExecutor.map`'s `setup`): the
+    config's model with torch's threads set to the worker's CPUs. Refuses a model that is not the
+    one the driver loaded (another model id: a node with other weights)."""
+
+    models: ModelsConfig
+    model_id: str | None = None  # None: whatever loads (embedding while extracting only costs time if it does not)
+
+    def __call__(self, threads: int) -> ImageEncoder:
+        encoder = image_encoder(self.models.model_copy(update={"threads": threads}))
+        if self.model_id is not None and encoder.record.model_id != self.model_id:
+            raise RuntimeError(f"a Ray worker loaded the image model {encoder.record.model_id}, the driver "
+                               f"{self.model_id}: every node needs the same models.* weights (a shared model cache)")  # fmt: skip
+        return encoder
+
+
+@dataclass(frozen=True)
+class _EmbedUnit:
+    """One video for a Ray worker (`_embed_on_worker`): its frames, the vector shard to write, the source to decode."""
+
+    run_root: str
+    shard: Path
+    group: pd.DataFrame
+    source: Path | None
+    batch_size: int
+    queue_batches: int
+    loader_threads: int
+    decode_threads: int
+
+
+def _embed_on_worker(encoder: ImageEncoder, unit: _EmbedUnit) -> int | str:
+    """Embed one video on a Ray worker into its vector shard; how many frames, or why the video is skipped
+    (what the local loop skips it for). A model error propagates: the executor tries again, then skips."""
+    run = RunPaths(unit.run_root)
+    group = unit.group
+    if unit.source is not None:
+        embedder = FrameEmbedder(encoder, run, batch_size=unit.batch_size, queue_batches=unit.queue_batches, strict=True)
+        try:
+            _decode_into(embedder, unit.source, group, unit.decode_threads or worker_threads() or 1)
+        except Exception as error:  # noqa: BLE001 - as the local loop: this video is skipped, with this reason
+            try:
+                embedder.close()
+            except Exception:  # noqa: BLE001 - the decode error is the reason given
+                pass
+            return str(error)
+        embedder.close()  # raises a model error
+        return embedder.embedded if embedder.tables else f"{unit.source}: not every sampled frame was decoded again"
+    try:
+        vectors = encode_image_files(
+            encoder, run.thumbnails(group), batch_size=unit.batch_size, loader_threads=unit.loader_threads,
+            prefetch_batches=unit.queue_batches,
+        )  # fmt: skip
+    except (UnreadableThumbnail, UnsafePath) as error:
+        return str(error)
+    table = pd.DataFrame(
+        {"frame_key": group.frame_key.to_numpy(), "video_id": group.video_id.to_numpy(), "model_id": encoder.record.model_id,
+         "vector": list(vectors)}
+    )  # fmt: skip
+    write_table(table, unit.shard)
+    return len(table)
+
+
+def _embed_on_workers(executor, cfg: PipelineConfig, run: RunPaths, encoder: ImageEncoder, todo: list, tables: list,
+                      summary: EmbedSummary, skip) -> None:  # fmt: skip
+    """`cached_frame_vectors`' missing videos embedded by Ray workers, each into its shard; the shards are read
+    back here into `tables` (vectors never travel through Ray), and videos that could not be embedded go to `skip`."""
+    model_id = encoder.record.model_id
+    columns = [c for c in ("frame_key", "video_id", "video_path", "sampling", "timestamp", "thumbnail") if c in todo[0][1]]
+    units = [_EmbedUnit(str(run.root), shard, group[columns], source, cfg.models.image.batch_size, cfg.embed.prefetch_batches,
+                        cfg.embed.loader_threads, cfg.extract.decode_threads) for shard, group, source in todo]  # fmt: skip
+    bar = progress_bar(total=sum(len(group) for _, group, _ in todo), desc=f"embed {model_id}"[:40], unit="frame")
+    started = time.perf_counter()
+    try:
+        outcomes = executor.map(_embed_on_worker, units, setup=WorkerImageModel(cfg.models, model_id),
+                                on_done=lambda i, result: bar.update(len(units[i].group)))  # fmt: skip
+    finally:
+        bar.close()
+    summary.embed_seconds += time.perf_counter() - started
+    for (shard, group, _), outcome in zip(todo, outcomes):
+        if isinstance(outcome, (Failed, str)):
+            skip(group, RuntimeError(outcome.reason if isinstance(outcome, Failed) else outcome))
+            continue
+        table = pd.read_parquet(shard)
+        tables.append(table[table.frame_key.isin(set(group.frame_key))])
+        summary.embedded += len(group)
+
+
 def extract_and_embed(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False):
     """The extract stage (`frames.extract_corpus`), handing each decoded frame to the embed pass
     as well when the embed stage is enabled and the image model takes full frames: one decode,
@@ -453,6 +546,10 @@ def extract_and_embed(cfg: PipelineConfig, run: RunPaths | Path | str, *, force:
     from .frames import extract_corpus
 
     run = run if isinstance(run, RunPaths) else RunPaths(run)
+    if cfg.run.executor == "ray":  # each Ray worker loads the model once and embeds the videos it extracts
+        worker_sink = WorkerFrameEmbedder(WorkerImageModel(cfg.models), str(run.root), cfg.models.image.batch_size,
+                                          cfg.embed.prefetch_batches) if cfg.embed.enabled and cfg.embed.during_extract else None  # fmt: skip
+        return extract_corpus(cfg, run, force=force, worker_sink=worker_sink)
     embedder = None
     if cfg.embed.enabled and cfg.embed.during_extract:
         try:
@@ -472,6 +569,44 @@ def extract_and_embed(cfg: PipelineConfig, run: RunPaths | Path | str, *, force:
         summary.embedded = {"frames_embedded": embedder.embedded, "embed_model": embedder.encoder.record.model_id,
                             "embed_model_seconds": round(embedder.model_seconds, 2)}  # fmt: skip
     return summary
+
+
+@dataclass(frozen=True)
+class WorkerFrameEmbedder:
+    """Embedding while extracting on a Ray worker (`frames.extract_corpus`'s `worker_sink`): called once per
+    worker, it loads the image model there; the state it returns gives a `FrameEmbedder` per video
+    (`new_sink`) and its counts once the video's vectors are written (`close_sink`). A model that cannot
+    be loaded, or takes no full frames, only means no embedding there (its `error` says why)."""
+
+    model: WorkerImageModel
+    run_root: str
+    batch_size: int
+    queue_batches: int
+
+    def __call__(self, threads: int) -> _WorkerEmbedding:
+        return _WorkerEmbedding(self, threads)
+
+
+class _WorkerEmbedding:
+    def __init__(self, recipe: WorkerFrameEmbedder, threads: int):
+        self.recipe, self.encoder, self.error = recipe, None, None
+        try:
+            encoder = recipe.model(threads)
+        except Exception as error:  # noqa: BLE001 - the embed stage reports a model that cannot load
+            self.error = f"the image model cannot be loaded ({error})"
+        else:
+            self.encoder = encoder if frame_input(encoder) else None
+
+    def new_sink(self) -> FrameEmbedder | None:
+        if self.encoder is None:
+            return None
+        return FrameEmbedder(self.encoder, RunPaths(self.recipe.run_root), batch_size=self.recipe.batch_size,
+                             queue_batches=self.recipe.queue_batches)  # fmt: skip
+
+    def close_sink(self, sink: FrameEmbedder) -> dict[str, Any]:
+        sink.close()
+        return {"frames_embedded": sink.embedded, "embed_model": self.encoder.record.model_id,
+                "embed_model_seconds": sink.model_seconds}  # fmt: skip
 
 
 def embed_frames(

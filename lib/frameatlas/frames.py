@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import av
 import numpy as np
@@ -63,6 +63,7 @@ from .corpus import (
     fetch_demo,
     video_in_corpus,
 )
+from .executor import Failed, open_executor, worker_threads
 from .files import HashCache, atomic_write_json, fsync_folder, save_image
 from .progress import progress_bar
 from .signature import frame_signature, frame_signatures
@@ -702,8 +703,9 @@ def prepare_corpus(cfg: PipelineConfig) -> CorpusListing:
 
 
 def extract_corpus(
-    cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False, sink: SampleSink | None = None
-) -> ExtractSummary:
+    cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False, sink: SampleSink | None = None,
+    worker_sink: Callable[[int], Any] | None = None,
+) -> ExtractSummary:  # fmt: skip
     """Run the extract stage: sample every video, then write `tables/frames` and `tables/videos`.
 
     Videos already sampled with the same parameters are reused (by content hash), and the
@@ -711,12 +713,20 @@ def extract_corpus(
     decoder or image library failure, a disk error) skips that video with its reason in the
     summary; the others are sampled regardless. `sink` gets a second output of every frame
     decoded (see `extract_video`).
+
+    With `run.executor: ray` the videos are sampled by Ray workers (`_extract_on_workers`);
+    `worker_sink(threads)`, run once per worker, then stands for `sink` there (see
+    `frameatlas.embed.WorkerFrameEmbedder`).
     """
     started = time.perf_counter()
     run = run if isinstance(run, RunPaths) else RunPaths(run)
     listing = prepare_corpus(cfg)
     summary = ExtractSummary(skipped=list(listing.skipped))
     hashes = HashCache(run.cache / "content_hashes.json")
+    remote: dict[str, VideoResult | str] = {}
+    if cfg.run.executor == "ray":
+        with open_executor(cfg.run, run.root) as executor:
+            remote = _extract_on_workers(executor, cfg, run, listing.videos, hashes, summary, force, worker_sink)
     seen: dict[str, str] = {}
     frame_tables: list[pd.DataFrame] = []
     video_rows: list[dict] = []
@@ -730,7 +740,12 @@ def extract_corpus(
                     overall.update(1)
                     continue
                 seen[video_id] = str(video.path)
-                result = extract_video(video, video_id, cfg.extract, run, force=force, sink=sink)
+                if video_id in remote:  # done by a Ray worker: its result, or why it was skipped
+                    result = remote.pop(video_id)
+                    if isinstance(result, str):
+                        raise VideoError(video.path, result)
+                else:
+                    result = extract_video(video, video_id, cfg.extract, run, force=force, sink=sink)
             except VideoError as error:
                 _skip_video(summary, video, error.reason)
                 overall.update(1)
@@ -771,6 +786,86 @@ def extract_corpus(
     )  # fmt: skip
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+@dataclass(frozen=True)
+class _ExtractUnit:
+    """One video for a Ray worker (`_extract_on_worker`): where it is and where its shard goes."""
+
+    video: VideoFile
+    video_id: str
+    cfg: ExtractConfig
+    run_root: str
+    force: bool
+
+
+def _extract_on_worker(state: Any, unit: _ExtractUnit) -> dict[str, Any]:
+    """Sample one video into its shard on a Ray worker (and embed its frames when the worker's `state`
+    makes sinks); returns counts, or why the video is not usable (`skipped`). Other errors propagate:
+    the executor tries the video again, then skips it with the error."""
+    cfg = unit.cfg
+    if not cfg.decode_threads:  # FFmpeg's threads: the CPUs this worker was given, not every core of the node
+        cfg = cfg.model_copy(update={"decode_threads": worker_threads() or 1})
+    sink = state.new_sink() if state is not None else None
+    try:
+        result = extract_video(unit.video, unit.video_id, cfg, RunPaths(unit.run_root), force=unit.force, sink=sink)
+    except VideoError as error:
+        return {"skipped": error.reason}
+    finally:
+        embedded = state.close_sink(sink) if sink is not None else {}
+    return {"cached": result.cached, "decoded_seconds": result.decoded_seconds, "embedded": embedded,
+            "sink_error": getattr(state, "error", None)}  # fmt: skip
+
+
+def _extract_on_workers(
+    executor, cfg: PipelineConfig, run: RunPaths, videos: list[VideoFile], hashes: HashCache, summary: ExtractSummary,
+    force: bool, worker_sink: Callable[[int], Any] | None,
+) -> dict[str, VideoResult | str]:  # fmt: skip
+    """Every video's shard made by Ray workers; by video id, its result (read back from the shard it
+    wrote) or the reason it is skipped. Workers return counts only, never frames. The embedding
+    counts of `worker_sink` go to `summary.embedded`."""
+    units: dict[str, _ExtractUnit] = {}
+    for video in videos:
+        try:
+            video_id = content_hash(video.path, hashes)
+        except Exception:  # noqa: BLE001 - the stage's loop hashes it again and reports why it cannot
+            continue
+        units.setdefault(video_id, _ExtractUnit(video, video_id, cfg.extract, str(run.root), force))
+    hashes.save()
+    work = list(units.values())
+    bar = progress_bar(total=len(work), desc=f"extract on {executor.describe()}"[:40], unit="video", position=0)
+    try:
+        outcomes = executor.map(_extract_on_worker, work, setup=worker_sink, on_done=lambda i, result: bar.update(1))
+    finally:
+        bar.close()
+    results: dict[str, VideoResult | str] = {}
+    embedded = {"frames_embedded": 0, "embed_model_seconds": 0.0}
+    sink_errors = set()
+    key = sampling_key(cfg.extract)
+    for unit, outcome in zip(work, outcomes):
+        if isinstance(outcome, Failed):
+            results[unit.video_id] = outcome.reason
+            continue
+        if outcome.get("skipped"):
+            results[unit.video_id] = outcome["skipped"]
+            continue
+        shard = _shard_dir(run, unit.video_id, key)
+        result = _cached_result(unit.video, unit.video_id, shard / "frames.parquet", shard / "video.json", run)
+        if result is None:
+            results[unit.video_id] = f"the shard a Ray worker wrote in {shard} cannot be read"
+            continue
+        result.cached, result.decoded_seconds = outcome["cached"], outcome["decoded_seconds"]
+        results[unit.video_id] = result
+        if outcome["sink_error"]:
+            sink_errors.add(outcome["sink_error"])
+        for name, value in outcome["embedded"].items():
+            embedded[name] = embedded.get(name, 0) + value if name != "embed_model" else value
+    for error in sorted(sink_errors):
+        log.warning("extract: not embedding while decoding on the Ray workers: %s", error)
+    if worker_sink is not None and "embed_model" in embedded:
+        embedded["embed_model_seconds"] = round(embedded["embed_model_seconds"], 2)
+        summary.embedded = embedded
+    return results
 
 
 def _skip_video(summary: ExtractSummary, video: VideoFile, reason: str) -> None:

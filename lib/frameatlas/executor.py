@@ -1,0 +1,269 @@
+"""Where the per-video passes run: in this process (`run.executor: local`), or on Ray (`ray`).
+
+Extraction, on-screen text, speech and image embedding work video by video with no shared
+state, so each video can be a unit of work on a Ray cluster. Under Ray:
+
+* a pool of worker actors (`run.ray_worker_cpus` CPUs each, one per that many CPUs of the
+  cluster) each loads its model once (`setup`), with torch's and ONNX Runtime's threads set to
+  the CPUs it was given, and then takes one video after another;
+* a unit writes only its own shard files (per-video files written atomically under the run
+  folder, which every node sees at the same path) and returns their paths and counts: frames
+  and vectors never travel through Ray's object store;
+* the driver (the stage) stays the single writer of tables, manifest and index, and holds the
+  run's lock; a worker checks before each unit that the driver that sent it still holds it;
+* a unit that raises is tried again (`RETRIES` more times, on any worker), then reported as
+  `Failed` with the worker's error, which the stage records as a skipped input, as in local
+  runs. A worker that dies (a node lost, out of memory) is replaced.
+
+The local executor is no executor at all: the stages run their loops as before.
+
+Example:
+    >>> from frameatlas.config import RunConfig
+    >>> with open_executor(RunConfig(), "outputs/demo") as executor:
+    ...     executor.distributed
+    False
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .corpus import failure_reason
+from .lock import LOCK_TOKEN_ENV, child_environment, lock_holder
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RETRIES", "Failed", "LocalExecutor", "RayExecutor", "RayUnavailable", "open_executor", "worker_threads"]
+
+RETRIES = 1  # a unit that raised is tried this many more times before its video is skipped
+# passed on to Ray's workers: they must not reach the hub either, and draw no progress bars
+_WORKER_ENVIRONMENT = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "TORCH_HOME", "FRAMEATLAS_PROGRESS")
+
+
+class RayUnavailable(RuntimeError):
+    """`run.executor: ray` but Ray cannot be imported or reached; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A unit that raised on its worker every time it was tried; `reason` is the worker's error."""
+
+    reason: str
+    attempts: int = 1
+
+
+class LocalExecutor:
+    """`run.executor: local`: the stages run their own loops in this process, as always."""
+
+    distributed = False
+    workers = 1
+
+    def describe(self) -> str:
+        return "local"
+
+
+def worker_threads() -> int:
+    """The CPUs Ray gave the current worker (at least 1); outside Ray, 0 (= every core)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+            if cpus:
+                return max(1, int(cpus))
+    except Exception:  # noqa: BLE001 - not in a Ray worker
+        pass
+    return 0
+
+
+class _Worker:
+    """A Ray actor: the state `setup(threads)` made (a loaded model), then one unit after another."""
+
+    def __init__(self, setup: Callable[[int], Any] | None, run_root: str, lock_token: str | None):
+        threads = worker_threads() or 1
+        # numpy/BLAS, ONNX Runtime and FFmpeg read these; torch is set below once imported
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[name] = str(threads)
+        os.environ.setdefault("FRAMEATLAS_PROGRESS", "off")
+        try:
+            import torch
+
+            torch.set_num_threads(threads)
+        except ImportError:  # pragma: no cover - torch is a dependency
+            pass
+        self.threads = threads
+        self.run_root, self.lock_token = run_root, lock_token
+        self.state = setup(threads) if setup is not None else None
+
+    def run(self, work: Callable[[Any, Any], Any], item: Any) -> Any:
+        if self.lock_token is not None:
+            holder = lock_holder(self.run_root)
+            if holder is None or holder.token != self.lock_token:
+                raise RuntimeError(
+                    f"{self.run_root}: the driver that sent this work no longer holds the run's lock; not writing"
+                )
+        return work(self.state, item)
+
+    def ping(self) -> int:
+        return self.threads
+
+
+class RayExecutor:
+    """Runs units of work on Ray worker actors (see the module docstring)."""
+
+    distributed = True
+
+    def __init__(self, ray_module, run_root: Path | str, worker_cpus: int = 1, retries: int = RETRIES):
+        self._ray = ray_module
+        self.run_root = str(Path(run_root).resolve())
+        self.worker_cpus = worker_cpus
+        self.retries = retries
+        try:
+            self.lock_token: str | None = child_environment(self.run_root)[LOCK_TOKEN_ENV]
+        except RuntimeError:  # a library call outside any lock (a notebook cell, a test): nothing to check
+            self.lock_token = None
+        cpus = float(ray_module.cluster_resources().get("CPU", 1))
+        self.workers = max(1, int(cpus // worker_cpus))
+
+    def describe(self) -> str:
+        return f"ray ({self.workers} workers x {self.worker_cpus} CPU)"
+
+    def map(
+        self,
+        work: Callable[[Any, Any], Any],
+        items: Sequence[Any],
+        *,
+        setup: Callable[[int], Any] | None = None,
+        on_done: Callable[[int, Any], None] | None = None,
+    ) -> list[Any]:
+        """`work(state, item)` for every item on the workers; the results in the order of `items`.
+
+        `setup(threads)` runs once per worker and makes its `state` (a loaded model); `work` and
+        `setup` must be picklable (module-level functions, or `functools.partial` of them). A unit
+        that raised on every try gives a `Failed` in its place. `on_done(i, result)` is called here
+        as each unit finishes (progress bars).
+        """
+        results: list[Any] = [None] * len(items)
+        if not items:
+            return results
+        ray = self._ray
+        actor_class = ray.remote(num_cpus=self.worker_cpus, max_restarts=0)(_Worker)
+        count = min(self.workers, len(items))
+        setup_ref = ray.put(setup)
+
+        def new_actor():
+            return actor_class.remote(setup_ref, self.run_root, self.lock_token)
+
+        idle = [new_actor() for _ in range(count)]
+        pending = list(range(len(items)))[::-1]  # popped from the end: in order
+        attempts = [0] * len(items)
+        running: dict[Any, tuple[Any, int]] = {}
+
+        def submit(actor, index: int) -> None:
+            attempts[index] += 1
+            running[actor.run.remote(work, items[index])] = (actor, index)
+
+        def finish(index: int, result: Any) -> None:
+            results[index] = result
+            if on_done is not None:
+                on_done(index, result)
+
+        try:
+            while pending or running:
+                while idle and pending:
+                    submit(idle.pop(), pending.pop())
+                done, _ = ray.wait(list(running), num_returns=1)
+                ref = done[0]
+                actor, index = running.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayActorError as error:  # the worker died: replace it
+                    reason = _worker_error(error)
+                    log.warning("a Ray worker died while on item %d (%s); starting another", index, reason)
+                    ray.kill(actor, no_restart=True)
+                    actor = new_actor()
+                    self._retry_or_fail(index, attempts, reason, pending, finish)
+                except ray.exceptions.RayError as error:
+                    reason = _worker_error(error)
+                    self._retry_or_fail(index, attempts, reason, pending, finish)
+                else:
+                    finish(index, result)
+                idle.append(actor)
+        finally:  # also on an interrupt: the workers (and what they are doing) go with the pass
+            for actor in idle + [busy for busy, _ in running.values()]:
+                ray.kill(actor, no_restart=True)
+        return results
+
+    def _retry_or_fail(self, index: int, attempts: list[int], reason: str, pending: list[int], finish) -> None:
+        if attempts[index] <= self.retries:
+            log.warning("item %d failed on its Ray worker (%s); trying it again", index, reason)
+            pending.append(index)
+        else:
+            finish(index, Failed(reason, attempts[index]))
+
+
+def _worker_error(error: BaseException) -> str:
+    """The error as the worker raised it (not Ray's wrapper and remote traceback)."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException):
+        return failure_reason(cause)
+    first = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {first[0] if first else ''}".strip()
+
+
+_STARTED_HERE: list[bool] = []
+
+
+def _connect(address: str | None):
+    """Ray, connected: the cluster at `address` (or $RAY_ADDRESS), else a local Ray for this process."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports to Ray's servers
+    try:
+        import ray
+    except ImportError as error:
+        raise RayUnavailable(
+            f"run.executor is ray, but Ray cannot be imported ({error}); install it with "
+            "`pip install 'frameatlas[scale]'` (or `pip install ray`), or set run.executor: local"
+        ) from None
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    env_vars = {name: os.environ[name] for name in _WORKER_ENVIRONMENT if name in os.environ}
+    env_vars.setdefault("FRAMEATLAS_PROGRESS", "off")
+    options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
+                               "runtime_env": {"env_vars": env_vars}}  # fmt: skip
+    try:
+        if address:
+            ray.init(address=address, **options)
+            log.info("Ray: connected to %s (%s CPUs)", address, ray.cluster_resources().get("CPU"))
+        else:
+            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **options)
+            _STARTED_HERE.append(True)
+            atexit.register(ray.shutdown)
+            log.info("Ray: started a local Ray for this run (%s CPUs)", ray.cluster_resources().get("CPU"))
+    except ConnectionError as error:
+        raise RayUnavailable(
+            f"run.ray_address = {address!r}: no Ray cluster answers there ({error}); start one with "
+            "`ray start --head` (README \"Running on a cluster\"), fix the address, or set it to null for a local Ray"
+        ) from None
+    return ray
+
+
+@contextmanager
+def open_executor(run_cfg, run_root: Path | str) -> Iterator[LocalExecutor | RayExecutor]:
+    """The executor `run_cfg` (a `RunConfig`) asks for, for a pass over the run at `run_root`.
+
+    A local Ray started here stays up until this process ends, so the next pass of the same
+    stage reuses it.
+    """
+    if run_cfg.executor != "ray":
+        yield LocalExecutor()
+        return
+    ray = _connect(run_cfg.ray_address)
+    yield RayExecutor(ray, run_root, run_cfg.ray_worker_cpus)
