@@ -683,3 +683,49 @@ def make_text_video(
                 container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path
+
+
+def make_static_scene_video(
+    path: PathLike, *, seconds: float = 8.0, fps: int = 10, size: tuple[int, int] = (384, 216),
+    signs: Sequence[tuple[float, str]] = ((0.0, "MAIN STREET"),), walker: bool = True, noise: float = 3.0, seed: int = 0,
+) -> Path:  # fmt: skip
+    """A fixed camera on a street: the same scene every frame, with sensor noise (Gaussian, `noise`
+    grey levels) and, with `walker`, a small dark figure crossing it once. The sign on the building
+    reads the text of the last `signs` entry (start second, text) whose start is <= t: a static
+    shot whose only text changes at known times (near-duplicate frames for reuse tests)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    width, height = size
+    font = ImageFont.load_default(size=height // 9)
+    rng = np.random.default_rng(seed)
+
+    def scene(text: str) -> np.ndarray:
+        image = Image.new("RGB", size, (150, 190, 230))  # sky
+        draw = ImageDraw.Draw(image)
+        draw.rectangle((0, height * 2 // 3, width, height), fill=(90, 90, 95))  # road
+        draw.rectangle((width // 8, height // 6, width * 7 // 8, height * 2 // 3), fill=(170, 120, 90))  # building
+        draw.rectangle((width // 5, height // 4, width * 4 // 5, height * 5 // 12), fill="white")  # the sign
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        draw.text(((width - (right - left)) / 2, height // 3 - (bottom - top) / 2 - top), text, fill="black", font=font)
+        return np.asarray(image, np.float32)
+
+    scenes = {text: scene(text) for _, text in signs}
+    frames = round(seconds * fps)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index in range(frames):
+            t = index / fps
+            text = [text for start, text in signs if start <= t][-1]
+            picture = scenes[text].copy()
+            if walker:  # a figure 8 x 20 px walking along the road, across the frame once
+                x = int(index / max(frames - 1, 1) * (width - 8))
+                picture[height * 3 // 4 : height * 3 // 4 + 20, x : x + 8] = (40, 30, 30)
+            if noise:
+                picture += rng.normal(0, noise, picture.shape).astype(np.float32)
+            frame = av.VideoFrame.from_ndarray(np.clip(picture, 0, 255).astype(np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path

@@ -18,6 +18,10 @@ followed by the terms of its lists (mediums, artists, movements, trending sites,
   prompts are built from the term rankings alone and the substitution is recorded (manifest,
   report banner). Nothing here reaches for the network unless the config allows downloads and
   the hub answers; clip-interrogator's own cache download is never used.
+* With ``reuse_distance`` set, the caption model skips a frame whose perceptual signature (the
+  frames table's `signature`) is within that many changed cells of the last frame it captioned
+  in the same video, and copies that frame's caption (named in the `reused_from` column); the
+  CLIP term ranking still runs on every frame's own vector.
 
 Example:
     >>> from frameatlas.config import load_config
@@ -46,6 +50,7 @@ from .corpus import SkippedInput, failure_reason
 from .files import atomic_path, user_cache_dir
 from .models import ModelRecord, ModelUnavailable, image_encoder
 from .progress import progress_bar
+from .signature import NearDuplicates
 from .store import RunPaths, frame_shards, in_frame_order, read_table, read_thumbnail, write_table
 from .summary import StageSummary
 
@@ -71,7 +76,8 @@ CAPTION_MODEL_REPOS = {  # clip-interrogator's names for them
 }
 CAPTION_MODEL_FILES = ["config.json", "preprocessor_config.json"]
 CLIP_ONLY = "clip-only"
-CAPTION_COLUMNS = ["frame_key", "video_id", "timestamp", "prompt", "caption", "mode", "clip_model", "caption_model"]
+CAPTION_COLUMNS = ["frame_key", "video_id", "timestamp", "prompt", "caption", "mode", "clip_model", "caption_model",
+                   "reused_from"]  # fmt: skip
 # The lists clip-interrogator's "fast" and "best" modes merge, in the package's order.
 MERGED_LISTS = ("artists", "flavors", "mediums", "movements", "trendings")
 # The package's trending sites, from which it builds "trending on X", "featured on X", "X contest winner".
@@ -428,6 +434,8 @@ class CaptionSummary(StageSummary):
     frames: int = 0
     captioned: int = 0
     cached: int = 0
+    reused: int = 0  # frames captioned this run that took an earlier near-identical frame's caption
+    reuse_distance: int | None = None
     caption_seconds: float = 0.0
     prompt_seconds: float = 0.0
     terms: TermTables | None = None
@@ -442,6 +450,8 @@ class CaptionSummary(StageSummary):
             "frames": self.frames,
             "frames_captioned": self.captioned,
             "frames_cached": self.cached,
+            "frames_caption_reused": self.reused,
+            "caption_reuse_distance": "off" if self.reuse_distance is None else self.reuse_distance,
             "mode": self.mode,
             "clip_model": self.clip_model.model_id,
             "caption_model": self.caption_model.model_id,
@@ -463,18 +473,42 @@ class CaptionSummary(StageSummary):
 def _settings_key(options: CaptionConfig, clip_id: str, caption_id: str, term_count: int) -> str:
     settings = f"{options.mode}|{clip_id}|{caption_id}|{options.max_flavors}|{options.term_limit}|{term_count}|"
     settings += f"{options.intermediate_count}|{options.max_caption_tokens}"
+    if options.reuse_distance is not None and caption_id != CLIP_ONLY:  # reused captions never mix with exact ones
+        settings += f"|reuse {options.reuse_distance}"
     return f"{options.mode}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
 
 
-def _model_captions(model: CaptionModel, options: CaptionConfig, thumbnails: list[Path], bar) -> list[str]:
+def _reuse_plan(group: pd.DataFrame, reuse_distance: int | None) -> list[str]:
+    """Per frame of one video (in the group's order): the frame key whose caption it takes, "" when it is captioned."""
+    signatures = group.signature.tolist() if "signature" in group else [None] * len(group)
+    keys = group.frame_key.tolist()
+    near = NearDuplicates(reuse_distance)
+    plan = [""] * len(group)
+    for position in sorted(range(len(group)), key=lambda i: group.timestamp.iat[i]):
+        anchor = near.anchor_for(signatures[position])
+        if anchor is None:
+            near.computed(keys[position], signatures[position])
+        else:
+            plan[position] = anchor
+    return plan
+
+
+def _model_captions(model: CaptionModel, options: CaptionConfig, group: pd.DataFrame, thumbnails: list[Path],
+                    bar) -> tuple[list[str], list[str]]:  # fmt: skip
+    """The caption model's caption of each frame, and the frame each was reused from ("" when captioned)."""
     if not model.available:
-        return [""] * len(thumbnails)
-    captions: list[str] = []
-    for start in range(0, len(thumbnails), options.caption_batch_size):
-        images = [read_thumbnail(path) for path in thumbnails[start : start + options.caption_batch_size]]
-        captions.extend(model.captions(images, options.max_caption_tokens))
+        return [""] * len(thumbnails), [""] * len(thumbnails)
+    reused_from = _reuse_plan(group, options.reuse_distance)
+    todo = [i for i, anchor in enumerate(reused_from) if not anchor]
+    written: dict[str, str] = {}
+    for start in range(0, len(todo), options.caption_batch_size):
+        batch = todo[start : start + options.caption_batch_size]
+        images = [read_thumbnail(thumbnails[i]) for i in batch]
+        written.update(zip(group.frame_key.iloc[batch], model.captions(images, options.max_caption_tokens)))
         bar.update(len(images))
-    return captions
+    bar.update(len(thumbnails) - len(todo))
+    captions = [written[anchor or key] for key, anchor in zip(group.frame_key, reused_from)]
+    return captions, reused_from
 
 
 def _video_of(group: pd.DataFrame) -> str:
@@ -546,7 +580,9 @@ def caption_frames(
     key = _settings_key(options, encoder.record.model_id if has_clip else "-", caption_model.record.model_id,
                         sum(map(len, lists.values())))  # fmt: skip
     tables, todo = frame_shards(frames, run.root / "captions" / key, force=force)
+    tables = [table if "reused_from" in table else table.assign(reused_from="") for table in tables]  # made before reuse existed
     summary.cached = sum(map(len, tables))
+    summary.reuse_distance = options.reuse_distance if caption_model.available else None
 
     if todo:
         thumbnails = {shard: run.thumbnails(group) for shard, group in todo}  # refuse crafted paths first
@@ -595,7 +631,8 @@ def _caption_group(group: pd.DataFrame, thumbnails: list[Path], vectors: dict[st
                    bar) -> pd.DataFrame:  # fmt: skip
     """The captions table of one video's frames (its shard)."""
     started = time.perf_counter()
-    captions = _model_captions(caption_model, options, thumbnails, bar)
+    captions, reused_from = _model_captions(caption_model, options, group, thumbnails, bar)
+    summary.reused += sum(map(bool, reused_from))
     summary.caption_seconds += time.perf_counter() - started
     started = time.perf_counter()
     if interrogator is not None:
@@ -610,7 +647,7 @@ def _caption_group(group: pd.DataFrame, thumbnails: list[Path], vectors: dict[st
         "frame_key": group.frame_key.to_numpy(), "video_id": group.video_id.to_numpy(),
         "timestamp": group.timestamp.to_numpy(), "prompt": prompts, "caption": captions, "mode": summary.mode,
         "clip_model": encoder.record.model_id if interrogator is not None else "",
-        "caption_model": caption_model.record.model_id,
+        "caption_model": caption_model.record.model_id, "reused_from": reused_from,
     })  # fmt: skip
 
 

@@ -153,6 +153,15 @@ class ModelsConfig(_Section):
     text: TextModelConfig = TextModelConfig()
 
 
+def _off_is_none(value: Any) -> Any:
+    """`off` turns near-duplicate reuse off (YAML reads a bare off as false)."""
+    if value is False or (isinstance(value, str) and value.strip().lower() in ("off", "none", "null")):
+        return None
+    if value is True:
+        raise ValueError("must be a number of changed cells 0-576, or off/null")
+    return value
+
+
 class OcrConfig(_Section):
     """On-screen text read from each thumbnail (RapidOCR), for the `ocr` search channel."""
 
@@ -162,6 +171,15 @@ class OcrConfig(_Section):
     detect_short_side: int = Field(
         320, ge=32, le=2048, description="The thumbnail's short side is scaled to this for text detection."
     )
+    reuse_distance: int | None = Field(
+        None, ge=0, le=576, description="A frame whose signature (32 x 18 grey cells) differs from the last frame read in "
+        "the same video in at most this many cells takes that frame's text; null (or off) = read every frame.",
+    )  # fmt: skip
+
+    @field_validator("reuse_distance", mode="before")
+    @classmethod
+    def _reuse_off(cls, value: Any) -> Any:
+        return _off_is_none(value)
 
 
 class CaptionConfig(_Section):
@@ -183,7 +201,17 @@ class CaptionConfig(_Section):
     )
     intermediate_count: int = Field(2048, ge=16, le=100000, description="best/negative: candidate flavors kept before chaining.")
     term_batch_size: int = Field(256, ge=1, le=8192, description="Term texts per CLIP text forward pass.")
+    reuse_distance: int | None = Field(
+        None, ge=0, le=576, description="The caption model: a frame whose signature (32 x 18 grey cells) differs from the "
+        "last frame captioned in the same video in at most this many cells takes that frame's caption; null (or off) = "
+        "caption every frame.",
+    )  # fmt: skip
     ocr: OcrConfig = OcrConfig()
+
+    @field_validator("reuse_distance", mode="before")
+    @classmethod
+    def _reuse_off(cls, value: Any) -> Any:
+        return _off_is_none(value)
 
 
 class SpeechConfig(_Section):

@@ -17,8 +17,8 @@ Sampling modes (`extract.mode`):
 
 Timestamps come from each frame's PTS (seconds from the stream's start), so they stay right
 for variable-frame-rate files. Rotation metadata (display matrix) is applied to thumbnails.
-Each thumbnail's 64-bit perceptual signature (`frameatlas.signature`) goes into the frames
-table's `signature` column: per-frame models reuse results across near-identical frames.
+Each thumbnail's perceptual signature (a 32 x 18 grey miniature, `frameatlas.signature`) goes into
+the frames table's `signature` column: per-frame models reuse results across near-identical frames.
 
 A `SampleSink` (the embed pass) can take a second output of every kept frame, scaled straight
 from the decoded picture (`model_input`): one decode, two outputs. `iter_frames_at` decodes a

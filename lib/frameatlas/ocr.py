@@ -6,6 +6,10 @@ the frame shows no text), how many lines, their mean confidence and the engine. 
 per video and settings under ``ocr/<settings>/``, so a re-run reads nothing it has read before;
 `03_embed` then embeds the non-empty texts with the sentence encoder into the `ocr` channel.
 
+With `caption.ocr.reuse_distance` set, a frame whose perceptual signature (the frames table's
+`signature`) is within that many changed cells of the last frame read in the same video is not read:
+it takes that frame's text, and its `reused_from` names the frame ("" for frames read).
+
 Example:
     >>> from frameatlas.ocr import read_frame_text
     >>> summary = read_frame_text(cfg, "outputs/demo")  # doctest: +SKIP
@@ -28,6 +32,7 @@ from .corpus import SkippedInput, failure_reason
 from .models.base import ModelRecord
 from .models.ocr import OcrReader, OcrUnavailable, unavailable_record
 from .progress import progress_bar
+from .signature import NearDuplicates
 from .store import RunPaths, frame_shards, in_frame_order, read_table, read_thumbnail, write_table
 from .summary import StageSummary
 
@@ -35,21 +40,24 @@ log = logging.getLogger(__name__)
 
 __all__ = ["OCR_COLUMNS", "OcrSummary", "ocr_sample_html", "read_frame_text"]
 
-OCR_COLUMNS = ["frame_key", "video_id", "timestamp", "text", "lines", "score", "engine"]
+OCR_COLUMNS = ["frame_key", "video_id", "timestamp", "text", "lines", "score", "engine", "reused_from"]
 
 
 @dataclass(kw_only=True)
 class OcrSummary(StageSummary):
     """What the OCR pass did; it goes to the caption stage's manifest entry (`CombinedSummary.of(captions, ocr)`).
 
-    `seconds` is the time spent reading text (not counting cached frames).
+    `seconds` is the time spent reading text (not counting cached frames); `read` counts the frames
+    done this run, `reused` those of them that took an earlier near-identical frame's text.
     """
 
     table: pd.DataFrame
     record: ModelRecord | None = None  # None: OCR is off in the config
+    reuse_distance: int | None = None
     frames: int = 0
     read: int = 0
     cached: int = 0
+    reused: int = 0
     unread: int = 0  # frames left out this run: thumbnail unreadable or the reader failed on them
 
     @property
@@ -61,6 +69,8 @@ class OcrSummary(StageSummary):
             "ocr_engine": self.record.model_id,
             "ocr_frames_read": self.read,
             "ocr_frames_cached": self.cached,
+            "ocr_frames_reused": self.reused,
+            "ocr_reuse_distance": "off" if self.reuse_distance is None else self.reuse_distance,
             "ocr_frames_with_text": with_text,
             "ocr_seconds": round(self.seconds, 2),
             "ocr_seconds_per_frame": round(self.seconds / self.read, 4) if self.read else 0.0,
@@ -75,34 +85,50 @@ class OcrSummary(StageSummary):
 def _settings_key(cfg: PipelineConfig, engine: str) -> str:
     options = cfg.caption.ocr
     settings = f"{engine}|{options.min_score}|{options.min_chars}|{options.detect_short_side}"
+    if options.reuse_distance is not None:  # reused texts are never mixed with another threshold's (or exact) ones
+        settings += f"|reuse {options.reuse_distance}"
     return hashlib.sha256(settings.encode()).hexdigest()[:12]
 
 
-def _read_group(reader: OcrReader, group: pd.DataFrame, thumbnails: list[Path], bar) -> tuple[pd.DataFrame, list[str]]:
+def _read_group(
+    reader: OcrReader, group: pd.DataFrame, thumbnails: list[Path], bar, reuse_distance: int | None = None
+) -> tuple[pd.DataFrame, list[str]]:
     """The OCR table of one video's frames, and why each frame left out could not be read.
 
-    A frame whose thumbnail cannot be read, or on which the reader fails, is left out; the rest
-    of the video is still read.
+    Frames go in time order; with `reuse_distance`, a frame near-identical to the last frame read
+    takes its text (see the module docstring). A frame whose thumbnail cannot be read, or on which
+    the reader fails, is left out; the rest of the video is still read.
     """
-    kept, texts, counts, scores, problems = [], [], [], [], []
-    for position, (frame_key, path) in enumerate(zip(group.frame_key, thumbnails)):
+    signatures = group.signature.tolist() if "signature" in group else [None] * len(group)
+    keys = group.frame_key.tolist()
+    positions = {key: position for position, key in enumerate(keys)}
+    near = NearDuplicates(reuse_distance)
+    found: dict[int, tuple[str, int, float, str]] = {}  # position -> (text, lines, score, reused from)
+    problems = []
+    for position in sorted(range(len(group)), key=lambda i: group.timestamp.iat[i]):
+        frame_key = keys[position]
         bar.update(1)
+        anchor = near.anchor_for(signatures[position])
+        if anchor is not None:
+            found[position] = (*found[positions[anchor]][:3], anchor)
+            continue
         try:
-            lines = reader.read(read_thumbnail(path))
+            lines = reader.read(read_thumbnail(thumbnails[position]))
         except MemoryError:
             raise
         except Exception as error:  # noqa: BLE001 - one frame's failure must not stop the pass
             log.debug("caption: on-screen text of %s failed", frame_key, exc_info=True)
             problems.append(f"frame {frame_key}: {failure_reason(error)}")
             continue
-        kept.append(position)
-        texts.append("\n".join(line.text for line in lines))
-        counts.append(len(lines))
-        scores.append(round(sum(line.score for line in lines) / len(lines), 4) if lines else 0.0)
+        near.computed(frame_key, signatures[position])
+        score = round(sum(line.score for line in lines) / len(lines), 4) if lines else 0.0
+        found[position] = ("\n".join(line.text for line in lines), len(lines), score, "")
+    kept = sorted(found)
     rows = group.iloc[kept]
+    texts, counts, scores, reused_from = (list(column) for column in zip(*(found[i] for i in kept))) if kept else ([],) * 4
     table = pd.DataFrame({
         "frame_key": rows.frame_key.to_numpy(), "video_id": rows.video_id.to_numpy(), "timestamp": rows.timestamp.to_numpy(),
-        "text": texts, "lines": counts, "score": scores, "engine": reader.record.model_id,
+        "text": texts, "lines": counts, "score": scores, "engine": reader.record.model_id, "reused_from": reused_from,
     })  # fmt: skip
     return table, problems
 
@@ -141,8 +167,10 @@ def read_frame_text(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: b
             table_path.unlink(missing_ok=True)
             return summary
     summary.record = reader.record
+    summary.reuse_distance = cfg.caption.ocr.reuse_distance
     key = _settings_key(cfg, reader.record.model_id)
     tables, todo = frame_shards(frames, run.root / "ocr" / key, force=force)
+    tables = [table if "reused_from" in table else table.assign(reused_from="") for table in tables]  # read before reuse existed
     summary.cached = sum(map(len, tables))
     if todo:
         started = time.perf_counter()
@@ -150,7 +178,7 @@ def read_frame_text(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: b
         bar = progress_bar(total=sum(len(g) for _, g in todo), desc="on-screen text", unit="frame")
         try:
             for shard, group in todo:
-                table, problems = _read_group(reader, group, thumbnails[shard], bar)
+                table, problems = _read_group(reader, group, thumbnails[shard], bar, summary.reuse_distance)
                 if problems:  # an incomplete shard is not cached: the video is read again next run
                     summary.unread += len(problems)
                     summary.skipped.append(_skipped_frames(group, problems))
@@ -159,15 +187,16 @@ def read_frame_text(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: b
                     write_table(table, shard)  # finished videos survive an interrupted run
                 tables.append(table)
                 summary.read += len(table)
+                summary.reused += int((table.reused_from != "").sum())
         finally:
             bar.close()
         summary.seconds = time.perf_counter() - started
     table = in_frame_order(tables, frames, OCR_COLUMNS)
     write_table(table, table_path)
     summary.table = table
-    log.info("caption: on-screen text of %d frames (%d read, %d cached), %d with text, %.3f s per frame read",
-             summary.frames, summary.read, summary.cached, summary.counts["ocr_frames_with_text"],
-             summary.counts["ocr_seconds_per_frame"])  # fmt: skip
+    log.info("caption: on-screen text of %d frames (%d read, of which %d reused a near-identical frame's, %d cached), "
+             "%d with text, %.3f s per frame read", summary.frames, summary.read, summary.reused, summary.cached,
+             summary.counts["ocr_frames_with_text"], summary.counts["ocr_seconds_per_frame"])  # fmt: skip
     return summary
 
 
