@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 __all__ = [
     "CaptionConfig",
+    "ClassifyConfig",
     "ClusterConfig",
     "ConfigError",
     "CorpusConfig",
@@ -368,6 +369,63 @@ class RenderConfig(_Section):
     workers: int = Field(2, ge=1, le=64, description="ffmpeg processes cutting segments at the same time.")
 
 
+class ClassifyConfig(_Section):
+    """Classes per video and per window (the 07_classify stage): off unless labels or class names are given."""
+
+    class_names: list[str] = Field(
+        default_factory=list, description="Zero-shot classes scored against the pooled vectors; work with no labels."
+    )
+    prompts: dict[str, list[str]] = Field(
+        default_factory=dict, description="Optional prompts per class name for zero-shot (default: the name, 'a photo of <name>')."
+    )
+    labels: Path | None = Field(None, description="CSV with columns video,label (video: file name, path or video id).")
+    segments: Path | None = Field(None, description="CSV with columns video,start,end,label (seconds): labelled time ranges.")
+    labels_from_folders: bool = Field(False, description="Label each video by its sub-folder of corpus.videos.")
+    window_seconds: float | None = Field(10.0, gt=0, description="Window length of the samples; null = one sample per video.")
+    channels: list[Literal["image", "keyframes", "caption", "ocr", "speech", "audio"]] = Field(
+        ["image", "keyframes", "caption", "ocr", "speech", "audio"], min_length=1,
+        description="Modalities pooled into features (those whose tables are missing are left out).",
+    )  # fmt: skip
+    audio: Literal["auto", "logmel", "yamnet"] = Field(
+        "auto", description="auto: YAMNet when tensorflow-hub and its weights are there, else log-mel statistics."
+    )
+    yamnet: str = Field(
+        "https://tfhub.dev/google/yamnet/1", min_length=1, description="YAMNet: a SavedModel folder or a TF Hub handle."
+    )
+    classifier: Literal["logreg", "svm", "mlp"] = Field("logreg", description="The classifier saved and used for predictions.")
+    compare_classifiers: list[Literal["logreg", "svm", "mlp"]] = Field(
+        default_factory=list, description="Further classifiers cross-validated for the scores table only."
+    )
+    fusion: Literal["best", "early", "late-mean", "late-learned", "image", "keyframes", "caption", "ocr", "speech", "audio"] = Field(
+        "best", description="Whose answers the predictions give: best (highest macro-F1), a fusion, or one modality."
+    )
+    folds: int = Field(5, ge=2, le=50, description="Cross-validation folds (at most the videos of the smallest class).")
+    min_videos_per_class: int = Field(2, ge=2, le=1000, description="Classes with fewer labelled videos are refused.")
+    seed: int = 0
+
+    @field_validator("class_names")
+    @classmethod
+    def _distinct_names(cls, value: list[str]) -> list[str]:
+        if any(not name.strip() for name in value) or len(set(value)) != len(value):
+            raise ValueError("class names must be distinct non-empty strings")
+        return value
+
+    @model_validator(mode="after")
+    def _one_label_source(self) -> "ClassifyConfig":
+        given = [k for k in ("labels", "segments") if getattr(self, k) is not None] + (["labels_from_folders"] if self.labels_from_folders else [])
+        if len(given) > 1:
+            raise ValueError(f"give one label source, not {' and '.join('classify.' + k for k in given)}")
+        unknown = sorted(set(self.prompts) - set(self.class_names))
+        if unknown:
+            raise ValueError(f"classify.prompts names classes that are not in classify.class_names: {', '.join(unknown)}")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """The stage runs only when there is something to classify by."""
+        return bool(self.class_names or self.labels or self.segments or self.labels_from_folders)
+
+
 class PipelineConfig(_Section):
     """The whole `pipeline.yaml`."""
 
@@ -383,6 +441,7 @@ class PipelineConfig(_Section):
     cluster: ClusterConfig = ClusterConfig()
     visualize: VisualizeConfig = VisualizeConfig()
     render: RenderConfig = RenderConfig()
+    classify: ClassifyConfig = ClassifyConfig()
     source: Path | None = Field(None, description="The file this config was read from (set by the loader).")
 
     @property
@@ -450,6 +509,9 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> PipelineConfig:
     caption_model = cfg.caption.caption_model
     if caption_model.startswith((".", "~", "/")):
         cfg.caption.caption_model = str(absolute(Path(caption_model)))
+    for key in ("labels", "segments"):
+        if getattr(cfg.classify, key) is not None:
+            setattr(cfg.classify, key, absolute(getattr(cfg.classify, key)))
     if cfg.speech.model.startswith((".", "~", "/")):
         cfg.speech.model = str(absolute(Path(cfg.speech.model)))  # a CTranslate2 folder
     return cfg

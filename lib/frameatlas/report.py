@@ -325,8 +325,39 @@ def _stage_sentence(name: str, counts: dict[str, Any]) -> tuple[str, list[tuple[
                     f"{format_duration(_count(c, 'output_seconds', None))} in all"
                     + (f"; {_count(c, 'failed')} failed." if _count(c, "failed") else "."))  # fmt: skip
         return sentence, [("videos", str(_count(c, "rendered") + _count(c, "cached"))), ("segments", str(_count(c, "segments")))]
+    if name == "classify":
+        sentence = (f"Classified {_count(c, 'videos')} videos in {_count(c, 'samples')} samples (videos and windows) from "
+                    f"{_count(c, 'modalities')} modalities" + (
+                        f"; {c.get('chosen')} reached accuracy {c.get('accuracy', 0):.2f}, macro-F1 {c.get('macro_f1', 0):.2f} "
+                        f"cross-validated by video on {_count(c, 'labelled')} labelled samples." if "accuracy" in c
+                        else "; zero-shot only (no labels)."))  # fmt: skip
+        return sentence, [("classes", str(_count(c, "classes"))), ("samples", str(_count(c, "samples")))]
     numeric = [(k.replace("_", " "), str(v)) for k, v in c.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return "", numeric[:3]
+
+
+def _classes(run: RunPaths) -> list[dict[str, Any]]:
+    """Per video, the classify stage's answer (trained, else zero-shot) from tables/predictions.parquet."""
+    path = run.table("predictions")
+    if not path.exists():
+        return []
+    table = pd.read_parquet(path)
+    videos = table[(table.level == "video") & ((table.source != "zero-shot") | (table.modality == "zero-shot"))]
+    rows = []
+    for video_name, group in videos.groupby("video_name", sort=True):
+        trained = group[group.source != "zero-shot"]
+        shot = group[group.modality == "zero-shot"]
+        row = {"video": video_name, "label": None, "probability": None, "how": "", "truth": None, "zero_shot": None}
+        if len(trained):
+            first = trained.iloc[0]
+            row.update(label=first.label, probability=float(first.probability), how=f"{first.modality} ({first.split})",
+                       truth=first.true_label)  # fmt: skip
+        if len(shot):
+            row["zero_shot"] = f"{shot.label.iat[0]} ({float(shot.probability.iat[0]):.2f})"
+            if row["label"] is None:
+                row.update(label=shot.label.iat[0], probability=float(shot.probability.iat[0]), how="zero-shot")
+        rows.append(row)
+    return rows
 
 
 def _stages(run: RunPaths, manifest: dict[str, Any], stage_names: Sequence[str]) -> list[dict[str, Any]]:
@@ -519,7 +550,7 @@ def write_dashboard(run: RunPaths, manifest: dict[str, Any], stage_names: Sequen
         videos=videos, clusters=clusters, skipped=manifest.get("skipped_inputs", []), banners=model_banners(manifest),
         remedies=remedies(manifest, config_ref), models=_models(manifest), pages=pages, rendered=rendered,
         absent=_absences(run, manifest, stages, pages, clusters, rendered), steps=next_steps(run, manifest, run_ref),
-        config_name=config_ref, run_ref=run_ref,
+        config_name=config_ref, run_ref=run_ref, classes=_classes(run),
         steps_from=f"the folder of {config_ref}" if "/" in run_ref else f"the folder holding {run_ref}/",
     )  # fmt: skip
     atomic_write_text(run.dashboard, without_local_paths(html, run, manifest))

@@ -155,6 +155,9 @@ def init_project(
         "corpus.videos": videos_setting,
         "corpus.demo": False,
         "models.image.on_missing_weights": "error",  # real work must not silently run on the colour/texture fallback
+        "classify.class_names": [],  # the demo's classes and labels file mean nothing for other videos
+        "classify.prompts": {},
+        "classify.labels": None,
     }
     for key, value in wanted.items():
         text = set_yaml_value(text, key, value)
@@ -167,6 +170,9 @@ def init_project(
         "corpus.videos": config.corpus.videos,
         "corpus.demo": config.corpus.demo,
         "models.image.on_missing_weights": config.models.image.on_missing_weights,
+        "classify.class_names": config.classify.class_names,
+        "classify.prompts": config.classify.prompts,
+        "classify.labels": config.classify.labels,
     }
     expected = {**wanted, "run.output_dir": directory / "outputs", "corpus.videos": videos_folder}
     wrong = [key for key in wanted if landed[key] != expected[key]]

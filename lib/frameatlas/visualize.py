@@ -194,8 +194,12 @@ def _groups(frames: pd.DataFrame, color_by: str) -> tuple[str, str | None, list[
         for n, vid in enumerate(dict.fromkeys(ids)):
             mask = ids == vid
             groups.append((str(frames.video_name.iat[int(np.argmax(mask))])[:48], mask, palette[n % len(palette)]))
+    elif color_by == "class":  # the classify stage's maps: a `predicted_class` column
+        classes = frames.predicted_class.astype(str).to_numpy()
+        for n, name in enumerate(sorted(set(classes.tolist()))):
+            groups.append((name[:48], classes == name, palette[n % len(palette)]))
     else:
-        raise ValueError(f"color_by {color_by!r}: choose cluster or video")
+        raise ValueError(f"color_by {color_by!r}: choose cluster, video or class")
     return color_by, note, groups
 
 

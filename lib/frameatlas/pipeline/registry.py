@@ -17,7 +17,7 @@ from typing import Any
 from ..config import PipelineConfig
 from ..store import RunPaths
 
-__all__ = ["STAGES", "STAGE_NAMES", "Stage", "stage_named"]
+__all__ = ["OPTIONAL_STAGES", "STAGES", "STAGE_NAMES", "Stage", "stage_named"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class Stage:
     outputs: tuple[str, ...] = ()
     model_kinds: tuple[str, ...] = ()  # kinds of model this stage alone records: gone from the manifest when it stops using them
     external_inputs: Callable[[PipelineConfig], Any] | None = None
+    optional: bool = False  # off unless configured (classify): left out of the manifest and dashboard until it is
 
     @property
     def report_stem(self) -> str:
@@ -88,6 +89,15 @@ def _render_sources(cfg: PipelineConfig) -> dict[str, Any]:
     return {"sources": source_files(RunPaths(cfg.run_dir)), **_image_weights(cfg)}
 
 
+def _classify_inputs(cfg: PipelineConfig) -> dict[str, Any]:
+    from ..files import sha256_file
+
+    # the label files' content (not only their paths) decides the result
+    files = {key: sha256_file(path) if path.exists() else "missing"
+             for key in ("labels", "segments") if (path := getattr(cfg.classify, key)) is not None}  # fmt: skip
+    return {**_image_weights(cfg), "label_files": files}
+
+
 STAGES: tuple[Stage, ...] = (
     Stage("extract", "01_extract.ipynb", ("corpus", "extract"), outputs=("frames", "videos"), external_inputs=_video_listing),
     Stage(
@@ -113,8 +123,16 @@ STAGES: tuple[Stage, ...] = (
                 "speech_frames"),
         outputs=("render_videos", "render_segments"), external_inputs=_render_sources,
     ),  # fmt: skip
+    Stage(
+        "classify", "07_classify.ipynb", ("models", "classify"),
+        inputs=("videos", "frames", "embeddings", "keyframes", "caption_embeddings", "ocr_embeddings", "speech_embeddings",
+                "projections"),
+        outputs=("classify_scores", "predictions"), model_kinds=("audio",), external_inputs=_classify_inputs,
+        optional=True,
+    ),  # fmt: skip
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
+OPTIONAL_STAGES = frozenset(stage.name for stage in STAGES if stage.optional)
 
 
 def stage_named(name: str) -> Stage:

@@ -27,7 +27,7 @@ from ..store import RunPaths
 from .execute import StageFailed, execute_stage, export_html, notebooks_dir
 from .export import refresh_report_links
 from .manifest import load_manifest, merge_models, now, package_versions, record_invocation, with_weight_hashes, write_manifest
-from .registry import STAGE_NAMES, STAGES, Stage
+from .registry import OPTIONAL_STAGES, STAGE_NAMES, STAGES, Stage
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,8 @@ def _run_stages(
         exit_code = EXIT_SKIPPED_INPUTS
     record_invocation(manifest, started_at, time.perf_counter() - started, ran, exit_code)
     write_manifest(run, manifest)
-    dashboard = write_dashboard(run, manifest, STAGE_NAMES)
+    # an optional stage (classify) gets a row once it has been configured
+    dashboard = write_dashboard(run, manifest, [n for n in STAGE_NAMES if n not in OPTIONAL_STAGES or n in entries])
     _print_summary(manifest, selected, dashboard, run)
     return exit_code
 
@@ -191,6 +192,8 @@ def _run_stage(
     """Run (or reuse) one stage and record it in the manifest; False when it failed."""
     entry = entries.get(stage.name, {})
     if not stage.enabled(cfg):
+        if stage.optional and not entry:
+            return True  # an optional stage never configured for this run: nothing to record
         entries[stage.name] = {**entry, "status": "disabled"}
         log.info("%s: disabled in the config", stage.name)
         return True
