@@ -292,6 +292,10 @@ def _stage_sentence(name: str, counts: dict[str, Any]) -> tuple[str, list[tuple[
             parts.append(f"Read on-screen text on {_count(c, 'ocr_frames_read')} frames; {_count(c, 'ocr_frames_with_text')} "
                          f"show text" + (f" ({per_frame:.2f} s per frame)." if isinstance(per_frame, (int, float)) else "."))  # fmt: skip
             numbers.append(("frames with text", str(_count(c, "ocr_frames_with_text"))))
+        reused = [(_count(c, key), what) for key, what in (("frames_caption_reused", "caption"), ("ocr_frames_reused", "text"))]
+        if any(count for count, _ in reused):  # near-duplicate frames (caption.reuse_distance, caption.ocr.reuse_distance)
+            parts.append("Frames nearly identical to an earlier frame of their video took its result instead of being read again: "
+                         + ", ".join(f"{count} for the {what}" for count, what in reused if count) + ".")  # fmt: skip
         if "speech_segments" in c:
             transcribed = _count(c, "speech_videos_transcribed") + _count(c, "speech_videos_cached")
             parts.append(f"Transcribed what is said in {transcribed} videos with {c.get('speech_model', 'Whisper')}: "
