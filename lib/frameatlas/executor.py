@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,23 +93,17 @@ class _Worker:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ[name] = str(threads)
         os.environ.setdefault("FRAMEATLAS_PROGRESS", "off")
-        try:
-            import torch
-
-            torch.set_num_threads(threads)
-        except ImportError:  # pragma: no cover - torch is a dependency
-            pass
         self.threads = threads
         self.run_root, self.lock_token = run_root, lock_token
         self.state = setup(threads) if setup is not None else None
+        if "torch" in sys.modules:  # not imported for nothing: OCR and speech workers run without torch
+            sys.modules["torch"].set_num_threads(threads)
 
     def run(self, work: Callable[[Any, Any], Any], item: Any) -> Any:
         if self.lock_token is not None:
             holder = lock_holder(self.run_root)
             if holder is None or holder.token != self.lock_token:
-                raise RuntimeError(
-                    f"{self.run_root}: the driver that sent this work no longer holds the run's lock; not writing"
-                )
+                raise RuntimeError(f"{self.run_root}: the driver that sent this work no longer holds the run's lock; not writing")
         return work(self.state, item)
 
     def ping(self) -> int:
@@ -250,7 +245,7 @@ def _connect(address: str | None):
     except ConnectionError as error:
         raise RayUnavailable(
             f"run.ray_address = {address!r}: no Ray cluster answers there ({error}); start one with "
-            "`ray start --head` (README \"Running on a cluster\"), fix the address, or set it to null for a local Ray"
+            '`ray start --head` (README "Running on a cluster"), fix the address, or set it to null for a local Ray'
         ) from None
     return ray
 

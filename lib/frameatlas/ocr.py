@@ -27,8 +27,9 @@ from typing import Any
 
 import pandas as pd
 
-from .config import PipelineConfig
+from .config import OcrConfig, PipelineConfig
 from .corpus import SkippedInput, failure_reason
+from .executor import Failed, open_executor
 from .models.base import ModelRecord
 from .models.ocr import OcrReader, OcrUnavailable, unavailable_record
 from .progress import progress_bar
@@ -172,6 +173,8 @@ def read_frame_text(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: b
     tables, todo = frame_shards(frames, run.root / "ocr" / key, force=force)
     tables = [table if "reused_from" in table else table.assign(reused_from="") for table in tables]  # read before reuse existed
     summary.cached = sum(map(len, tables))
+    if todo and cfg.run.executor == "ray":  # each video read by a Ray worker; what they wrote is gathered here
+        todo = _read_on_workers(cfg, run, reader, todo, tables, summary)
     if todo:
         started = time.perf_counter()
         thumbnails = {shard: run.thumbnails(group) for shard, group in todo}  # refuse crafted paths first
@@ -198,6 +201,75 @@ def read_frame_text(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: b
              "%d with text, %.3f s per frame read", summary.frames, summary.read, summary.reused, summary.cached,
              summary.counts["ocr_frames_with_text"], summary.counts["ocr_seconds_per_frame"])  # fmt: skip
     return summary
+
+
+@dataclass(frozen=True)
+class _WorkerOcrReader:
+    """The OCR reader as a Ray worker loads it, once, with ONNX Runtime's threads at the worker's CPUs."""
+
+    options: OcrConfig
+
+    def __call__(self, threads: int) -> OcrReader:
+        return OcrReader(self.options, threads)
+
+
+class _Uncounted:
+    def update(self, n: float = 1) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class _OcrUnit:
+    shard: Path
+    group: pd.DataFrame
+    thumbnails: list[Path]
+    reuse_distance: int | None
+
+
+def _read_on_worker(reader: OcrReader, unit: _OcrUnit) -> tuple[pd.DataFrame | None, list[str]]:
+    """One video's on-screen text on a Ray worker: a whole video's table goes to its shard (None comes
+    back); a video with frames left out is not cached, so its few text rows come back with the reasons."""
+    table, problems = _read_group(reader, unit.group, unit.thumbnails, _Uncounted(), unit.reuse_distance)
+    if problems:
+        return table, problems
+    write_table(table, unit.shard)
+    return None, []
+
+
+def _read_on_workers(cfg: PipelineConfig, run: RunPaths, reader: OcrReader, todo: list, tables: list,
+                     summary: OcrSummary) -> list:  # fmt: skip
+    """`read_frame_text`'s videos read by Ray workers (`run.executor: ray`), gathered into `tables` and
+    `summary` as the local loop does; a video whose worker failed every try is skipped with its error.
+    Returns what is left to read here: nothing."""
+    started = time.perf_counter()
+    columns = [c for c in ("frame_key", "video_id", "video_path", "timestamp", "signature") if c in todo[0][1]]
+    units = [_OcrUnit(shard, group[columns], run.thumbnails(group), summary.reuse_distance) for shard, group in todo]
+    bar = progress_bar(total=sum(len(g) for _, g in todo), desc="on-screen text", unit="frame")
+    try:
+        with open_executor(cfg.run, run.root) as executor:
+            outcomes = executor.map(_read_on_worker, units, setup=_WorkerOcrReader(cfg.caption.ocr),
+                                    on_done=lambda i, result: bar.update(len(units[i].group)))  # fmt: skip
+    finally:
+        bar.close()
+    for (shard, group), outcome in zip(todo, outcomes):
+        if isinstance(outcome, Failed):
+            summary.unread += len(group)
+            video = _skipped_frames(group, [""]).path
+            summary.skipped.append(SkippedInput(video, f"on-screen text not read: {outcome.reason}", stage="caption"))
+            log.warning("caption: %s: %s", summary.skipped[-1].path, summary.skipped[-1].reason)
+            continue
+        table, problems = outcome
+        if problems:
+            summary.unread += len(problems)
+            summary.skipped.append(_skipped_frames(group, problems))
+            log.warning("caption: %s: %s", summary.skipped[-1].path, summary.skipped[-1].reason)
+        else:
+            table = read_table(shard)
+        tables.append(table)
+        summary.read += len(table)
+        summary.reused += int((table.reused_from != "").sum())
+    summary.seconds = time.perf_counter() - started
+    return []
 
 
 def ocr_sample_html(run: RunPaths | Path | str, table: pd.DataFrame, count: int = 12, width: int = 200) -> str:

@@ -45,6 +45,7 @@ import pandas as pd
 
 from .config import PipelineConfig, SpeechConfig
 from .corpus import SkippedInput, failure_reason
+from .executor import Failed, open_executor
 from .files import UnsafePath, atomic_write_json, atomic_write_text, contained_path
 from .models.base import ModelRecord
 from .models.speech import SpeechModel, load_speech_model
@@ -384,6 +385,8 @@ def transcribe_run(
         word_tables.append(words)
         rows.append(_video_row(video, meta, segments, words))
         summary.cached += meta["status"] != "no audio"
+    if todo and cfg.run.executor == "ray":  # each video transcribed by a Ray worker; what they wrote is gathered here
+        todo = _transcribe_on_workers(cfg, run, model, todo, roots, folder, (segment_tables, word_tables, rows), summary)
     if todo:
         started = time.perf_counter()
         total = float(sum(v.duration for _, v in todo if pd.notna(v.duration) and v.has_audio)) or None
@@ -422,6 +425,72 @@ def transcribe_run(
              len(summary.videos), summary.transcribed, summary.cached, counts["speech_segments"], counts["speech_words"],
              counts["speech_audio_seconds"], counts["speech_real_time_factor"])  # fmt: skip
     return summary
+
+
+@dataclass(frozen=True)
+class _WorkerSpeechModel:
+    """The speech model as a Ray worker loads it, once, with CTranslate2's threads at the worker's CPUs;
+    refuses another model than the driver's (a node without the same weights)."""
+
+    options: SpeechConfig
+    models: Any  # ModelsConfig
+    model_id: str
+
+    def __call__(self, threads: int) -> SpeechModel:
+        model = load_speech_model(self.options, self.models.model_copy(update={"threads": threads}))
+        if model.record.model_id != self.model_id:
+            raise RuntimeError(f"a Ray worker loaded the speech model {model.record.model_id}, the driver {self.model_id}: "
+                               "every node needs the same speech weights (a shared model cache)")  # fmt: skip
+        return model
+
+
+class _Uncounted:
+    def update(self, n: float = 1) -> None:
+        pass
+
+
+def _transcribe_on_worker(model: SpeechModel, unit: tuple) -> str | None:
+    """One video transcribed on a Ray worker into its cache files (`_store`); None, or why it could not be."""
+    options, video, row, roots, folder = unit
+    outcome = _transcribe_video(model, options, video, row, roots, folder, _Uncounted())
+    return outcome if isinstance(outcome, str) else None
+
+
+def _transcribe_on_workers(cfg: PipelineConfig, run: RunPaths, model: SpeechModel, todo: list, roots: list[Path],
+                           folder: Path, gathered: tuple[list, list, list], summary: SpeechSummary) -> list:  # fmt: skip
+    """`transcribe_run`'s videos transcribed by Ray workers (`run.executor: ray`): each writes its video's cache
+    files, which are read back here into `gathered` (segment tables, word tables, video rows) and `summary` as
+    the local loop does; a video whose worker failed every try is skipped with its error. Returns what is left
+    to transcribe here: nothing."""
+    from types import SimpleNamespace
+
+    segment_tables, word_tables, rows = gathered
+    started = time.perf_counter()
+    videos = [SimpleNamespace(**video._asdict()) for _, video in todo]  # itertuples' rows do not pickle
+    units = [(cfg.speech, video, row, roots, folder) for (row, _), video in zip(todo, videos)]
+    seconds = [float(v.duration) if pd.notna(v.duration) and v.has_audio else 0.0 for v in videos]
+    bar = progress_bar(total=sum(seconds) or None, desc="speech", unit="s")
+    try:
+        with open_executor(cfg.run, run.root) as executor:
+            outcomes = executor.map(_transcribe_on_worker, units, setup=_WorkerSpeechModel(cfg.speech, cfg.models, model.record.model_id),
+                                    on_done=lambda i, result: bar.update(seconds[i]))  # fmt: skip
+    finally:
+        bar.close()
+    for video, outcome in zip(videos, outcomes):
+        cached = None if outcome is not None else _cached(folder, video.video_id)
+        if cached is None:  # why it could not be transcribed: tried again next run
+            reason = outcome.reason if isinstance(outcome, Failed) else outcome or "its worker wrote no transcript"
+            (folder / f"{video.video_id}.json").unlink(missing_ok=True)
+            log.warning("speech: skipped %s: %s", video.video_path, reason)
+            summary.skipped.append(SkippedInput(str(video.video_path), f"no speech: {reason}", stage="caption"))
+            continue
+        segments, words, meta = cached
+        segment_tables.append(segments)
+        word_tables.append(words)
+        rows.append(_video_row(video, meta, segments, words))
+        summary.transcribed += meta["status"] != "no audio"
+    summary.seconds = time.perf_counter() - started
+    return []
 
 
 def _concat(tables: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:

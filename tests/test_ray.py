@@ -1,0 +1,254 @@
+"""`run.executor: ray`: the per-video passes on a local Ray (one per test session, 2 CPUs) give the
+same tables and index as the local executor; a unit that raises is retried, then its video is
+skipped with the worker's error; a driver killed mid-run leaves finished shards that the next
+run reuses."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import chromadb
+import numpy as np
+import pandas as pd
+import pytest
+import tinyclip
+import videogen
+from conftest import REPO
+from frameatlas.config import ConfigError, config_from_dict
+from frameatlas.corpus import content_hash
+from frameatlas.embed import embed_frames, extract_and_embed
+from frameatlas.executor import Failed, RayExecutor
+from frameatlas.index import _settings, open_index
+from frameatlas.ocr import read_frame_text
+from frameatlas.speech import transcribe_run
+from frameatlas.store import RunPaths, read_table
+from test_index_server import chroma_url  # noqa: F401  (a fixture: one Chroma server for this module)
+
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no usage reports, also from the workers the fixture starts
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray for the session: 2 CPUs, on the loopback address, no dashboard; shut down at the end."""
+    import ray
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this module's work functions travel by value
+    ray.init(
+        num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "FRAMEATLAS_PROGRESS": "off"}},
+    )  # fmt: skip
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict:
+    """Four generated videos (two with sound, one with on-screen text), a file that is no video, and the tiny CLIP."""
+    root = tmp_path_factory.mktemp("ray-corpus")
+    videos = root / "videos"
+    videogen.make_video(videos / "alpha.mp4", seconds=4, fps=25, scene_cuts=[1.5, 3.0], audio=True)
+    videogen.make_video(videos / "beta.mp4", seconds=3, fps=10, scene_cuts=[1.0, 2.0], audio=True)
+    videogen.make_video(videos / "delta.mp4", seconds=3, fps=20, scene_cuts=[0.5, 2.5])
+    videogen.make_text_video(videos / "gamma.mp4", ["HELLO", "", "WORLD"], seconds_each=1.0)
+    (videos / "broken.mp4").write_bytes(b"this is no video")
+    return {"root": root, "videos": videos, "clip": tinyclip.save_tiny_local_dir(root / "tiny-clip")}
+
+
+def _config(corpus: dict, name: str, executor: str, **sections):
+    data = {
+        "run": {"name": name, "output_dir": str(corpus["root"] / "out"), "executor": executor},
+        "corpus": {"videos": str(corpus["videos"]), "demo": False},
+        "extract": {"every_seconds": 0.5, "thumbnail_long_side": 128},
+        "models": {"image": {"name": f"local-dir:{corpus['clip']}", "pretrained": None, "on_missing_weights": "error"}},
+        "caption": {"ocr": {"enabled": True}},
+        "speech": {"enabled": True},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return config_from_dict(data)
+
+
+def _per_video_passes(cfg, *, force_embed: bool = False) -> dict:
+    """What the stages run per video, by library calls: extract (+ embedding), on-screen text, speech, embed."""
+    extracted = extract_and_embed(cfg, cfg.run_dir)
+    text = read_frame_text(cfg, cfg.run_dir)
+    said = transcribe_run(cfg, cfg.run_dir)
+    embedded = embed_frames(cfg, cfg.run_dir, force=force_embed)
+    return {"extract": extracted, "ocr": text, "speech": said, "embed": embedded}
+
+
+def _sorted(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    return table.sort_values(keys).reset_index(drop=True)
+
+
+def _index_contents(cfg, model_id: str) -> dict[str, tuple[np.ndarray, dict]]:
+    index = open_index(RunPaths(cfg.run_dir), cfg.index.url, cfg.index.collection_prefix)
+    found = index.collection(model_id, create=False).get(include=["embeddings", "metadatas"])
+    return {key: (np.asarray(vector), meta) for key, vector, meta in zip(found["ids"], found["embeddings"], found["metadatas"])}
+
+
+@pytest.mark.slow
+def test_ray_gives_the_tables_and_index_of_a_local_run(local_ray, corpus, chroma_url):  # noqa: F811
+    local = _config(corpus, "local", "local")
+    # the Ray run keeps its index on a Chroma server, as a cluster would (index.url; run-scoped collections)
+    remote = _config(corpus, "ray", "ray", index={"url": chroma_url})
+    done_here = _per_video_passes(local)
+    done_on_ray = _per_video_passes(remote, force_embed=True)  # force: the embed stage's own pass runs on the workers too
+
+    for name, stage in done_on_ray.items():
+        assert [s.as_dict() for s in stage.skipped] == [s.as_dict() for s in done_here[name].skipped], name
+    assert [s.reason for s in done_on_ray["extract"].skipped] == [
+        "not a readable video (FFmpeg: Invalid data found when processing input)"
+    ]
+    assert done_on_ray["extract"].counts["frames_embedded"] == done_here["extract"].counts["frames_embedded"] > 0
+    assert (
+        done_on_ray["embed"].embedded == done_on_ray["embed"].frames == len(read_table(RunPaths(remote.run_dir).table("frames")))
+    )
+    assert done_on_ray["ocr"].read == done_here["ocr"].read > 0 and done_on_ray["speech"].transcribed == 2
+
+    here, there = RunPaths(local.run_dir), RunPaths(remote.run_dir)
+    keys = {"frames": ["frame_key"], "videos": ["video_id"], "ocr": ["frame_key"], "speech": ["segment_id"],
+            "speech_words": ["segment_id", "start"], "speech_frames": ["frame_key"], "speech_videos": ["video_id"]}  # fmt: skip
+    for table, key in keys.items():
+        expected, got = _sorted(read_table(here.table(table)), key), _sorted(read_table(there.table(table)), key)
+        if table == "speech_videos":  # how long each transcription took is no result
+            expected, got = expected.drop(columns="transcribe_seconds"), got.drop(columns="transcribe_seconds")
+        pd.testing.assert_frame_equal(got, expected, obj=table)
+    assert "HELLO" in " ".join(read_table(there.table("ocr")).text)
+
+    expected, got = (_sorted(read_table(run.table("embeddings")), ["frame_key"]) for run in (here, there))
+    pd.testing.assert_frame_equal(got.drop(columns="vector"), expected.drop(columns="vector"))
+    np.testing.assert_allclose(np.stack(got.vector), np.stack(expected.vector), atol=1e-5)
+
+    model_id = done_here["embed"].model.model_id
+    local_index, server_index = _index_contents(local, model_id), _index_contents(remote, model_id)
+    assert set(server_index) == set(local_index) == set(expected.frame_key)
+    for key, (vector, meta) in local_index.items():
+        np.testing.assert_allclose(server_index[key][0], vector, atol=1e-5)
+        assert server_index[key][1] == meta
+    server = chromadb.HttpClient(host="127.0.0.1", port=int(chroma_url.rsplit(":", 1)[1]), settings=_settings())
+    assert done_on_ray["embed"].collection in [c.name for c in server.list_collections()]
+
+
+def _fails_on_item_two(state, item):
+    """A unit of work: counts its tries in a file, and raises on item 2."""
+    marker = Path(state) / f"tries-{item}"
+    marker.write_text(str(int(marker.read_text()) + 1 if marker.exists() else 1))
+    if item == 2:
+        raise ValueError(f"item {item} is unreadable here (pid {os.getpid()})")
+    return item * 10
+
+
+def _folder_state(folder):
+    return lambda threads: folder
+
+
+def test_a_unit_that_raises_is_retried_then_reported_with_the_workers_error(local_ray, tmp_path, caplog):
+    executor = RayExecutor(local_ray, tmp_path, worker_cpus=1, retries=1)
+    assert executor.workers == 2
+    finished = []
+    results = executor.map(_fails_on_item_two, [0, 1, 2, 3], setup=_folder_state(str(tmp_path)),
+                           on_done=lambda i, result: finished.append(i))  # fmt: skip
+    assert results[:2] + results[3:] == [0, 10, 30]
+    assert isinstance(results[2], Failed) and results[2].attempts == 2
+    assert results[2].reason.startswith("ValueError: item 2 is unreadable here (pid ")  # the worker's own message
+    assert str(os.getpid()) not in results[2].reason  # raised on a worker, not here
+    assert (tmp_path / "tries-2").read_text() == "2" and (tmp_path / "tries-1").read_text() == "1"
+    assert sorted(finished) == [0, 1, 2, 3]
+    assert any("trying it again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_a_video_whose_unit_raises_is_skipped_with_that_error_as_in_a_local_run(local_ray, corpus, tmp_path):
+    """An error that is not about the video (its shard folder cannot be made) fails the unit on the worker;
+    after the retry the video is skipped with that error, the other videos are done, as locally."""
+    reasons = {}
+    for executor in ("local", "ray"):
+        cfg = _config(corpus, f"blocked-{executor}", executor, speech={"enabled": False}, caption={"ocr": {"enabled": False}})
+        blocked = RunPaths(cfg.run_dir).frames / content_hash(corpus["videos"] / "delta.mp4")
+        blocked.parent.mkdir(parents=True)
+        blocked.write_text("a file where the video's shard folder belongs")
+        summary = extract_and_embed(cfg, cfg.run_dir)
+        reasons[executor] = {Path(s.path).name: s.reason.replace(str(cfg.run_dir), "<run>") for s in summary.skipped}
+        assert summary.videos == 3
+        assert set(read_table(RunPaths(cfg.run_dir).table("videos")).video_name) == {"alpha.mp4", "beta.mp4", "gamma.mp4"}
+    assert reasons["ray"] == reasons["local"]
+    assert reasons["ray"]["delta.mp4"].startswith(("FileExistsError", "NotADirectoryError"))
+
+
+KILLED_DRIVER = """
+import os, signal, sys
+from frameatlas import executor
+from frameatlas.config import config_from_dict
+from frameatlas.embed import extract_and_embed
+from frameatlas.lock import run_lock
+import json
+
+cfg = config_from_dict(json.loads(sys.argv[1]))
+done = []
+real_map = executor.RayExecutor.map
+
+def map_then_die(self, work, items, *, setup=None, on_done=None):
+    def first_done_kills(i, result):
+        done.append(i)
+        if len(done) == 1:
+            print("first video done", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)  # the driver dies mid-run, its workers still busy
+    return real_map(self, work, items, setup=setup, on_done=first_done_kills)
+
+executor.RayExecutor.map = map_then_die
+with run_lock(cfg.run_dir, "killed driver"):
+    extract_and_embed(cfg, cfg.run_dir)
+"""
+
+
+@pytest.mark.slow
+def test_a_driver_killed_mid_run_is_resumed_by_the_next_run(local_ray, corpus):
+    import json
+
+    cfg = _config(corpus, "killed", "ray", run={"ray_address": local_ray.get_runtime_context().gcs_address})
+    run = RunPaths(cfg.run_dir)
+    driver = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLED_DRIVER), json.dumps(cfg.to_parameters())],
+                            capture_output=True, text=True, timeout=300, cwd=REPO)  # fmt: skip
+    assert driver.returncode == -9, driver.stderr[-3000:]
+    assert "first video done" in driver.stdout
+    assert not run.table("frames").exists()  # the driver writes the tables last: it never got there
+    finished = list(run.frames.glob("*/*/frames.parquet"))
+    assert 1 <= len(finished) < 4
+
+    again = _config(corpus, "killed", "ray")  # the session's Ray, as any second run would find one
+    summary = extract_and_embed(again, again.run_dir)
+    assert summary.cached >= 1 and summary.cached + summary.processed == summary.videos == 4
+    reference = _config(corpus, "killed-reference", "local")
+    extract_and_embed(reference, reference.run_dir)
+    expected = _sorted(read_table(RunPaths(reference.run_dir).table("frames")), ["frame_key"])
+    pd.testing.assert_frame_equal(_sorted(read_table(run.table("frames")), ["frame_key"]), expected)
+    embedded = embed_frames(again, again.run_dir)
+    assert embedded.cached + embedded.embedded == len(expected)
+
+
+@pytest.mark.parametrize(
+    "address, accepted",
+    [
+        (None, True),
+        ("auto", True),
+        ("ray://head:10001", True),
+        ("10.0.0.5:6379", True),
+        ("head", False),
+        ("http://head:8265", False),
+    ],
+)
+def test_ray_address_is_checked(address, accepted):
+    data = {"run": {"executor": "ray", "ray_address": address}}
+    if accepted:
+        assert config_from_dict(data).run.ray_address == address
+    else:
+        with pytest.raises(ConfigError, match=r"run.ray_address"):
+            config_from_dict(data)
