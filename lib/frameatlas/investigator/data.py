@@ -130,7 +130,7 @@ class VideoInfo:
     fps: float
     has_audio: bool
     frames: int
-    first_frame: str | None  # frame_key of its first sampled frame (its list thumbnail)
+    poster_frame: str | None  # frame_key of the sampled frame shown in the video list (a third of the way in)
     source: Path | None  # the playable file, resolved inside the corpus or the run
     problem: str | None  # why `source` is None
 
@@ -166,7 +166,9 @@ class RunView:
 
     def _video_infos(self) -> list[VideoInfo]:
         counts = self.frames.groupby("video_id").size()
-        first = self.frames.sort_values("timestamp", kind="stable").drop_duplicates("video_id").set_index("video_id").frame_key
+        # a third of the way in, not the first frame: openings are often black (fades, title cards)
+        ordered = self.frames.sort_values(["video_id", "timestamp"], kind="stable")
+        poster = ordered.groupby("video_id", sort=False).frame_key.agg(lambda keys: keys.iloc[len(keys) // 3])
         infos = []
         for row, video in enumerate(self.videos_table.itertuples()):
             if str(video.video_id) not in counts:  # skipped at extraction: nothing to plot
@@ -185,7 +187,7 @@ class RunView:
             infos.append(VideoInfo(
                 video_id=video_id, name=str(video.video_name), duration=float(video.duration or 0.0),
                 fps=float(getattr(video, "fps", 0.0) or 0.0), has_audio=bool(getattr(video, "has_audio", False)),
-                frames=int(counts.get(video_id, 0)), first_frame=str(first[video_id]) if video_id in first.index else None,
+                frames=int(counts.get(video_id, 0)), poster_frame=str(poster[video_id]) if video_id in poster.index else None,
                 source=source, problem=problem,
             ))  # fmt: skip
         return sorted(infos, key=lambda v: v.name)
@@ -324,7 +326,7 @@ class RunView:
                     "fps": v.fps,
                     "has_audio": v.has_audio,
                     "frames": v.frames,
-                    "first_frame": v.first_frame,
+                    "poster_frame": v.poster_frame,
                     "playable": v.source is not None,
                     "problem": v.problem,
                 }

@@ -281,7 +281,7 @@
       list.replaceChildren();
       for (const video of this.run.videos) {
         const item = el("li", { class: "fa-video-item", "data-video": video.video_id, title: video.problem || video.name }, [
-          video.first_frame ? el("img", { src: "/media/thumb/" + encodeURIComponent(video.first_frame), alt: "" }) : "",
+          video.poster_frame ? el("img", { src: "/media/thumb/" + encodeURIComponent(video.poster_frame), alt: "" }) : "",
           el("span", { text: video.name }),
           el("small", { text: formatTime(video.duration) + (video.playable ? "" : " (source missing)") }),
         ]);
