@@ -96,6 +96,7 @@ def test_visualize_wrote_a_page_per_video_linked_from_the_dashboard_and_the_repo
     for name in pages:
         html = (plots / name).read_text()
         assert '<script src="plotly.min.js"></script>' in html and "cdn" not in html.lower()
+        assert str(finished_run) not in html, f"{name} names a local folder (the page is meant to be shared)"
     assert (plots / "plotly.min.js").stat().st_size > 1_000_000
     dashboard = (finished_run / "index.html").read_text()
     assert all(f"plots/{name}" in dashboard for name in pages)

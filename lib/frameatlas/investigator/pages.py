@@ -87,7 +87,8 @@ def _page(view: RunView, video, curves, reason: str | None, src: str | None, thr
 click the chart to seek</span></div>
 <p class="fa-keys">Prompts (search.queries): {prompts}. Scored by: {", ".join(channels) or "no channel"}.
 Dashed line: {round(threshold * 100)}% of the best score; shaded: frames at or above it.
-For live prompts, search and clip export: <code>frameatlas serve {html.escape(str(view.run.root))}</code></p>
+For live prompts, search and clip export, serve the run folder (the folder above this page's <code>plots/</code>):
+<code>frameatlas serve {html.escape(f"{view.run.root.parent.name}/{view.run.root.name}")}</code></p>
 <div id="fa-chart"></div>
 <p id="fa-notes">{html.escape(" ".join(curves.notes))}</p>
 </section></main>
