@@ -241,19 +241,19 @@ def test_quality_checks_run_once_per_set_of_vectors(extracted, monkeypatch):
     embed_frames(cfg, cfg.run_dir)
     encoder = models.image_encoder(cfg.models)
     calls = []
-    for name in ("compare_indexes", "noise_robustness"):
+    for name in ("compare_indexes", "recall_under_noise"):
         real = getattr(evaluation, name)
         monkeypatch.setattr(evaluation, name, lambda *a, _real=real, _name=name, **kw: calls.append(_name) or _real(*a, **kw))
 
     first = quality_checks(cfg, cfg.run_dir, encoder)
-    assert calls == ["compare_indexes", "noise_robustness"] and not first.cached
+    assert calls == ["compare_indexes", "recall_under_noise"] and not first.cached
     assert list(first.index.method) == ["run index (chroma-hnsw)"]  # quick: nothing else is built
     assert first.index["recall@10"].tolist() == [1.0] and first.index.attrs["queries"] == 10
     assert first.noise.severity.tolist()[0] == 0.0 and first.noise.n_queries.tolist() == [5] * 6
     assert first.noise["recall@1"][0] == 1.0  # the clean frame, as the model saw it, finds itself
 
     again = quality_checks(cfg, cfg.run_dir, encoder)
-    assert calls == ["compare_indexes", "noise_robustness"]  # nothing computed: same vectors
+    assert calls == ["compare_indexes", "recall_under_noise"]  # nothing computed: same vectors
     assert again.cached and again.fingerprint == first.fingerprint
     pd.testing.assert_frame_equal(again.index, first.index)
     pd.testing.assert_frame_equal(again.noise, first.noise)
@@ -263,7 +263,7 @@ def test_quality_checks_run_once_per_set_of_vectors(extracted, monkeypatch):
     embed_frames(cfg, cfg.run_dir)
     grown = quality_checks(cfg, cfg.run_dir, encoder)
     assert not grown.cached and grown.fingerprint != first.fingerprint
-    assert calls == ["compare_indexes", "noise_robustness"] * 2
+    assert calls == ["compare_indexes", "recall_under_noise"] * 2
 
 
 def test_quality_checks_off_and_full(extracted, monkeypatch):

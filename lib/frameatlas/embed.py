@@ -52,11 +52,12 @@ log = logging.getLogger(__name__)
 __all__ = [
     "TEXT_SOURCES", "EmbedSummary", "FrameEmbedder", "UnreadableThumbnail", "add_to_shared", "cached_frame_vectors",
     "embed_captions", "embed_frames", "extract_and_embed", "frame_input", "embed_text_channel", "embed_text_channels", "encode_image_files", "load_vectors",
-    "nearest_neighbour_grid", "quality_checks", "sync_index", "vectors_fingerprint",
+    "nearest_neighbour_grid", "noise_sample", "noisy_query_vectors", "prepare_noise_queries", "quality_checks", "sync_index",
+    "vectors_fingerprint",
 ]  # fmt: skip
 
 EMBEDDING_COLUMNS = ["frame_key", "video_id", "model_id", "vector"]
-QUALITY_VERSION = 1  # bump when the checks change what they measure: cached results are then redone
+QUALITY_VERSION = 2  # bump when the checks change what they measure: cached results are then redone
 
 
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -568,6 +569,11 @@ def extract_and_embed(cfg: PipelineConfig, run: RunPaths | Path | str, *, force:
     if embedder is not None:
         summary.embedded = {"frames_embedded": embedder.embedded, "embed_model": embedder.encoder.record.model_id,
                             "embed_model_seconds": round(embedder.model_seconds, 2)}  # fmt: skip
+        if embedder.error is None and getattr(embedder.encoder, "loaded", True):  # the model is here: no load for this
+            try:
+                summary.embedded["noise_queries_frames"] = prepare_noise_queries(cfg, run, embedder.encoder)
+            except Exception as error:  # noqa: BLE001 - the embed stage computes them instead
+                log.warning("extract: the noise check's queries were not prepared (%s); the embed stage makes them", error)
     return summary
 
 
@@ -893,15 +899,92 @@ def quality_checks(
     )
     robustness = None
     if noise_frames:
-        picks = np.random.default_rng(0).choice(len(table), size=min(noise_frames, len(table)), replace=False)
-        images = model_input_images(cfg, run, encoder, table.iloc[np.sort(picks)])
-        robustness = evaluation.noise_robustness(
-            encoder, images, vectors, list(table.frame_key), severities=settings["severities"], sample=len(images)
-        )
+        keys = noise_sample(list(table.frame_key), noise_frames)
+        noisy = noisy_query_vectors(cfg, run, encoder, keys, settings["severities"])
+        robustness = evaluation.recall_under_noise(
+            vectors, [row_of[key] for key in keys], {s: np.stack([noisy[(key, s)] for key in keys]) for s in settings["severities"]}
+        )  # fmt: skip
+        robustness.attrs.update({"model_id": model_id, "corpus": len(vectors), "sample": "smallest sha256(frame_key)"})
     seconds = time.perf_counter() - started
     atomic_write_json(cache_file, {"fingerprint": fingerprint, "settings": settings, "seconds": round(seconds, 2),
                                    "index": _frame_table(index_quality), "noise": _frame_table(robustness)})  # fmt: skip
     return QualityChecks(index_quality, robustness, fingerprint, cached=False, seconds=seconds)
+
+
+def noise_sample(frame_keys: Sequence[str], count: int) -> list[str]:
+    """The frames the noise check corrupts: the `count` whose key has the smallest SHA-256.
+
+    The choice does not depend on the order of the frames nor on the other frames but through
+    the cut, so adding videos only ever swaps some of their frames in: noisy vectors computed
+    before stay valid, and the extract stage computes the new ones while its model is loaded
+    (`prepare_noise_queries`), so the embed stage's check needs no model load of its own.
+
+    Example:
+        >>> noise_sample(["b:1", "a:1", "c:1"], 2) == noise_sample(["c:1", "b:1", "a:1"], 2)
+        True
+    """
+    return sorted(frame_keys, key=lambda key: hashlib.sha256(key.encode()).hexdigest())[:count]
+
+
+def _noise_store(run: RunPaths, encoder: ImageEncoder) -> Path:
+    model_input = frame_input(encoder) or "thumbnail"
+    return run.cache / "quality" / f"noise-{encoder.record.model_id}-{model_input}-v{QUALITY_VERSION}.parquet"
+
+
+def _noisy(image: Image.Image, severity: float, frame_key: str) -> Image.Image:
+    """`image` with impulse noise, seeded by the frame and the severity (the same wherever it is made)."""
+    from .evaluation import salt_and_pepper
+
+    seed = int.from_bytes(hashlib.sha256(f"{frame_key}|{severity!r}".encode()).digest()[:8], "little")
+    return salt_and_pepper(image, severity, np.random.default_rng(seed))
+
+
+def noisy_query_vectors(
+    cfg: PipelineConfig, run: RunPaths, encoder: ImageEncoder, frame_keys: Sequence[str], severities: Sequence[float]
+) -> dict[tuple[str, float], np.ndarray]:
+    """The encoder's vectors of `frame_keys`' model inputs under impulse noise at each severity, by
+    (frame key, severity): read from `cache/quality/noise-<model>-<input>-v<N>.parquet`, the missing
+    ones computed (the model loads only then) and added there."""
+    path = _noise_store(run, encoder)
+    known: dict[tuple[str, float], np.ndarray] = {}
+    if path.exists():
+        try:
+            stored = read_table(path)
+            known = {
+                (key, float(s)): np.asarray(v, np.float32) for key, s, v in zip(stored.frame_key, stored.severity, stored.vector)
+            }
+        except Exception as error:  # noqa: BLE001 - a damaged cache is only recomputed
+            log.warning("%s: unreadable (%s); computing the noisy queries again", path, error)
+    missing = [key for key in dict.fromkeys(frame_keys) if any((key, float(s)) not in known for s in severities)]
+    if missing:
+        images = model_input_images(cfg, run, encoder, pd.DataFrame({"frame_key": missing}))
+        jobs = [(key, float(s)) for key in missing for s in severities]
+        noisy = [encoder.preprocess(_noisy(images[key], s, key)) for key, s in jobs]
+        batch = cfg.models.image.batch_size
+        vectors = np.concatenate([encoder.encode_preprocessed(noisy[i : i + batch]) for i in range(0, len(noisy), batch)])
+        known.update(zip(jobs, vectors))
+        write_table(pd.DataFrame({"frame_key": [key for key, _ in known], "severity": [s for _, s in known],
+                                  "vector": list(known.values())}), path)  # fmt: skip
+        log.info("quality: %d noisy queries of %d frame(s) encoded with %s", len(jobs), len(missing), encoder.record.model_id)
+    return known
+
+
+def prepare_noise_queries(cfg: PipelineConfig, run: RunPaths, encoder: ImageEncoder) -> int:
+    """While the extract stage has the image model loaded: the noisy queries the embed stage's
+    quick check will need (`noise_sample` of the run's frames), so that check loads no model.
+    Returns how many frames were corrupted and encoded now."""
+    from .evaluation import IMPULSE_SEVERITIES
+
+    options = cfg.embed
+    count = options.quality_samples if options.quality == "full" else options.noise_samples
+    if options.quality == "off" or not options.quality_samples or not count or not run.table("frames").exists():
+        return 0
+    frames = read_table(run.table("frames"))
+    keys = noise_sample(list(frames.frame_key), count)
+    path = _noise_store(run, encoder)
+    before = len(read_table(path)) if path.exists() else 0
+    after = len(noisy_query_vectors(cfg, run, encoder, keys, [0.0, *IMPULSE_SEVERITIES]))
+    return (after - before) // (len(IMPULSE_SEVERITIES) + 1)
 
 
 def model_input_images(cfg: PipelineConfig, run: RunPaths, encoder: ImageEncoder, rows: pd.DataFrame) -> dict[str, Image.Image]:

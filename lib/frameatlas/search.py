@@ -3,10 +3,15 @@
 Every channel compares unit vectors by cosine similarity:
 
 * ``visual``: the query's CLIP vector (text or image) against the frames' image vectors;
-* ``caption``, ``ocr``, ``speech``: the query text's sentence vector against the text of each
-  frame (`tables/<channel>_embeddings.parquet`, written by `write_text_channel`). A frame's speech
-  text is what was said within `speech.frame_window_seconds` of it; hits the speech channel scored
-  carry that text and its start and end (`speech_text`, `speech_start`, `speech_end`).
+* ``caption``, ``ocr``: the query text's sentence vector against the text of each frame
+  (`tables/<channel>_embeddings.parquet`, written by `write_text_channel`);
+* ``speech``: the query's sentence vector against each utterance
+  (`tables/speech_segment_embeddings.parquet`, written by `speech.embed_segments`); a frame scores
+  as the best utterance it shows (said within `speech.frame_window_seconds` of it, or the frame
+  nearest an utterance no frame is that close to). Hits the speech channel scored carry that
+  utterance: its words and time (`speech_text`, `speech_start`, `speech_end`, `speech_segment`),
+  which render cuts query videos at. Runs embedded before utterances had vectors rank the speech
+  said around each frame (`tables/speech_embeddings.parquet`) instead.
 
 With several channels the rankings are fused by reciprocal rank fusion (each channel adds
 ``1 / (60 + rank)``; the constant 60 is the usual one from Cormack et al., 2009) and every
@@ -51,6 +56,7 @@ __all__ = [
     "UnsafeHitPath",
     "configured_searches",
     "export_hits",
+    "format_hits",
     "gallery",
     "search",
     "write_text_channel",
@@ -60,6 +66,7 @@ TEXT_CHANNELS = ("caption", "ocr", "speech")
 RRF_K = 60
 EXPORT_MARKER = ".frameatlas-export.json"  # marks a folder an export wrote, and lists what it wrote
 EXPORT_FOLDERS = ("top_k", "above_threshold")
+SPEECH_FRAME_FALLBACK = ["frame_key", "text", "speech_start", "speech_end", "segments"]
 HIT_COLUMNS = ["rank", "score", "video_name", "timestamp", "thumbnail", "frame_key", "video_id", "in_top_k", "above_threshold"]
 
 
@@ -316,6 +323,18 @@ def search(
             notes.append(note)
         if query_vector is None:
             continue
+        utterances = _speech_utterances(run, cfg, model_id) if channel == "speech" else None
+        if utterances is not None:  # the speech channel ranks utterances; a frame scores as the best one it shows
+            segments, segment_vectors = utterances
+            segment_scores = pd.Series(segment_vectors @ np.asarray(query_vector, np.float32), index=segments.segment_id.to_numpy())
+            if frame_key is None and segment_scores.max() < min_text_score:
+                notes.append(f"speech channel: nothing said is similar enough to the query "
+                             f"(best {float(segment_scores.max()):.3f}, below search.min_text_score {min_text_score})")  # fmt: skip
+                continue
+            kept = segment_scores[segment_scores >= min_text_score] if frame_key is None else segment_scores
+            matched = _best_utterances(frames, segments, kept, cfg.speech.frame_window_seconds)
+            scores[channel] = pd.Series(matched.score.to_numpy(), index=matched.frame_key.to_numpy())
+            continue
         channel_scores = pd.Series(vectors @ np.asarray(query_vector, np.float32), index=table.frame_key.to_numpy())
         if channel != "visual" and frame_key is None:
             best = float(channel_scores.max())
@@ -347,23 +366,65 @@ def search(
     channel_columns = [f"score_{c}" for c in scores]
     hits = hits[HIT_COLUMNS[:2] + channel_columns + HIT_COLUMNS[2:]]
     if "speech" in scores:
-        hits = _with_speech(run, hits)
+        hits = _with_speech(run, hits, matched if "speech" in scores and utterances_used(scores, matched) else None)
     return SearchResult(hits=hits, query=query_label, channels=list(scores), notes=notes, threshold_value=cut)
 
 
-def _with_speech(run: RunPaths, hits: pd.DataFrame) -> pd.DataFrame:
+def _speech_utterances(run: RunPaths, cfg: PipelineConfig, model_id: str) -> tuple[pd.DataFrame, np.ndarray] | None:
+    """The utterances and their vectors (`tables/speech_segment_embeddings.parquet`) made with the sentence
+    encoder `model_id`, cached while the file is unchanged; None when the run has none (embedded before
+    utterances had vectors, or by another model): the speech channel then ranks frames' speech text."""
+    path = run.table("speech_segment_embeddings")
+    if not path.exists():
+        return None
+    table, vectors, segments_model = _cached(path, _read_segments)
+    if not len(table) or segments_model != model_id:
+        return None
+    return table, vectors
+
+
+def _read_segments(path: Path) -> tuple[pd.DataFrame, np.ndarray, str]:
+    table = read_table(path)
+    if table.empty:
+        return table, np.zeros((0, 0), np.float32), ""
+    model_id = str(table.model_id.iloc[0])
+    table = table[table.model_id == model_id]
+    vectors = np.stack(table.vector.to_numpy()).astype(np.float32)
+    return table.drop(columns=["vector"]).reset_index(drop=True), vectors, model_id
+
+
+def _best_utterances(frames: pd.DataFrame, segments: pd.DataFrame, scores: pd.Series, window: float) -> pd.DataFrame:
+    """Per frame showing a scored utterance, the best one: frame_key, segment_id, score, and the utterance's
+    text, start and end."""
+    from .speech import best_segment_per_frame, segment_frames
+
+    shown = segments[segments.segment_id.isin(scores.index)]
+    best = best_segment_per_frame(segment_frames(frames, shown, window), scores)
+    said = shown.set_index("segment_id")
+    return best.assign(text=best.segment_id.map(said.text).astype(str), start=best.segment_id.map(said.start).astype(float),
+                       end=best.segment_id.map(said.end).astype(float))  # fmt: skip
+
+
+def _with_speech(run: RunPaths, hits: pd.DataFrame, matched: pd.DataFrame | None) -> pd.DataFrame:
     """Hits the speech channel scored get what was said there and when (`speech_text`, `speech_start`,
-    `speech_end`, from `tables/speech_frames.parquet`): shown with the hit, and the utterance bounds
-    render cuts at."""
-    path = run.table("speech_frames")
-    said = read_table(path) if path.exists() else pd.DataFrame(columns=["frame_key", "text", "speech_start", "speech_end"])
-    said = said.set_index("frame_key")
+    `speech_end`, `speech_segment`): the utterance that matched (`matched`, from `_best_utterances`), or
+    for a run without utterance vectors the speech around the frame (`tables/speech_frames.parquet`).
+    Shown with the hit, and the bounds render cuts at."""
+    if matched is not None:
+        said = matched.set_index("frame_key").rename(columns={"text": "text", "start": "speech_start", "end": "speech_end"})
+        said["segments"] = said.segment_id
+    else:
+        path = run.table("speech_frames")
+        said = read_table(path) if path.exists() else pd.DataFrame(columns=SPEECH_FRAME_FALLBACK)
+        said = said.set_index("frame_key")
+        said["segments"] = said.segments.map(lambda ids: " ".join(ids) if ids is not None and len(ids) else "")
     scored = hits.score_speech.notna().to_numpy()
     hits = hits.copy()
     keys = hits.frame_key
     hits["speech_text"] = np.where(scored, keys.map(said.text).fillna("").astype(str), "")
     for column in ("speech_start", "speech_end"):
         hits[column] = np.where(scored, keys.map(said[column]).astype(float), np.nan)
+    hits["speech_segment"] = np.where(scored, keys.map(said.segments).fillna("").astype(str), "")
     return hits
 
 
@@ -555,6 +616,30 @@ def write_text_channel(
     log.info("%s channel: %d texts, %d distinct new ones encoded with %s", channel, len(texts), len(missing), model_id)
     table = pd.DataFrame({"frame_key": list(frame_keys), "model_id": model_id, "text": texts, "vector": vectors})
     return write_table(table, path)
+
+
+def format_hits(result: SearchResult) -> str:
+    """A readable table of search hits for the terminal (`frameatlas search`, here or through `frameatlas serve`)."""
+    hits = result.hits
+    header = f"{result.query!r} — {len(result.top_k)} in top-k"
+    if result.threshold_value is not None:
+        header += f", {len(result.above_threshold)} at or above {result.threshold_value:.4f}"
+    header += f" (channels: {', '.join(result.channels)})"
+    if hits.empty:
+        return header + "\nno frames match"
+    shown = hits.assign(
+        time=hits.timestamp.map(lambda t: f"{int(t // 60):02d}:{t % 60:06.3f}"),
+        mark=["*" if a else "" for a in hits.above_threshold],
+    )
+    columns = ["rank", "score", *[c for c in hits.columns if c.startswith("score_") and c != "score"], "video_name", "time", "mark"]
+    if "speech_text" in hits:  # what was said at the speech channel's hits, and when
+        from .plots import format_time
+
+        shown["said"] = [f"{format_time(a)}-{format_time(b)} {text}" if text else ""
+                         for a, b, text in zip(hits.speech_start, hits.speech_end, hits.speech_text)]  # fmt: skip
+        columns.append("said")
+    table = shown[columns].rename(columns={"video_name": "video", "mark": ">=thr"})
+    return header + "\n" + table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
 def gallery(result: SearchResult, run: RunPaths | Path | str, *, columns: int = 8, tile_width: int = 150, limit: int = 24):

@@ -18,7 +18,14 @@ Example:
 """
 
 from .index_comparison import DEFAULT_METHODS, SearchMethod, compare_indexes, compare_run_indexes, exact_search, synthetic_corpus
-from .robustness import IMPULSE_SEVERITIES, noise_robustness, robustness_figure, robustness_image, salt_and_pepper
+from .robustness import (
+    IMPULSE_SEVERITIES,
+    noise_robustness,
+    recall_under_noise,
+    robustness_figure,
+    robustness_image,
+    salt_and_pepper,
+)  # fmt: skip
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -28,6 +35,7 @@ __all__ = [
     "compare_run_indexes",
     "exact_search",
     "noise_robustness",
+    "recall_under_noise",
     "robustness_figure",
     "robustness_image",
     "salt_and_pepper",

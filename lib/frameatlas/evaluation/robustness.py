@@ -100,6 +100,33 @@ def _ranks(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray) -> np.nda
     return ranks
 
 
+def recall_under_noise(
+    vectors: np.ndarray, rows: Sequence[int], queries: Mapping[float, np.ndarray], *, ks: Sequence[int] = (1, 5)
+) -> pd.DataFrame:
+    """The table of `noise_robustness` from query vectors made elsewhere: `queries[severity]`
+    holds one vector per corpus row in `rows` (the clean frame each noisy query should find).
+
+    Example:
+        >>> corpus = np.eye(3, dtype=np.float32)
+        >>> recall_under_noise(corpus, [0, 2], {0.0: corpus[[0, 2]]})["recall@1"].tolist()
+        [1.0]
+    """
+    vectors = _as_unit(vectors)
+    rows = np.asarray(rows, dtype=np.int64)
+    records = []
+    for severity, vectors_of_queries in queries.items():
+        noisy = _as_unit(np.asarray(vectors_of_queries, np.float32), "query vectors")
+        ranks = _ranks(vectors, noisy, rows) if len(rows) else np.zeros(0, np.int64)
+        record: dict[str, Any] = {"severity": float(severity)}
+        for k in ks:
+            record[f"recall@{k}"] = float(np.mean(ranks < k)) if len(ranks) else float("nan")
+        record["median_rank"] = float(np.median(ranks)) if len(ranks) else float("nan")
+        record["mean_cosine"] = float(np.einsum("ij,ij->i", noisy, vectors[rows]).mean()) if len(rows) else float("nan")
+        record["n_queries"] = len(rows)
+        records.append(record)
+    return pd.DataFrame(records)
+
+
 def noise_robustness(
     encoder,
     image_paths: Sequence[str | Path] | Mapping[str, str | Path],

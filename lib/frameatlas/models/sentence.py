@@ -25,7 +25,10 @@ from .weights import hf_cache_dir, hf_cached_snapshot, hub_reachable
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SentenceTransformerEncoder", "UniversalSentenceEncoder", "load_sentence_encoder", "resolve_sentence_model"]
+__all__ = [
+    "SentenceTransformerEncoder", "UniversalSentenceEncoder", "load_sentence_encoder", "resolve_sentence_model",
+    "sentence_model_id",
+]  # fmt: skip
 
 # Models that ship inside a PyPI package: name -> (module, folder inside it)
 PACKAGED_MODELS = {
@@ -71,6 +74,11 @@ def resolve_sentence_model(name: str, *, cache_dir: str | Path | None = None, al
     raise ModelUnavailable(name, looked, "not installed or cached, and the hub cannot be used")
 
 
+def sentence_model_id(requested: str) -> str:
+    """The id of a sentence-transformers model's vectors, e.g. `st-all-MiniLM-L6-v2`."""
+    return "st-" + re.sub(r"[^A-Za-z0-9._-]+", "-", Path(requested).name).strip("-.")
+
+
 class SentenceTransformerEncoder:
     def __init__(self, location: str, requested: str, device: str = "cpu", batch_size: int = 64):
         from sentence_transformers import SentenceTransformer
@@ -80,7 +88,7 @@ class SentenceTransformerEncoder:
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         dim = int(dimension())
         self.record = ModelRecord(
-            kind="text", model_id="st-" + re.sub(r"[^A-Za-z0-9._-]+", "-", Path(requested).name).strip("-."),
+            kind="text", model_id=sentence_model_id(requested),
             requested=requested, backend="sentence-transformers", weights=location, dim=dim, device=device,
         )  # fmt: skip
 

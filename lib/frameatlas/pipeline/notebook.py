@@ -34,7 +34,20 @@ from ..store import RunPaths
 from ..summary import StageSummary
 from .registry import stage_named
 
-__all__ = ["StageContext", "exit_with_parent", "open_stage"]
+__all__ = ["HEAVY_MODULES", "StageContext", "exit_with_parent", "heavy_imports", "open_stage"]
+
+#: Libraries that take seconds to import (or mean a model was loaded); the manifest records which
+#: of them each stage's kernel imported (`imports`), so a stage that needed none can be seen to.
+HEAVY_MODULES = (
+    "torch", "torchvision", "open_clip", "sentence_transformers", "transformers", "tensorflow", "onnxruntime",
+    "rapidocr_onnxruntime", "faster_whisper", "ctranslate2", "chromadb", "faiss", "umap", "hdbscan", "sklearn",
+    "numba", "plotly", "av", "cv2",
+)  # fmt: skip
+
+
+def heavy_imports() -> list[str]:
+    """Which of `HEAVY_MODULES` this process has imported."""
+    return [name for name in HEAVY_MODULES if name in sys.modules]
 
 
 @dataclass
@@ -47,15 +60,29 @@ class StageContext:
     force: bool = False
     lock: RunLock | None = None
     started: float = field(default_factory=time.perf_counter)
+    opened_at: float = field(default_factory=time.time)  # wall clock, to place the stage's work in the kernel's time
+    _result: dict[str, Any] | None = field(default=None, repr=False)
 
     def finish(self, summary: StageSummary, **extra: Any) -> dict[str, Any]:
         """Record the stage's result (its summary, plus `extra` keys) for the runner's manifest."""
         base = summary.result()
         if not base.get("models"):
             base.pop("models", None)
-        result = {"stage": self.stage, "seconds": round(time.perf_counter() - self.started, 3), **base, **extra}
+        result = {"stage": self.stage, "seconds": round(time.perf_counter() - self.started, 3), **base, **extra,
+                  "opened_at": self.opened_at, "finished_at": time.time(), "imports": heavy_imports()}  # fmt: skip
         atomic_write_json(self.run.stage_result(self.stage), result)
+        self._result = result
         return result
+
+    def after_cell(self, *_: Any) -> None:
+        """After each cell (an IPython `post_run_cell` hook): the heavy modules imported since the
+        stage finished (the report's last cells, its quality checks) join its recorded result."""
+        if self._result is None or self.lock is None:
+            return
+        imports = heavy_imports()
+        if imports != self._result.get("imports"):
+            self._result["imports"] = imports
+            atomic_write_json(self.run.stage_result(self.stage), self._result)
 
     def close(self) -> None:
         """Give the run's lock back (a notebook opened by hand; the runner's lock is the runner's)."""
@@ -90,6 +117,7 @@ def open_stage(
     run = RunPaths(run_dir or cfg.run_dir)
     while _OPEN:
         _OPEN.pop().close()
+    _unhook_cells()
     lock = acquire_run_lock(run.root, f"{stage} notebook ({Path(sys.argv[0]).name} pid {os.getpid()})")
     if lock.delegated:
         exit_with_parent()
@@ -97,9 +125,41 @@ def open_stage(
         remove_orphan_temps(run.root)  # nobody else writes: temporaries here are a killed writer's
     context = StageContext(stage, cfg, run, force=force, lock=lock)
     _OPEN.append(context)
+    _hook_cells(context)
     atomic_write_json(run.config_file, cfg.to_parameters())  # search and later stages read it
     _log_to_notebook(run, stage, by_runner=lock.delegated)
     return context
+
+
+def _hook_cells(context: StageContext) -> None:
+    """Call `context.after_cell` after every cell of the notebook (when run in IPython)."""
+    shell = _ipython()
+    if shell is not None:
+        shell.events.register("post_run_cell", context.after_cell)
+        _HOOKED.append(context)
+
+
+def _unhook_cells() -> None:
+    shell = _ipython()
+    if shell is None:
+        return
+    for context in list(_HOOKED):
+        try:
+            shell.events.unregister("post_run_cell", context.after_cell)
+        except ValueError:
+            pass
+    _HOOKED.clear()
+
+
+_HOOKED: list[StageContext] = []
+
+
+def _ipython():
+    if "IPython" not in sys.modules:
+        return None
+    from IPython import get_ipython
+
+    return get_ipython()
 
 
 _WATCHING = threading.Event()

@@ -31,7 +31,10 @@ from .registry import OPTIONAL_STAGES, STAGE_NAMES, STAGES, Stage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXIT_FAILED", "EXIT_INVALID", "EXIT_LOCKED", "EXIT_OK", "EXIT_SKIPPED_INPUTS", "run_pipeline", "stage_fingerprint"]
+__all__ = [
+    "EXIT_FAILED", "EXIT_INVALID", "EXIT_LOCKED", "EXIT_OK", "EXIT_SKIPPED_INPUTS", "run_pipeline", "stage_fingerprint",
+    "stage_timing",
+]  # fmt: skip
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # a stage failed
@@ -217,12 +220,15 @@ def _run_stage(
     entries[stage.name] = {"status": "running", "started": now(), "fingerprint": None}
     write_manifest(run, manifest)
     try:
+        launched = time.time()
         notebook = execute_stage(stage, cfg, run, is_forced, show_progress)
+        returned = time.time()
         result = _read_stage_result(run, stage)
         if result.get("models") or stage.model_kinds:
             merge_models(manifest, with_weight_hashes(result.get("models", [])), stage.model_kinds)
         banners = model_banners(manifest)
         html = export_html(notebook, f"{cfg.run.name} · {stage.notebook}", banners)
+        timing = stage_timing(notebook, result, launched, returned, time.time())
     except StageFailed as error:
         entries[stage.name] = {
             "status": "failed",
@@ -246,10 +252,71 @@ def _run_stage(
         "notebook": _rel(run, notebook),
         "report": _rel(run, html) if html else None,
         "banners": banners,
-        **{k: v for k, v in result.items() if k not in {"stage", "seconds", "counts", "skipped", "models"}},
+        "timing": timing,
+        **{
+            k: v
+            for k, v in result.items()
+            if k not in {"stage", "seconds", "counts", "skipped", "models", "opened_at", "finished_at"}
+        },
     }
     write_manifest(run, manifest)
     return True
+
+
+def _cell_times(notebook: Path) -> list[tuple[str, float | None, float | None]]:
+    """(first tag, start, end) of each executed code cell, wall clock, from papermill's metadata."""
+    import datetime as dt
+
+    def stamp(value: Any) -> float | None:
+        try:
+            return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() if value else None
+        except ValueError:
+            return None
+
+    try:
+        cells = json.loads(notebook.read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return []
+    times = []
+    for cell in cells:
+        if cell.get("cell_type") != "code":
+            continue
+        meta = cell.get("metadata", {})
+        timing = meta.get("papermill", {})
+        times.append(((meta.get("tags") or [""])[0], stamp(timing.get("start_time")), stamp(timing.get("end_time"))))
+    return times
+
+
+def stage_timing(notebook: Path, result: dict[str, Any], launched: float, returned: float, exported: float) -> dict[str, float]:
+    """Where a stage's wall time went, in seconds, for the manifest (`stages.<name>.timing`).
+
+    * `kernel_start`: from the runner starting papermill to the notebook's first cell (kernel
+      process, its imports, connecting);
+    * `imports`: the setup cell's imports, up to `open_stage`;
+    * `setup`: the rest of the setup cell (config, lock, model records and banners);
+    * `work`: from `open_stage` to `ctx.finish` minus `setup` (the stage's own work);
+    * `report_cells`: the cells after the work (tables, figures, checks);
+    * `kernel_stop`: the last cell's end to papermill's return; `export`: the HTML report.
+    `overhead` is everything but `work`.
+    """
+    cells = [cell for cell in _cell_times(notebook) if cell[1] is not None and cell[2] is not None]
+    opened, finished = result.get("opened_at"), result.get("finished_at")
+    timing: dict[str, float] = {"total": returned - launched + (exported - returned)}
+    if cells:
+        timing["kernel_start"] = cells[0][1] - launched
+        last_end = max(end for _, _, end in cells)
+        timing["kernel_stop"] = returned - last_end
+        setup = next((cell for cell in cells if cell[0] not in {"parameters", "injected-parameters"}), None)
+        if setup and opened and finished:
+            timing["cells_before_setup"] = setup[1] - cells[0][1]
+            timing["imports"] = opened - setup[1]
+            timing["setup"] = max(0.0, setup[2] - opened)
+            timing["work"] = finished - opened - timing["setup"]
+            timing["report_cells"] = last_end - finished
+    timing["export"] = exported - returned
+    if "work" in timing:
+        timing["overhead"] = timing["total"] - timing["work"]
+    return {key: round(value, 3) for key, value in timing.items()}
 
 
 def _rel(run: RunPaths, path: Path) -> str:
