@@ -389,22 +389,23 @@ _AUDIO_HZ = 440.0
 
 
 class _SineWriter:
-    """Writes a mono 440 Hz AAC sine track, in chunks, up to a given time."""
+    """Writes a mono AAC sine track (440 Hz unless told), in chunks, up to a given time."""
 
-    def __init__(self, container, duration: Fraction):
+    def __init__(self, container, duration: Fraction, hz: float = _AUDIO_HZ):
         self.stream = container.add_stream("aac", rate=_AUDIO_RATE)
         self.stream.layout = "mono"
         self.stream.codec_context.time_base = Fraction(1, _AUDIO_RATE)
         self.container = container
         self.total = int(math.ceil(duration * _AUDIO_RATE))
         self.written = 0
+        self.hz = hz
 
     def write_until(self, t: Fraction | None) -> None:
         limit = self.total if t is None else min(self.total, int(math.ceil(t * _AUDIO_RATE)))
         while self.written < limit:
             n = min(_AUDIO_CHUNK, self.total - self.written)
             s = np.arange(self.written, self.written + n, dtype=np.float64)
-            samples = (0.3 * np.sin(2 * np.pi * _AUDIO_HZ * s / _AUDIO_RATE)).astype(np.float32)
+            samples = (0.3 * np.sin(2 * np.pi * self.hz * s / _AUDIO_RATE)).astype(np.float32)
             frame = av.AudioFrame.from_ndarray(samples[None, :], format="fltp", layout="mono")
             frame.sample_rate = _AUDIO_RATE
             frame.pts = self.written
@@ -430,6 +431,8 @@ def make_video(
     audio: bool = False,
     faststart: bool = True,
     codec: str = "libx264",
+    audio_hz: float = 440.0,
+    first_scene: int = 0,
 ) -> Path:
     """Write a small video with known content and timing; return its path.
 
@@ -472,6 +475,11 @@ def make_video(
         mp4/mov only: put the moov atom at the front (``movflags=faststart``),
         so a truncated copy still opens.  When False, moov is at the end and a
         truncated copy cannot be opened.
+    audio_hz:
+        Frequency of the sine track (``audio=True``).
+    first_scene:
+        Scene number of the first scene (see :data:`SCENE_COLOURS`): ``1`` starts
+        bright yellow instead of dark blue.
     codec:
         ``"libx264"`` (CRF 18, keyframe every ``round(fps)`` frames, single
         thread; B-frames for CFR, none for VFR) or ``"mpeg4"`` (no B-frames);
@@ -530,7 +538,7 @@ def make_video(
         if rot:
             stream.set_display_rotation(rot)  # before the first frame is encoded
 
-        sine = _SineWriter(container, duration) if audio else None
+        sine = _SineWriter(container, duration, audio_hz) if audio else None
 
         # Presentation time -> time until the next frame (the last frame lasts
         # as long as the gap before it), used for the packet/sample durations.
@@ -538,7 +546,7 @@ def make_video(
         gaps[times[-1]] = last_gap
 
         for index, (t, pts) in enumerate(zip(times, pts_list)):
-            upright = render_frame(index, scene=scene_of_time(t, cuts), size=(width, height))
+            upright = render_frame(index, scene=first_scene + scene_of_time(t, cuts), size=(width, height))
             stored = np.ascontiguousarray(np.rot90(upright, k=k_store))
             frame = av.VideoFrame.from_ndarray(stored, format="rgb24").reformat(format="yuv420p")
             frame.pts = pts

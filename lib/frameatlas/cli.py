@@ -301,6 +301,46 @@ def format_hits(result) -> str:
     return header + "\n" + table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
+def _classify(args: argparse.Namespace) -> int:
+    """`frameatlas classify RUN [--predict OTHER_RUN]`: the classify stage on a run, or its saved model on another run."""
+    import json
+
+    import pandas as pd
+
+    from .classify import FeatureMismatch, LabelError, classify_run, predict_run
+    from .config import ConfigError, apply_overrides, config_from_dict
+    from .store import RunPaths
+
+    setup_logging(logging.WARNING)
+    run = RunPaths(args.run_dir)
+    try:
+        if args.predict:
+            table = predict_run(run.root, args.predict)
+            print(f"labelled {args.predict} with the model of {run.root}; wrote tables/predictions.parquet there")
+        else:
+            if not run.config_file.exists():
+                print(f"error: {run.config_file}: not a frameatlas run (no config.json); run its stages first", file=sys.stderr)
+                return 2
+            data = apply_overrides(json.loads(run.config_file.read_text()), args.overrides)
+            cfg = config_from_dict(data, source=f"{run.config_file} with --set")
+            summary = classify_run(cfg, run)
+            table = summary.predictions
+            for note in summary.notes:
+                print(f"note: {note}")
+            if len(summary.scores):
+                with pd.option_context("display.width", 160, "display.max_columns", 12):
+                    print(summary.overview()[["classifier", "modality", "accuracy", "macro_f1"]].to_string(index=False))
+    except (FeatureMismatch, LabelError, ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    videos = table[(table.level == "video") & (table.source != "zero-shot")] if len(table) else table
+    if not len(videos) and len(table):
+        videos = table[(table.level == "video") & (table.modality == "zero-shot")]
+    for row in videos.sort_values("video_name").itertuples():
+        print(f"{row.video_name}\t{row.label}\t{row.probability:.2f}\t{row.source} {row.modality}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="frameatlas", description="A searchable, clustered atlas of video frames.")
     parser.add_argument("--version", action="version", version=f"frameatlas {__version__}")
@@ -375,6 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="include the rendered videos (the default)")  # fmt: skip
     share.add_argument("--no-videos", dest="videos", action="store_false", help="leave the rendered videos out")
     share.set_defaults(handler=_share)
+
+    classify = commands.add_parser("classify", help="classes per video and window (the classify stage), or label another run")
+    classify.add_argument("run_dir", metavar="RUN", help="a run folder, e.g. outputs/demo")
+    classify.add_argument("--predict", metavar="OTHER_RUN",
+                          help="label OTHER_RUN's videos with RUN's saved model (refused when their feature models differ)")  # fmt: skip
+    classify.add_argument("--set", dest="overrides", action="append", default=[], metavar="CLASSIFY.KEY=VALUE",
+                          help="override a key of the run's config, e.g. classify.window_seconds=5")  # fmt: skip
+    classify.set_defaults(handler=_classify)
 
     config = commands.add_parser("config", help="pipeline configs")
     config_commands = config.add_subparsers(dest="config_command", required=True)

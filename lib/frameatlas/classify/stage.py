@@ -84,6 +84,7 @@ class ClassifySummary(StageSummary):
     level: str = "window"
     chosen: str = ""  # the fusion (or modality) whose answers the predictions and the saved model give
     model_file: Path | None = None
+    model: FusionModel | None = None  # the fitted model (also saved in model_file)
     maps: dict[str, Path] = field(default_factory=dict)
     records: list[dict[str, Any]] = field(default_factory=list)
 
@@ -282,6 +283,7 @@ def classify_run(
             )
             tables.append(_prediction_rows(samples.iloc[video_rows], video_probabilities, model.classes_, source="trained",
                                            modality=summary.chosen, truth=video_truth, split="mean of windows"))  # fmt: skip
+        summary.model = model
         model_bundle = _bundle(cfg, features, model, summary)
     elif not options.class_names:
         summary.notes.append("no labels and no class names: nothing to classify (set classify.class_names, classify.labels, "

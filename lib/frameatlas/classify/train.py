@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 from sklearn.model_selection import StratifiedGroupKFold
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 CLASSIFIERS = ("logreg", "svm", "mlp")
+COMPONENTS = 64  # principal components a modality's standardised vectors are reduced to (early fusion: per modality)
 FUSIONS = ("early", "late-mean", "late-learned")
 
 
@@ -61,8 +63,8 @@ class ModalityClassifier(ClassifierMixin, BaseEstimator):
     oversampled classes).
     """
 
-    def __init__(self, kind: str = "logreg", hidden: int = 64, seed: int = 0):
-        self.kind, self.hidden, self.seed = kind, hidden, seed
+    def __init__(self, kind: str = "logreg", hidden: int = 64, seed: int = 0, components: int | None = COMPONENTS):
+        self.kind, self.hidden, self.seed, self.components = kind, hidden, seed, components
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> ModalityClassifier:
         y = np.asarray(y)
@@ -76,7 +78,10 @@ class ModalityClassifier(ClassifierMixin, BaseEstimator):
             X, y = _oversample(X, y, self.seed)
         else:
             raise ValueError(f"classifier {self.kind!r}: choose {', '.join(CLASSIFIERS)}")
-        self.model_ = make_pipeline(StandardScaler(), model).fit(X, y)
+        steps = [StandardScaler()]
+        if self.components and X.shape[1] > self.components:  # fewer inputs: faster fits, less over-fitting
+            steps.append(PCA(n_components=min(self.components, len(X)), random_state=self.seed))
+        self.model_ = make_pipeline(*steps, model).fit(X, y)
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -171,9 +176,10 @@ class CrossValidation:
 
 
 def _fit_predict(
-    kind: str, seed: int, X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, classes: np.ndarray
-) -> np.ndarray:
-    model = ModalityClassifier(kind, seed=seed).fit(X[train], y[train])
+    kind: str, seed: int, X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, classes: np.ndarray,
+    components: int = COMPONENTS,
+) -> np.ndarray:  # fmt: skip
+    model = ModalityClassifier(kind, seed=seed, components=components).fit(X[train], y[train])
     return _align(model.predict_proba(X[test]), model.classes_, classes)
 
 
@@ -198,7 +204,9 @@ def cross_validate(
         for m in modalities:
             out[m][test] = _fit_predict(classifier, seed, matrices[m], labels, train, test, classes)
         if len(modalities) > 1:
-            out["early"][test] = _fit_predict(classifier, seed, joined, labels, train, test, classes)
+            out["early"][test] = _fit_predict(
+                classifier, seed, joined, labels, train, test, classes, COMPONENTS * len(modalities)
+            )
     result.probabilities.update({m: out[m] for m in modalities})
     if len(modalities) > 1:
         result.probabilities["early"] = out["early"]
@@ -251,7 +259,7 @@ class FusionModel:
         self.early_ = None
         self.stacker_ = None
         if len(self.modalities) > 1:
-            self.early_ = ModalityClassifier(self.classifier, seed=self.seed).fit(
+            self.early_ = ModalityClassifier(self.classifier, seed=self.seed, components=COMPONENTS * len(self.modalities)).fit(
                 np.hstack([matrices[m] for m in self.modalities]), labels
             )
             if out_of_fold is not None:  # stacking learns from out-of-fold probabilities, never in-sample ones

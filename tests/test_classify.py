@@ -1,0 +1,360 @@
+"""The classify stage: labels, features per window, zero-shot, trained classifiers, fusion, saved models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import videogen
+from frameatlas.classify import (
+    FeatureMismatch,
+    LabelError,
+    LogMelDescriptor,
+    build_features,
+    class_prompts,
+    classify_run,
+    cross_validate,
+    grouped_folds,
+    load_model,
+    predict_run,
+    zero_shot,
+)
+from frameatlas.classify.audio import SAMPLE_RATE, audio_descriptor, yamnet_location
+from frameatlas.classify.labels import check_classes, folder_labels, read_segment_labels, read_video_labels
+from frameatlas.classify.train import modality_matrices
+from frameatlas.config import ConfigError, config_from_dict
+from frameatlas.embed import embed_frames
+from frameatlas.files import atomic_write_json
+from frameatlas.frames import extract_corpus
+from frameatlas.pipeline.registry import stage_named
+from frameatlas.store import RunPaths, read_table, write_table
+from sklearn.model_selection import StratifiedKFold
+
+# Four classes, each a picture (background colour) AND a tone: the picture alone tells only the colour, the sound
+# only the pitch, so each single modality can be right on at most half the samples; together they tell all four.
+COLOURS = {"blue": 0, "yellow": 1}  # videogen scene numbers: dark blue, bright yellow
+TONES = {"low": 300.0, "high": 2000.0}
+VIDEOS_PER_CLASS = 3
+
+
+def _labelled_run(root: Path, name: str = "fusion") -> tuple[object, RunPaths]:
+    videos = root / "videos"
+    if not videos.exists():
+        for colour, scene in COLOURS.items():
+            for tone, hz in TONES.items():
+                for k in range(VIDEOS_PER_CLASS):  # lengths differ, so every file (and its content hash) is its own
+                    videogen.make_video(videos / f"{colour}-{tone}" / f"v{k}.mp4", seconds=4 + k, fps=5, size=(64, 48),
+                                        audio=True, audio_hz=hz, first_scene=scene)  # fmt: skip
+    cfg = config_from_dict({
+        "run": {"output_dir": str(root / "out"), "name": name},
+        "corpus": {"videos": str(videos), "demo": False},
+        "extract": {"every_seconds": 1.0, "thumbnail_long_side": 64},
+        "models": {"image": {"name": "fallback"}},
+        "embed": {"during_extract": False, "quality": "off"},
+        "classify": {"labels_from_folders": True, "window_seconds": 2.0, "channels": ["image", "audio"], "folds": 3},
+    })  # fmt: skip
+    extract_corpus(cfg, cfg.run_dir)
+    embed_frames(cfg, cfg.run_dir)
+    run = RunPaths(cfg.run_dir)
+    atomic_write_json(run.config_file, cfg.to_parameters())
+    return cfg, run
+
+
+@pytest.fixture(scope="module")
+def fusion(tmp_path_factory):
+    """The labelled run, classified once: (config, run, summary)."""
+    cfg, run = _labelled_run(tmp_path_factory.mktemp("classify"))
+    return cfg, run, classify_run(cfg, run)
+
+
+def _score(summary, modality: str) -> pd.Series:
+    scores = summary.scores
+    return scores[(scores.modality == modality) & (scores.classifier == "logreg")].iloc[0]
+
+
+@pytest.mark.slow
+def test_fusion_beats_every_single_modality(fusion):
+    _, run, summary = fusion
+    assert summary.label_source.startswith("sub-folders")
+    assert set(summary.class_counts) == {"blue-high", "blue-low", "yellow-high", "yellow-low"}
+    assert summary.modalities == ["image", "audio"]
+    singles = {m: _score(summary, m) for m in ("image", "audio")}
+    for modality, row in singles.items():
+        assert row.kind == "modality" and row.samples == sum(summary.class_counts.values())
+        assert row.accuracy <= 0.6, (modality, row.accuracy)  # each sees one half of the class only
+    best_single = max(row.macro_f1 for row in singles.values())
+    for fused in ("early", "late-mean", "late-learned"):
+        row = _score(summary, fused)
+        assert row.kind == "fusion" and row.macro_f1 >= best_single + 0.25, (fused, row.macro_f1, best_single)
+    # joined features, or probabilities weighted by what was learned, tell all four classes; a plain mean of
+    # the probabilities is pulled by whichever modality is over-confident on its half
+    for fused in ("early", "late-learned"):
+        assert _score(summary, fused).accuracy >= 0.9, fused
+    # which modality carries which class: the picture tells the colours, never the pitch
+    carriers = summary.carriers.set_index("class")
+    assert set(carriers.columns) >= {"image", "audio", "carried by"}
+    # the confusion matrix of the picture mixes exactly the classes of one colour
+    image = summary.confusions()["image"]
+    for true_class in image.index:
+        confused = set(image.columns[image.loc[true_class] > 0])
+        assert {c.split("-")[0] for c in confused} == {true_class.split("-")[0]}, (true_class, confused)
+    # the tables
+    scores = read_table(run.table("classify_scores"))
+    assert {"early", "late-mean", "late-learned", "image", "audio"} <= set(scores.modality)
+    predictions = read_table(run.table("predictions"))
+    windows = predictions[(predictions.level == "window") & (predictions.source == "trained")]
+    assert (windows.split == "cross-validated").all() and windows.label.notna().all()
+    assert (windows.label == windows.true_label).mean() >= 0.9
+    assert set(windows.modality) == {summary.chosen} and summary.chosen in {"early", "late-mean", "late-learned"}
+    videos = predictions[predictions.level == "video"]
+    assert len(videos) == len(COLOURS) * len(TONES) * VIDEOS_PER_CLASS
+
+
+@pytest.mark.slow
+def test_windows_of_one_video_never_sit_in_two_folds(fusion):
+    _, run, summary = fusion
+    predictions = read_table(run.table("predictions"))
+    windows = predictions[(predictions.level == "window") & (predictions.source == "trained")]
+    assert windows.groupby("video_id").fold.nunique().max() == 1
+    assert windows.fold.nunique() == 3  # classify.folds
+    # each window: [k * 2 s, (k + 1) * 2 s) of its video, holding that video's frames
+    assert set(np.round(windows.end - windows.start, 6)) <= {2.0, 1.0}
+
+
+def test_grouping_by_video_prevents_the_leak_an_ungrouped_split_shows():
+    """Labels drawn at random per video, features that identify the video: nothing to learn, except
+    by recognising videos seen in training. Ungrouped folds leak that; grouped folds do not."""
+    rng = np.random.default_rng(0)
+    videos, windows, dim = 16, 12, 32
+    identity = rng.normal(size=(videos, dim)) * 3
+    groups = np.repeat(np.arange(videos), windows)
+    features = identity[groups] + rng.normal(scale=0.3, size=(videos * windows, dim))
+    labels = np.repeat(np.array(["a", "b"] * (videos // 2))[rng.permutation(videos)], windows)
+
+    grouped = cross_validate({"x": features}, labels, groups, folds=4, seed=0)
+    leaky_folds = np.zeros(len(labels), np.int64)
+    for k, (_, test) in enumerate(StratifiedKFold(4, shuffle=True, random_state=0).split(features, labels)):
+        leaky_folds[test] = k
+    leaky = cross_validate({"x": features}, labels, groups, fold_of=leaky_folds)
+
+    assert pd.Series(grouped.folds).groupby(groups).nunique().max() == 1
+    assert pd.Series(leaky_folds).groupby(groups).nunique().max() > 1
+    leaked, honest = leaky.scores.accuracy.iat[0], grouped.scores.accuracy.iat[0]
+    assert leaked >= 0.95 and honest <= 0.75, (leaked, honest)
+
+
+def test_folds_are_stratified_and_capped_by_the_smallest_class():
+    labels = np.array(["a"] * 6 + ["b"] * 4)
+    groups = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])  # b: videos 3 and 4 only
+    folds = grouped_folds(labels, groups, folds=5)
+    assert len(set(folds)) == 2  # two videos of b: two folds
+    for k in set(folds):
+        assert set(labels[folds == k]) == {"a", "b"}
+
+
+@pytest.mark.slow
+def test_saved_model_predicts_the_same_after_reload(fusion, tmp_path):
+    cfg, run, summary = fusion
+    bundle = load_model(run.root)
+    assert bundle["fingerprint"] == build_features(cfg, run).fingerprint()
+    assert bundle["spec"]["modalities"]["image"]["model"] == "fallback-colour-texture-v2"
+    assert bundle["config"]["window_seconds"] == 2.0 and bundle["classes"] == sorted(summary.class_counts)
+    sidecar = json.loads(run.root.joinpath("models", "classify.json").read_text())
+    assert sidecar["fingerprint"] == bundle["fingerprint"] and "model" not in sidecar
+    features = build_features(cfg, run)
+    windows = np.flatnonzero(features.samples.level.eq("window").to_numpy())
+    matrices = {m: x[windows] for m, x in modality_matrices(features).items()}
+    before = summary.model.predict_proba(matrices)
+    after = bundle["model"].predict_proba(matrices)
+    np.testing.assert_allclose(after, before)
+    # through another run holding the same videos: the same labels
+    other = tmp_path / "other"
+    shutil.copytree(run.root, other)
+    (other / "tables" / "predictions.parquet").unlink()
+    predicted = predict_run(run.root / "models" / "classify.joblib", other)
+    by_window = predicted[predicted.level == "window"].set_index("sample_id").label
+    expected = pd.Series(summary.model.classes_[before.argmax(1)], index=features.samples.sample_id.iloc[windows])
+    assert by_window.sort_index().equals(expected.sort_index())
+    assert read_table(RunPaths(other).table("predictions")).equals(predicted)
+
+
+@pytest.mark.slow
+def test_a_model_meeting_features_of_another_model_is_refused(fusion, tmp_path, capsys):
+    _, run, _ = fusion
+    other = tmp_path / "other"
+    shutil.copytree(run.root, other)
+    embeddings = read_table(RunPaths(other).table("embeddings"))
+    write_table(embeddings.assign(model_id="clip-ViT-B-32-laion2b_s34b_b79k"), RunPaths(other).table("embeddings"))
+    with pytest.raises(
+        FeatureMismatch, match=r"image vectors made by clip-ViT-B-32-laion2b_s34b_b79k .* by fallback-colour-texture-v2"
+    ):
+        predict_run(run.root, other)
+    assert (
+        not RunPaths(other).table("predictions").exists()
+        or read_table(RunPaths(other).table("predictions")).source.eq("trained").all()
+    )
+
+    from frameatlas.cli import main
+
+    assert main(["classify", str(run.root), "--predict", str(other)]) == 2
+    error = capsys.readouterr().err
+    assert "cannot label" in error and "clip-ViT-B-32-laion2b_s34b_b79k" in error and "fallback-colour-texture-v2" in error
+
+
+@pytest.mark.slow  # the shared pipeline run
+def test_zero_shot_ranks_the_written_class_name_first(finished_run):
+    """gamma.mp4 shows HELLO, then nothing, then WORLD (OCR on): with the tiny CLIP and the packaged sentence
+    encoder, the on-screen text channel ranks the written class name first in those windows."""
+    from frameatlas import models
+
+    cfg = config_from_dict(json.loads((finished_run / "config.json").read_text()))
+    cfg.classify = cfg.classify.model_copy(update={"window_seconds": 1.0, "channels": ["image", "ocr"],
+                                                   "class_names": ["world", "a red car", "hello"]})  # fmt: skip
+    features = build_features(cfg, finished_run)  # no audio: nothing is written into the shared run
+    encoder = models.image_encoder(cfg.models)
+    prompts = class_prompts(cfg.classify.class_names)
+    result = zero_shot(features, prompts, image_text=encoder.encode_text, sentence=models.text_encoder(cfg.models).encode)
+    assert set(result.probabilities) == {"image", "ocr"}  # the tiny CLIP has a text side (random weights: not judged)
+    samples = features.samples
+    gamma = (samples.video_name == "gamma.mp4") & (samples.level == "window")
+    ocr, present = result.probabilities["ocr"], result.present["ocr"]
+    by_start = {row.start: i for i, row in samples[gamma].iterrows()}
+    assert result.classes[int(np.argmax(ocr[by_start[0.0]]))] == "hello"
+    assert result.classes[int(np.argmax(ocr[by_start[2.0]]))] == "world"
+    assert not present[by_start[1.0]]  # the blank second has no text to judge
+    assert not present[(samples.video_name != "gamma.mp4").to_numpy()].any()
+    np.testing.assert_allclose(ocr[present].sum(1), 1.0, rtol=1e-6)
+    fused, covered = result.fused()
+    assert covered.all() and fused.shape == (len(samples), 3)
+
+
+def test_stage_is_off_unless_class_names_or_labels_are_given():
+    stage = stage_named("classify")
+    assert stage.notebook == "07_classify.ipynb" and stage.optional
+    assert not stage.enabled(config_from_dict({}))
+    assert stage.enabled(config_from_dict({"classify": {"class_names": ["cat", "dog"]}}))
+    assert stage.enabled(config_from_dict({"classify": {"labels_from_folders": True}}))
+    with pytest.raises(ConfigError, match="classify.prompts names classes that are not in classify.class_names: bird"):
+        config_from_dict({"classify": {"class_names": ["cat"], "prompts": {"bird": ["a bird"]}}})
+    with pytest.raises(ConfigError, match="classify.labels and classify.segments"):
+        config_from_dict({"classify": {"labels": "a.csv", "segments": "b.csv"}})
+
+
+# --------------------------------------------------------------------------- labels
+
+VIDEOS = pd.DataFrame({"video_id": ["id-cat1", "id-cat2", "id-dog1", "id-dog2"],
+                       "video_name": ["cat1.mp4", "cat2.mp4", "dog1.mp4", "dog2.mp4"],
+                       "video_path": ["/v/cats/cat1.mp4", "/v/cats/cat2.mp4", "/v/dogs/dog1.mp4", "/v/dogs/dog2.mp4"]})  # fmt: skip
+
+
+def _csv(tmp_path, text: str) -> Path:
+    path = tmp_path / "labels.csv"
+    path.write_text(text)
+    return path
+
+
+def test_video_labels_name_videos_by_file_name_path_or_id(tmp_path):
+    path = _csv(tmp_path, "video,label\ncat1.mp4,cat\ncats/cat2.mp4,cat\nid-dog1,dog\n/v/dogs/dog2.mp4,dog\n")
+    assert read_video_labels(path, VIDEOS, "/v") == {"id-cat1": "cat", "id-cat2": "cat", "id-dog1": "dog", "id-dog2": "dog"}
+    assert folder_labels(VIDEOS, "/v") == {"id-cat1": "cats", "id-cat2": "cats", "id-dog1": "dogs", "id-dog2": "dogs"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "video,label\ncat1.mp4,cat\nbird.mp4,bird\nfish.mp4,fish\n",
+            r"2 row\(s\) name a video this run does not have: 'bird.mp4', 'fish.mp4' \(rows 3, 4\)",
+        ),
+        ("film,label\ncat1.mp4,cat\n", "needs the columns video, label .* missing video, found film, label"),
+        ("video,label\ncat1.mp4,\n", "rows 2 have an empty value"),
+        ("video,label\ncat1.mp4,cat\ncat1.mp4,dog\n", "videos with two different labels: cat1.mp4"),
+    ],
+)
+def test_bad_label_files_are_refused_naming_what_is_wrong(tmp_path, text, expected):
+    with pytest.raises(LabelError, match=expected):
+        read_video_labels(_csv(tmp_path, text), VIDEOS, "/v")
+
+
+def test_classes_that_cannot_be_cross_validated_are_named_with_counts():
+    groups = pd.Series(["v1", "v1", "v2", "v3", "v3", "v3"])
+    with pytest.raises(LabelError, match=r"only one class \('cat': 6 samples, 3 videos\)"):
+        check_classes(pd.Series(["cat"] * 6), groups)
+    with pytest.raises(LabelError, match=r"too few videos.*need at least 2 videos each.*: 'dog' \(1 video\(s\), 3 sample\(s\)\)"):
+        check_classes(pd.Series(["cat", "cat", "cat", "dog", "dog", "dog"]), groups)
+    check_classes(pd.Series(["cat", "cat", "dog", "cat", "dog", None]), pd.Series(["v1", "v1", "v2", "v3", "v4", "v4"]))
+
+
+def test_segment_labels_label_the_windows_whose_centre_they_hold(tmp_path):
+    path = tmp_path / "segments.csv"
+    path.write_text("video,start,end,label\ncat1.mp4,0,4,sitting\ncat1.mp4,4,10,running\n")
+    segments = read_segment_labels(path, VIDEOS, "/v")
+    from frameatlas.classify.labels import window_labels
+
+    samples = pd.DataFrame({"video_id": ["id-cat1"] * 4 + ["id-dog1"], "level": ["video", "window", "window", "window", "window"],
+                            "start": [0.0, 0.0, 3.0, 6.0, 0.0], "end": [10.0, 3.0, 6.0, 9.0, 3.0]})  # fmt: skip
+    assert window_labels(samples, segments).tolist() == [None, "sitting", "running", "running", None]
+    path.write_text("video,start,end,label\ncat1.mp4,5,2,x\ncat1.mp4,a,3,y\n")
+    with pytest.raises(LabelError, match="rows 2, 3 need start and end in seconds"):
+        read_segment_labels(path, VIDEOS, "/v")
+
+
+# --------------------------------------------------------------------------- audio
+
+
+def _tone(hz: float, seconds: float = 2.0) -> np.ndarray:
+    return (0.3 * np.sin(2 * np.pi * hz * np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE)).astype(np.float32)
+
+
+def test_log_mel_statistics_tell_tones_apart_per_window():
+    descriptor = LogMelDescriptor()
+    blocks = np.array_split(np.concatenate([_tone(300), _tone(2000)]), 37)  # blocks of any size
+    stats = descriptor.window_stats(blocks, window_seconds=1.0)
+    features = stats.features()
+    assert features.shape == (4, 128) and stats.counts.sum() == (4 * SAMPLE_RATE - descriptor.frame) // descriptor.hop + 1
+    loudest = features[:, :64].argmax(1)
+    assert loudest[0] == loudest[1] < loudest[2] == loudest[3]  # the high tone's band is higher
+    whole = stats.whole().features()
+    np.testing.assert_allclose(whole[0, :64], (stats.sums.sum(0) / stats.counts.sum()), rtol=1e-5)
+
+
+def test_yamnet_without_tensorflow_hub_or_weights_falls_back_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path))
+    descriptor, note = audio_descriptor("auto", "https://tfhub.dev/google/yamnet/1")
+    assert isinstance(descriptor, LogMelDescriptor)
+    assert "log-mel" in note and ("tensorflow-hub is not installed" in note or "YAMNet weights not found" in note)
+    with pytest.raises(RuntimeError, match="classify.audio = yamnet, but"):
+        audio_descriptor("yamnet", "https://tfhub.dev/google/yamnet/1")
+    assert yamnet_location("https://tfhub.dev/google/yamnet/1") is None
+
+
+def test_yamnet_loads_a_saved_model_of_its_signature(tmp_path):
+    """A SavedModel with YAMNet's signature (waveform in; scores, 1024-d embeddings, log-mel out), built here."""
+    tf = pytest.importorskip("tensorflow")
+    pytest.importorskip("tensorflow_hub")
+
+    class TinyYamnet(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.project = tf.Variable(tf.random.stateless_normal((64, 1024), seed=(1, 2)))
+
+        @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.float32)])
+        def __call__(self, waveform):
+            patches = tf.signal.frame(waveform, 15360, 7680, pad_end=True)  # 0.96 s every 0.48 s
+            spectrum = tf.abs(tf.signal.rfft(patches[:, :126]))  # 64 bins
+            embeddings = tf.matmul(tf.math.log(spectrum + 1e-3), self.project)
+            return tf.zeros([tf.shape(patches)[0], 521]), embeddings, tf.zeros([tf.shape(patches)[0] * 2, 64])
+
+    folder = tmp_path / "yamnet"
+    tf.saved_model.save(TinyYamnet(), str(folder))
+    descriptor, note = audio_descriptor("yamnet", str(folder))
+    assert note is None and descriptor.kind == "yamnet" and descriptor.model_id.startswith("yamnet-")
+    assert descriptor.record["backend"] == "tensorflow-hub" and descriptor.record["weights"] == str(folder)
+    stats = descriptor.window_stats(np.array_split(np.concatenate([_tone(300, 3.0), _tone(2000, 3.0)]), 5), 3.0)
+    features = stats.features()
+    assert features.shape[1] == 2048 and len(features) >= 2
+    assert np.abs(features[0] - features[-1]).max() > 1e-3  # the two tones' windows differ
