@@ -11,6 +11,7 @@ from frameatlas.caption import caption_frames
 from frameatlas.config import ConfigError, config_from_dict
 from frameatlas.frames import extract_corpus
 from frameatlas.ocr import read_frame_text
+from frameatlas.report import _stage_sentence
 from frameatlas.signature import NearDuplicates, frame_signature, signature_distance
 from frameatlas.store import read_table, read_thumbnail, write_table
 from runs import embedded_run
@@ -93,6 +94,9 @@ def test_ocr_on_a_static_shot_reuses_most_frames_with_the_same_text_as_reading_e
         assert anchor.timestamp < row.timestamp and anchor.text == row.text and anchor.reused_from == ""
     counts = reused.counts
     assert (counts["ocr_frames_read"], counts["ocr_frames_reused"], counts["ocr_reuse_distance"]) == (12, 9, 8)
+    assert reused.result()["counts"]["ocr_frames_reused"] == 9  # the stage's manifest entry
+    sentence, _ = _stage_sentence("caption", counts)
+    assert "9 for the text" in sentence
     assert read_table(run.table("ocr")).reused_from.tolist() == table.reused_from.tolist()
 
 
