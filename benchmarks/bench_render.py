@@ -69,7 +69,8 @@ def scratch_run(source: RunPaths, root: Path) -> RunPaths:
 
 def with_ffmpeg(jobs, source: RunPaths, options: RenderConfig, out: Path) -> list[Path]:
     run = scratch_run(source, out / "run")
-    return [render.render_job(job, run, options, dest=out / f"{job.name}.mp4").path for job in jobs]
+    roots = render.run_source_roots(source)  # the scratch run has no config: read sources where the real run may
+    return [render.render_job(job, run, options, dest=out / f"{job.name}.mp4", source_roots=roots).path for job in jobs]
 
 
 def with_moviepy(jobs, source: RunPaths, options: RenderConfig, out: Path) -> list[Path]:
