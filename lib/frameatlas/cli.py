@@ -22,12 +22,21 @@ from . import __version__
 __all__ = ["add_run_arguments", "main"]
 
 
+class _StageNames:
+    """The stage names, looked up when `--help` prints them (importing the pipeline takes half a second,
+    which every `frameatlas` command would pay for building its parser)."""
+
+    def __str__(self) -> str:
+        from .pipeline import STAGE_NAMES
+
+        return ", ".join(STAGE_NAMES)
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The runner's arguments, shared by `run_pipeline.py` and `frameatlas run`."""
-    from .pipeline import STAGE_NAMES
-
     parser.add_argument("config", nargs="?", default="pipeline.yaml", help="pipeline config (default: pipeline.yaml)")
-    parser.add_argument("--stages", nargs="+", metavar="STAGE", help=f"run only these stages ({', '.join(STAGE_NAMES)}; spaces or commas)")
+    stages = parser.add_argument("--stages", nargs="+", metavar="STAGE", help="run only these stages (%(stage_names)s; spaces or commas)")
+    stages.stage_names = _StageNames()  # read when help is shown: building the parser imports no pipeline
     parser.add_argument(
         "--force", action="append", default=[], metavar="STAGE",
         help="redo STAGE even if nothing changed, ignoring its cached work (repeatable; 'all' for every stage)",
@@ -196,24 +205,29 @@ def _models_download(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from .search import SearchError, export_hits, search
-
+    """`frameatlas search`: through a `frameatlas serve` running on the run when there is one
+    (its models are loaded: well under a second), else here, loading the models."""
     setup_logging(logging.WARNING)
-    try:
-        result = search(
-            args.run_dir, args.query if args.query else None, image=args.image, frame_key=args.frame,
-            top_k=args.top_k, threshold=args.threshold, relative=not args.absolute,
-            videos=args.video or None, time_range=(args.start, args.end) if args.start or args.end else None,
-            suppress_seconds=args.suppress, channels=args.channels.split(",") if args.channels else None,
-            min_text_score=args.min_text_score,
-        )  # fmt: skip
-    except SearchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
-    print(format_hits(result))
+    arguments = {
+        "text": args.query if args.query else None, "frame_key": args.frame, "top_k": args.top_k,
+        "threshold": args.threshold, "relative": not args.absolute, "videos": args.video or None,
+        "time_range": [args.start, args.end] if args.start or args.end else None, "suppress_seconds": args.suppress,
+        "channels": args.channels.split(",") if args.channels else None, "min_text_score": args.min_text_score,
+    }  # fmt: skip
+    served = _search_served(args, arguments)
+    if isinstance(served, int):
+        return served
+    if served is not None:
+        if not (args.export or args.export_video is not None):
+            return 0
+        result = _served_result(served)  # the files are written here, from the server's hits
+    else:
+        result = _search_here(args, arguments)
+        if isinstance(result, int):
+            return result
     if args.export:
+        from .search import SearchError, export_hits
+
         try:
             exported = export_hits(result, args.run_dir, args.export)
         except SearchError as error:  # e.g. a destination holding files no export wrote
@@ -223,6 +237,62 @@ def _search(args: argparse.Namespace) -> int:
     if args.export_video is not None:
         return _export_video(result, args)
     return 0
+
+
+def _search_served(args: argparse.Namespace, arguments: dict):
+    """Ask a running `frameatlas serve` of this run: its answer (printed already), an exit status
+    (it refused the query), or None (no live server: search here)."""
+    from .serve.client import ServerRefused, search_through_server
+
+    try:
+        served = search_through_server(args.run_dir, arguments, image=args.image)
+    except ServerRefused as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if served is not None:
+        for note in served["notes"]:
+            print(f"note: {note}", file=sys.stderr)
+        print(served["text"])
+    return served
+
+
+def _served_result(served: dict):
+    """The server's answer as a `SearchResult` (for --export / --export-video)."""
+    import io
+
+    import pandas as pd
+
+    from .search import SearchResult
+
+    hits = pd.read_json(io.StringIO(served["hits"]), orient="table")
+    return SearchResult(hits=hits, query=served["query"], channels=list(served["channels"]), notes=list(served["notes"]),
+                        threshold_value=served["threshold_value"])  # fmt: skip
+
+
+def _search_here(args: argparse.Namespace, arguments: dict):
+    """Search in this process (models load here); the result, or an exit status."""
+    import time
+
+    from . import models
+    from .search import SearchError, search
+
+    started = time.perf_counter()
+    time_range = arguments.pop("time_range")
+    try:
+        result = search(args.run_dir, image=args.image, time_range=tuple(time_range) if time_range else None, **arguments)
+    except SearchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(format_hits(result))
+    loaded = [encoder for encoder in models.loaded_encoders() if getattr(encoder, "loaded", False)]
+    if loaded:
+        print(f"note: this search loaded {', '.join(e.record.model_id for e in loaded)} and took "
+              f"{time.perf_counter() - started:.1f} s; for many queries run `frameatlas serve {args.run_dir}`: "
+              "while it runs, frameatlas search on this run asks it and answers in well under a second",
+              file=sys.stderr)  # fmt: skip
+    return result
 
 
 def _export_video(result, args: argparse.Namespace) -> int:
@@ -278,27 +348,10 @@ def _share(args: argparse.Namespace) -> int:
 
 
 def format_hits(result) -> str:
-    """A readable table of search hits for the terminal."""
-    hits = result.hits
-    header = f"{result.query!r} — {len(result.top_k)} in top-k"
-    if result.threshold_value is not None:
-        header += f", {len(result.above_threshold)} at or above {result.threshold_value:.4f}"
-    header += f" (channels: {', '.join(result.channels)})"
-    if hits.empty:
-        return header + "\nno frames match"
-    shown = hits.assign(
-        time=hits.timestamp.map(lambda t: f"{int(t // 60):02d}:{t % 60:06.3f}"),
-        mark=["*" if a else "" for a in hits.above_threshold],
-    )
-    columns = ["rank", "score", *[c for c in hits.columns if c.startswith("score_") and c != "score"], "video_name", "time", "mark"]
-    if "speech_text" in hits:  # what was said at the speech channel's hits, and when
-        from .plots import format_time
+    """A readable table of search hits for the terminal (`frameatlas.search.format_hits`)."""
+    from .search import format_hits as format_search_hits
 
-        shown["said"] = [f"{format_time(a)}-{format_time(b)} {text}" if text else ""
-                         for a, b, text in zip(hits.speech_start, hits.speech_end, hits.speech_text)]  # fmt: skip
-        columns.append("said")
-    table = shown[columns].rename(columns={"video_name": "video", "mark": ">=thr"})
-    return header + "\n" + table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    return format_search_hits(result)
 
 
 def _classify(args: argparse.Namespace) -> int:

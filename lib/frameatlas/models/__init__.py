@@ -45,6 +45,7 @@ __all__ = [
     "clear_loaded",
     "image_encoder",
     "l2_normalise",
+    "loaded_encoders",
     "text_encoder",
     "weights_available",
 ]
@@ -56,6 +57,11 @@ CLIP_FEATURES = ["text-to-image search", "CLIP cluster naming", "CLIP captions"]
 def clear_loaded() -> None:
     """Forget loaded models (tests; freeing memory)."""
     _LOADED.clear()
+
+
+def loaded_encoders() -> list[Any]:
+    """The encoders this process has handed out (lazy ones say whether they loaded: `.loaded`)."""
+    return list(_LOADED.values())
 
 
 def _weights_checksum(path: Path | None) -> str | None:

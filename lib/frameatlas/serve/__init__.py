@@ -26,11 +26,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..files import atomic_write_json
-from ..investigator.data import NotARun, RunView, check_run_folder
-from ..investigator.jupyter import ADDRESS_FILE, running_app
 from ..lock import RunLocked, run_lock
+from .client import ADDRESS_FILE
 
 log = logging.getLogger(__name__)
+
+
+def __getattr__(name: str):
+    """`NotARun` and `running_app` come from the investigator, imported on first use: the CLI's
+    client (`serve.client`) must not pay for pandas and the search module to talk to a server."""
+    if name == "NotARun":
+        from ..investigator.data import NotARun
+
+        return NotARun
+    if name == "running_app":
+        from ..investigator.jupyter import running_app
+
+        return running_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["ADDRESS_FILE", "DEFAULT_HOST", "DEFAULT_PORT", "NotARun", "running_app", "serve"]
 
@@ -43,6 +56,8 @@ def _announce(root: Path, address: dict | None) -> None:
     """Write (or with None, remove) the address file, briefly under the run's lock; if another
     process is writing into the run, say so and go on without it."""
     path = root / ADDRESS_FILE
+    from ..investigator.jupyter import running_app
+
     try:
         with run_lock(root, "frameatlas serve (address file)"):
             if address is None:
@@ -82,6 +97,7 @@ def serve(run_dir: Path | str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_
     """
     import uvicorn
 
+    from ..investigator.data import RunView, check_run_folder
     from .app import create_app
 
     run = check_run_folder(run_dir)

@@ -11,7 +11,8 @@ Routes (everything else is 404):
 * ``GET /api/run`` videos and settings; ``POST /api/curves`` prompt curves for one video;
   ``GET /api/search`` (text, frame or an uploaded image; paged) and ``/api/search.csv``;
   ``POST /api/upload`` a query image; ``POST /api/export`` a clip with padding into
-  ``RUN_DIR/exports/`` (under the run's lock).
+  ``RUN_DIR/exports/`` (under the run's lock); ``POST /api/query`` a whole search result with the
+  arguments of `frameatlas search`, which sends its queries here when this app runs (`serve.client`).
 
 Bad parameters get 400 with the reason as JSON ``{"error": ...}``; unexpected errors are logged
 with their traceback and answered with a 500 that carries none.
@@ -284,6 +285,62 @@ class Investigator:
         return Response(result.hits.to_csv(index=False), media_type="text/csv",
                         headers={"content-disposition": 'attachment; filename="hits.csv"'})  # fmt: skip
 
+    def query(self, body: dict) -> dict:
+        """`search` with the arguments of `frameatlas search` (see `serve.client`): the whole
+        result, its hits as a pandas "table" JSON and the text the CLI prints."""
+        from ..search import format_hits
+
+        def number(name: str, low: float, high: float) -> float | None:
+            value = body.get(name)
+            return None if value is None else _float(value, name, low, high)
+
+        def names(name: str) -> list[str] | None:
+            value = body.get(name)
+            if value is None:
+                return None
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise BadRequest(f"{name}: must be a list of strings")
+            return value
+
+        query: dict[str, Any] = {"text": body.get("text"), "frame_key": body.get("frame_key")}
+        for name in ("text", "frame_key"):
+            if query[name] is not None and not isinstance(query[name], str):
+                raise BadRequest(f"{name}: must be a string")
+        if body.get("image") is not None:
+            query["image"] = self.uploads.get(body.get("image"))
+            if query["image"] is None:
+                raise BadRequest(
+                    f"image={body.get('image')!r}: unknown or expired upload id; POST the image to /api/upload again"
+                )
+        time_range = body.get("time_range")
+        if time_range is not None:
+            if not isinstance(time_range, list) or len(time_range) != 2:
+                raise BadRequest("time_range: must be [start, end] (either may be null)")
+            time_range = tuple(None if t is None else _float(t, "time_range", -1e9, 1e9) for t in time_range)
+        top_k = body.get("top_k", 20)
+        if not isinstance(top_k, int) or isinstance(top_k, bool):
+            raise BadRequest(f"top_k={top_k!r}: must be a whole number")
+        try:
+            result = search(
+                self.view.run, **query, top_k=top_k, threshold=number("threshold", -1e9, 1e9),
+                relative=bool(body.get("relative", True)), videos=names("videos"), time_range=time_range,
+                suppress_seconds=number("suppress_seconds", 0.0, 1e9) or 0.0, channels=names("channels"),
+                min_text_score=number("min_text_score", -1e9, 1e9),
+            )  # fmt: skip
+        except SearchError as error:
+            raise BadRequest(str(error)) from None
+        return {
+            "query": result.query, "channels": result.channels, "notes": result.notes,
+            "threshold_value": result.threshold_value, "hits": result.hits.to_json(orient="table", index=False),
+            "text": format_hits(result),
+        }  # fmt: skip
+
+    async def query_endpoint(self, request: Request) -> Response:
+        from starlette.concurrency import run_in_threadpool
+
+        body = await _json_body(request)
+        return JSONResponse(await run_in_threadpool(self.query, body))
+
     async def export_endpoint(self, request: Request) -> Response:
         from starlette.concurrency import run_in_threadpool
 
@@ -349,6 +406,7 @@ def create_app(view: RunView, *, warm: bool = False) -> Starlette:
         Route("/api/curves", app_state.curves_endpoint, methods=["POST"]),
         Route("/api/search", app_state.search_endpoint),
         Route("/api/search.csv", app_state.search_csv),
+        Route("/api/query", app_state.query_endpoint, methods=["POST"]),
         Route("/api/upload", app_state.upload, methods=["POST"]),
         Route("/api/export", app_state.export_endpoint, methods=["POST"]),
     ]
