@@ -358,3 +358,39 @@ def test_yamnet_loads_a_saved_model_of_its_signature(tmp_path):
     features = stats.features()
     assert features.shape[1] == 2048 and len(features) >= 2
     assert np.abs(features[0] - features[-1]).max() > 1e-3  # the two tones' windows differ
+
+
+@pytest.mark.slow
+def test_the_stage_notebook_reports_scores_and_the_dashboard_lists_classes(fusion, tmp_path):
+    """07_classify through run_pipeline.py on a copy of the labelled run (its earlier stages made by library calls)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg, run, _ = fusion
+    root = tmp_path / "out" / "fusion"
+    shutil.copytree(run.root, root)
+    frames = read_table(RunPaths(root).table("frames"))
+    points = np.random.default_rng(0).normal(size=(len(frames), 3))
+    write_table(pd.DataFrame({"frame_key": frames.frame_key, "method": "pca", "x": points[:, 0], "y": points[:, 1],
+                              "z": points[:, 2]}), RunPaths(root).table("projections"))  # fmt: skip
+    data = cfg.to_parameters()
+    data.pop("source", None)
+    data["run"].update({"output_dir": str(tmp_path / "out"), "name": "fusion"})
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(data))
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, str(repo / "run_pipeline.py"), str(tmp_path / "pipeline.yaml"), "--stages", "classify",
+                             "--no-progress"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    entry = json.loads((root / "manifest.json").read_text())["stages"]["classify"]
+    assert entry["status"] == "done" and entry["counts"]["classes"] == 4 and entry["counts"]["accuracy"] >= 0.9
+    report = (root / "reports" / "07_classify.html").read_text()
+    assert "late-learned" in report and "Which modality carries which class" in report and "Traceback" not in report
+    page = (root / "plots" / "map_pca_classes.html").read_text()
+    for name in ("blue-high", "blue-low", "yellow-high", "yellow-low"):
+        assert name in page
+    dashboard = (root / "index.html").read_text()
+    table = dashboard[dashboard.index('<table id="classes">') :]
+    assert table[: table.index("</table>")].count("<tr>") == 1 + len(COLOURS) * len(TONES) * VIDEOS_PER_CLASS
+    assert "map pca classes" in dashboard

@@ -348,10 +348,10 @@ def _classes(run: RunPaths) -> list[dict[str, Any]]:
     table = pd.read_parquet(path)
     videos = table[(table.level == "video") & ((table.source != "zero-shot") | (table.modality == "zero-shot"))]
     rows = []
-    for video_name, group in videos.groupby("video_name", sort=True):
-        trained = group[group.source != "zero-shot"]
+    for _, group in sorted(videos.groupby("video_id"), key=lambda item: (item[1].video_name.iat[0], item[0])):
+        trained = group[group.source != "zero-shot"]  # one video per id: names may repeat across folders
         shot = group[group.modality == "zero-shot"]
-        row = {"video": video_name, "label": None, "probability": None, "how": "", "truth": None, "zero_shot": None}
+        row = {"video": group.video_name.iat[0], "label": None, "probability": None, "how": "", "truth": None, "zero_shot": None}
         if len(trained):
             first = trained.iloc[0]
             row.update(label=first.label, probability=float(first.probability), how=f"{first.modality} ({first.split})",
