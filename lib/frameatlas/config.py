@@ -138,6 +138,10 @@ class ImageModelConfig(_Section):
     )
     on_missing_weights: Literal["error", "fallback"] = "error"
     batch_size: int = Field(32, ge=1, le=4096)
+    runtime: Literal["torch", "torch-int8", "onnx", "onnx-int8"] = Field(
+        "torch", description="How the CLIP image tower runs on a CPU: torch (fp32) | torch-int8 | onnx | onnx-int8 "
+        "(see models/fast_image.py); ids other than fp32's unless the vectors match it.",
+    )  # fmt: skip
 
 
 class TextModelConfig(_Section):

@@ -176,7 +176,8 @@ def image_encoder(cfg) -> ImageEncoder:
     `record.fallback_reason` then says why.
     """
     image = cfg.image
-    key = ("image", image.name, image.pretrained, image.on_missing_weights, cfg.device, str(cfg.cache_dir), cfg.allow_download)
+    key = ("image", image.name, image.pretrained, image.on_missing_weights, cfg.device, str(cfg.cache_dir), cfg.allow_download,
+           image.runtime)  # fmt: skip
     if key in _LOADED:
         return _LOADED[key]
     if image.name == "fallback":
@@ -198,6 +199,10 @@ def image_encoder(cfg) -> ImageEncoder:
         encoder = ColourTextureEncoder(record)
     else:
         encoder = _lazy_clip(cfg, resolution_key, entry)
+        if image.runtime != "torch":  # the image tower quantized or on ONNX Runtime (models/fast_image.py)
+            from .fast_image import fast_image_encoder
+
+            encoder = fast_image_encoder(encoder, image.runtime)
     _LOADED[key] = encoder
     return encoder
 
