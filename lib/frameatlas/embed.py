@@ -739,13 +739,17 @@ def embed_captions(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bo
 def embed_text_channels(
     cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False
 ) -> tuple[dict[str, Any], ModelRecord | None]:
-    """Every text channel of `TEXT_SOURCES`; merged counts and the sentence encoder's record (None if unused)."""
+    """Every text channel of `TEXT_SOURCES`, and each utterance for the speech channel (`speech.embed_segments`);
+    merged counts and the sentence encoder's record (None if unused)."""
+    from .speech import embed_segments
+
     counts: dict[str, Any] = {}
     used = None
     for channel in TEXT_SOURCES:
         channel_counts, record = embed_text_channel(cfg, run, channel, force=force)
         counts.update(channel_counts)
         used = used or record
+    counts.update(embed_segments(cfg, run, force=force))
     return counts, used
 
 

@@ -297,6 +297,7 @@ def search(
     query_label = _describe_query(text, image, frame_key)
     notes: list[str] = []
     scores: dict[str, pd.Series] = {}
+    speech_matched = None  # the utterance each frame matched, when the speech channel ranked utterances
     for channel in wanted:
         if channel not in present:
             notes.append(f"{channel} channel off: no {channel} vectors in this run")
@@ -326,14 +327,16 @@ def search(
         utterances = _speech_utterances(run, cfg, model_id) if channel == "speech" else None
         if utterances is not None:  # the speech channel ranks utterances; a frame scores as the best one it shows
             segments, segment_vectors = utterances
-            segment_scores = pd.Series(segment_vectors @ np.asarray(query_vector, np.float32), index=segments.segment_id.to_numpy())
+            segment_scores = pd.Series(
+                segment_vectors @ np.asarray(query_vector, np.float32), index=segments.segment_id.to_numpy()
+            )
             if frame_key is None and segment_scores.max() < min_text_score:
                 notes.append(f"speech channel: nothing said is similar enough to the query "
                              f"(best {float(segment_scores.max()):.3f}, below search.min_text_score {min_text_score})")  # fmt: skip
                 continue
             kept = segment_scores[segment_scores >= min_text_score] if frame_key is None else segment_scores
-            matched = _best_utterances(frames, segments, kept, cfg.speech.frame_window_seconds)
-            scores[channel] = pd.Series(matched.score.to_numpy(), index=matched.frame_key.to_numpy())
+            speech_matched = _best_utterances(frames, segments, kept, cfg.speech.frame_window_seconds)
+            scores[channel] = pd.Series(speech_matched.score.to_numpy(), index=speech_matched.frame_key.to_numpy())
             continue
         channel_scores = pd.Series(vectors @ np.asarray(query_vector, np.float32), index=table.frame_key.to_numpy())
         if channel != "visual" and frame_key is None:
@@ -366,7 +369,7 @@ def search(
     channel_columns = [f"score_{c}" for c in scores]
     hits = hits[HIT_COLUMNS[:2] + channel_columns + HIT_COLUMNS[2:]]
     if "speech" in scores:
-        hits = _with_speech(run, hits, matched if "speech" in scores and utterances_used(scores, matched) else None)
+        hits = _with_speech(run, hits, speech_matched)
     return SearchResult(hits=hits, query=query_label, channels=list(scores), notes=notes, threshold_value=cut)
 
 
@@ -411,8 +414,9 @@ def _with_speech(run: RunPaths, hits: pd.DataFrame, matched: pd.DataFrame | None
     for a run without utterance vectors the speech around the frame (`tables/speech_frames.parquet`).
     Shown with the hit, and the bounds render cuts at."""
     if matched is not None:
-        said = matched.set_index("frame_key").rename(columns={"text": "text", "start": "speech_start", "end": "speech_end"})
-        said["segments"] = said.segment_id
+        said = matched.set_index("frame_key").rename(
+            columns={"start": "speech_start", "end": "speech_end", "segment_id": "segments"}
+        )
     else:
         path = run.table("speech_frames")
         said = read_table(path) if path.exists() else pd.DataFrame(columns=SPEECH_FRAME_FALLBACK)

@@ -16,7 +16,10 @@ Tables (the run folder's contract):
   `03_embed` embeds for the `speech` channel and render uses to cut at utterance bounds;
 * ``tables/speech_videos.parquet``: one row per video: status (transcribed, no audio, no speech),
   language, audio and voiced seconds, words per minute, speech share of the running time;
-* ``subtitles/<video>.vtt`` and ``.srt``: each video's utterances as subtitles.
+* ``subtitles/<video>.vtt`` and ``.srt``: each video's utterances as subtitles;
+* ``tables/speech_segment_embeddings.parquet`` (written by `03_embed`, `embed_segments`): each
+  utterance's sentence vector, also in the index collection ``speech-segments-<text model>``: the
+  `speech` search channel ranks utterances and shows a hit's words and their time.
 
 Work is cached per video and model settings under ``speech/<settings>/<video id>.*``: a re-run, or
 a run killed halfway, transcribes only the videos it has not finished. A video whose audio cannot
@@ -64,7 +67,10 @@ __all__ = [
     "AudioDecoder",
     "NoAudio",
     "SpeechSummary",
+    "best_segment_per_frame",
+    "embed_segments",
     "frames_with_speech",
+    "segment_frames",
     "speech_report_html",
     "subtitle_texts",
     "transcribe_audio",
@@ -77,9 +83,13 @@ SEGMENT_COLUMNS = ["segment_id", "video_id", "video_name", "start", "end", "text
 WORD_COLUMNS = ["segment_id", "video_id", "start", "end", "word", "probability"]
 SPEECH_FRAME_COLUMNS = ["frame_key", "video_id", "timestamp", "text", "speech_start", "speech_end", "segments"]
 VIDEO_COLUMNS = ["video_id", "video_name", "status", "language", "language_probability", "audio_seconds",
-                 "voiced_seconds", "segments", "words", "words_per_minute", "speech_share", "transcribe_seconds", "note"]  # fmt: skip
+                 "voiced_seconds", "segments", "words", "words_per_minute", "speech_share", "transcribe_seconds", "note",
+                 "subtitles"]  # fmt: skip
 SPEECH_TABLES = ("speech", "speech_words", "speech_frames", "speech_videos")
 PAUSE_SEARCH_SECONDS = 30.0  # a piece is cut at the last pause within this many seconds of its end
+TIGHTEN_REACH = 1.0  # seconds a word's edge may move onto the voice it belongs to (`tighten_words`)
+TIGHTEN_PAUSE_MS = 100  # shorter silences inside voice do not count as pauses there
+WORD_TIMES = "tightened-1"  # how word times are made: part of the cache key, so older transcripts are redone
 
 
 class NoAudio(Exception):
@@ -191,26 +201,83 @@ class Transcript:
     seconds: float = 0.0
 
 
-def _utterances(segment, pause: float) -> list[dict[str, Any]]:
-    """A Whisper segment split where its words pause for at least `pause` seconds (VAD joins speech across
-    pauses before Whisper sees it, so one segment can hold two sentences said seconds apart)."""
-    words = list(segment.words or [])
+def _words(segment) -> list[dict[str, Any]]:
+    return [{"start": float(w.start), "end": float(w.end), "word": w.word, "probability": float(w.probability)}
+            for w in segment.words or []]  # fmt: skip
+
+
+def _voiced_spans(audio: np.ndarray, words: list[dict[str, Any]], threshold: float) -> list[tuple[float, float]]:
+    """Where `audio` is voiced (seconds, Silero VAD without padding), looked for only around `words`."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    options = VadOptions(threshold=threshold, min_silence_duration_ms=TIGHTEN_PAUSE_MS, speech_pad_ms=0)
+    around: list[list[float]] = []
+    for word in sorted(words, key=lambda w: w["start"]):
+        low, high = max(0.0, word["start"] - TIGHTEN_REACH), word["end"] + TIGHTEN_REACH
+        if around and low <= around[-1][1]:
+            around[-1][1] = max(around[-1][1], high)
+        else:
+            around.append([low, high])
+    spans = []
+    for low, high in around:
+        first = int(low * SAMPLE_RATE)
+        found = get_speech_timestamps(audio[first : int(high * SAMPLE_RATE)], options, sampling_rate=SAMPLE_RATE)
+        spans += [((first + s["start"]) / SAMPLE_RATE, (first + s["end"]) / SAMPLE_RATE) for s in found]
+    return spans
+
+
+def tighten_words(words: list[dict[str, Any]], spans: list[tuple[float, float]], reach: float = 1.0) -> None:
+    """Move word edges that Whisper's alignment misplaced next to a pause onto the voice itself (in place).
+
+    Whisper often starts the first word after a pause where the voice activity detector's padding
+    starts (up to 0.4 s early), or ends a word before its last sound. An edge in silence moves to the
+    voice the word overlaps; an edge inside voice that no neighbouring word shares moves to where
+    that voice starts or ends (at most `reach` seconds). Edges between words said without a pause
+    are left alone: silence detection cannot place them.
+
+    Example:
+        >>> words = [{"start": 0.6, "end": 1.2}, {"start": 1.2, "end": 1.5}]
+        >>> tighten_words(words, [(1.0, 1.8)])
+        >>> words
+        [{'start': 1.0, 'end': 1.2}, {'start': 1.2, 'end': 1.8}]
+    """
+    if not spans:
+        return
+    for i, word in enumerate(words):
+        previous_end = words[i - 1]["end"] if i else -np.inf
+        next_start = words[i + 1]["start"] if i + 1 < len(words) else np.inf
+        voice = next(((a, b) for a, b in spans if b > word["start"]), None)
+        if voice is not None and voice[0] < word["end"]:
+            if voice[0] > word["start"] or (voice[0] >= previous_end and word["start"] - voice[0] <= reach):
+                word["start"] = voice[0]
+        voice = next(((a, b) for a, b in reversed(spans) if a < word["end"]), None)
+        if voice is not None and voice[1] > word["start"]:
+            if voice[1] < word["end"] or (voice[1] <= next_start and voice[1] - word["end"] <= reach):
+                word["end"] = voice[1]
+
+
+def _utterances(segment, words: list[dict[str, Any]], pause: float) -> list[dict[str, Any]]:
+    """A Whisper segment (with its `words`) split where they pause for at least `pause` seconds (VAD joins speech
+    across pauses before Whisper sees it, so one segment can hold two sentences said seconds apart)."""
     if not words:
         return [{"start": float(segment.start), "end": float(segment.end), "text": segment.text.strip(), "words": []}]
     groups = [[words[0]]]
     for previous, word in zip(words, words[1:]):
-        if pause > 0 and float(word.start) - float(previous.end) >= pause:
+        if pause > 0 and word["start"] - previous["end"] >= pause:
             groups.append([])
         groups[-1].append(word)
-    if len(groups) == 1:
-        return [{"start": float(segment.start), "end": float(segment.end), "text": segment.text.strip(), "words": words}]
-    return [{"start": float(group[0].start), "end": float(group[-1].end), "text": "".join(w.word for w in group).strip(),
-             "words": group} for group in groups]  # fmt: skip
+    text = [segment.text.strip()] if len(groups) == 1 else ["".join(w["word"] for w in group).strip() for group in groups]
+    return [{"start": group[0]["start"], "end": group[-1]["end"], "text": said, "words": group}
+            for group, said in zip(groups, text)]  # fmt: skip
 
 
 def transcribe_audio(model: SpeechModel, decoder: AudioDecoder, options: SpeechConfig, *, video_id: str = "",
                      video_name: str = "", on_audio=None) -> Transcript:  # fmt: skip
-    """Transcribe everything `decoder` streams, piece by piece; `on_audio(seconds)` is called as audio is consumed."""
+    """Transcribe everything `decoder` streams, piece by piece; `on_audio(seconds)` is called as audio is consumed.
+
+    Word times are Whisper's, their edges next to pauses moved onto the voice (`tighten_words`); an
+    utterance runs from its first word's start to its last word's end.
+    """
     started = time.perf_counter()
     vad_options = _vad_options(options)
     language = options.language or ("en" if model.english_only else None)
@@ -224,8 +291,11 @@ def transcribe_audio(model: SpeechModel, decoder: AudioDecoder, options: SpeechC
             piece, language=detected[0], beam_size=options.beam_size, word_timestamps=True, vad_filter=options.vad,
             vad_parameters=vad_options if options.vad else None,
         )  # fmt: skip
-        for segment in found:  # a generator: decoding happens here
-            for part in _utterances(segment, options.min_silence_ms / 1000):
+        found = [(segment, _words(segment)) for segment in found]  # a generator: decoding happens here
+        said = [word for _, segment_words in found for word in segment_words]
+        tighten_words(said, _voiced_spans(piece, said, options.vad_threshold), TIGHTEN_REACH)
+        for segment, segment_words in found:
+            for part in _utterances(segment, segment_words, options.min_silence_ms / 1000):
                 segment_id = f"{video_id}:{len(segments):05d}"
                 segments.append({
                     "segment_id": segment_id, "video_id": video_id, "video_name": video_name,
@@ -233,8 +303,8 @@ def transcribe_audio(model: SpeechModel, decoder: AudioDecoder, options: SpeechC
                     "avg_logprob": float(segment.avg_logprob), "no_speech_prob": float(segment.no_speech_prob),
                     "compression_ratio": float(segment.compression_ratio),
                 })  # fmt: skip
-                words.extend({"segment_id": segment_id, "video_id": video_id, "start": round(shift + float(w.start), 3),
-                              "end": round(shift + float(w.end), 3), "word": w.word.strip(), "probability": float(w.probability)}
+                words.extend({"segment_id": segment_id, "video_id": video_id, "start": round(shift + w["start"], 3),
+                              "end": round(shift + w["end"], 3), "word": w["word"].strip(), "probability": w["probability"]}
                              for w in part["words"])  # fmt: skip
         if detected[0] is None and info.duration_after_vad > 0:  # the first piece with speech names the language
             detected = (info.language, float(info.language_probability))
@@ -297,7 +367,7 @@ class SpeechSummary(StageSummary):
 
 def _settings_key(options: SpeechConfig, model_id: str) -> str:
     settings = (f"{model_id}|{options.compute_type}|{options.language}|{options.beam_size}|{options.vad}|"
-                f"{options.vad_threshold}|{options.min_silence_ms}|{options.chunk_seconds}")  # fmt: skip
+                f"{options.vad_threshold}|{options.min_silence_ms}|{options.chunk_seconds}|{WORD_TIMES}")  # fmt: skip
     return hashlib.sha256(settings.encode()).hexdigest()[:12]
 
 
@@ -412,11 +482,12 @@ def transcribe_run(
     )
     summary.words = _concat(word_tables, WORD_COLUMNS)
     summary.videos = pd.DataFrame(rows, columns=VIDEO_COLUMNS)
+    summary.videos["subtitles"] = subtitle_paths(summary.videos, summary.table)
     summary.frames = frames_with_speech(frames, summary.table, options.frame_window_seconds)
+    summary.subtitles = write_subtitles(run, summary.table, summary.videos)  # before the table that names them
     for table, name in ((summary.table, "speech"), (summary.words, "speech_words"), (summary.frames, "speech_frames"),
                         (summary.videos, "speech_videos")):  # fmt: skip
         write_table(table, run.table(name))
-    summary.subtitles = write_subtitles(run, summary.table, summary.videos)
     no_audio = summary.videos[summary.videos.status == "no audio"].video_name.tolist()
     if no_audio:
         summary.notes.append(f"no audio stream, so no speech: {', '.join(no_audio)}")
@@ -592,20 +663,27 @@ def write_rendered_subtitles(run: RunPaths, pieces: pd.DataFrame, target: Path) 
     return sidecar
 
 
-def write_subtitles(run: RunPaths, segments: pd.DataFrame, videos: pd.DataFrame) -> list[Path]:
-    """`subtitles/<video>.vtt` and `.srt` for every video with speech (a video name two videos share gets its id
-    appended); subtitle files of videos without speech any more are removed. Returns the files written."""
-    folder = run.root / "subtitles"
+def subtitle_paths(videos: pd.DataFrame, segments: pd.DataFrame) -> list[str]:
+    """Per row of `videos`, its WebVTT file relative to the run, `subtitles/<video>.vtt` (a name two videos share
+    gets the id's start appended), or "" for a video without speech. The `.srt` sits beside it."""
     stems = videos.video_name.map(lambda name: Path(str(name)).stem)
     repeated = set(stems[stems.duplicated()])
+    spoken = set(segments.video_id) if len(segments) else set()
+    return [(f"subtitles/{stem}-{video_id[:8]}.vtt" if stem in repeated else f"subtitles/{stem}.vtt") if video_id in spoken
+            else "" for video_id, stem in zip(videos.video_id, stems)]  # fmt: skip
+
+
+def write_subtitles(run: RunPaths, segments: pd.DataFrame, videos: pd.DataFrame) -> list[Path]:
+    """`subtitles/<video>.vtt` and `.srt` for every video with speech (named by `subtitle_paths`); subtitle files of
+    videos without speech any more are removed. Returns the files written."""
     written: list[Path] = []
-    for video, stem in zip(videos.itertuples(), stems):
-        said = segments[segments.video_id == video.video_id]
-        if said.empty:
+    for video_id, vtt_path in zip(videos.video_id, subtitle_paths(videos, segments)):
+        if not vtt_path:
             continue
-        name = f"{stem}-{video.video_id[:8]}" if stem in repeated else stem
-        vtt, srt = subtitle_texts(said)
-        written += [atomic_write_text(folder / f"{name}.vtt", vtt), atomic_write_text(folder / f"{name}.srt", srt)]
+        vtt, srt = subtitle_texts(segments[segments.video_id == video_id])
+        target = run.root / vtt_path
+        written += [atomic_write_text(target, vtt), atomic_write_text(target.with_suffix(".srt"), srt)]
+    folder = run.root / "subtitles"
     if folder.is_dir():
         for old in folder.iterdir():
             if old.suffix in (".vtt", ".srt") and old not in written:
@@ -613,14 +691,28 @@ def write_subtitles(run: RunPaths, segments: pd.DataFrame, videos: pd.DataFrame)
     return written
 
 
-def video_subtitles(run_root: Path | str, video_name: str, video_id: str) -> Path | None:
-    """The `subtitles/<video>.vtt` that `write_subtitles` wrote for a video, if any."""
-    stem = Path(str(video_name)).stem
-    folder = Path(run_root) / "subtitles"
-    for candidate in (folder / f"{stem}-{video_id[:8]}.vtt", folder / f"{stem}.vtt"):
-        if candidate.is_file():
-            return candidate
-    return None
+def subtitle_files(run: RunPaths | Path | str) -> dict[str, Path]:
+    """Each video's WebVTT file as `tables/speech_videos.parquet` names it (video_id -> path), resolved inside
+    the run: a path leading elsewhere, or a file that is not there, is left out (and logged)."""
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    path = run.table("speech_videos")
+    if not path.exists():
+        return {}
+    table = read_table(path)
+    if "subtitles" not in table:  # a run transcribed before the column existed
+        return {}
+    found = {}
+    for row, (video_id, name) in enumerate(zip(table.video_id, table.subtitles)):
+        if not isinstance(name, str) or not name:
+            continue
+        try:
+            vtt = run.table_path(name, table="speech_videos", row=row, column="subtitles")
+        except UnsafePath as error:
+            log.warning("speech: %s", error)
+            continue
+        if vtt.suffix == ".vtt" and vtt.is_file():
+            found[str(video_id)] = vtt
+    return found
 
 
 def subtitle_track(vtt: Path | None) -> str:
@@ -666,6 +758,105 @@ def frames_with_speech(frames: pd.DataFrame, segments: pd.DataFrame, window: flo
     return pd.DataFrame({"frame_key": frames.frame_key.to_numpy(), "video_id": frames.video_id.to_numpy(),
                          "timestamp": frames.timestamp.to_numpy(), "text": texts, "speech_start": starts,
                          "speech_end": ends, "segments": ids})  # fmt: skip
+
+
+# --- the speech search channel -------------------------------------------------------------------
+
+
+def segment_frames(frames: pd.DataFrame, segments: pd.DataFrame, window: float) -> pd.DataFrame:
+    """Which sampled frames show each utterance: those within `window` seconds of it (as in
+    `frames_with_speech`) or, when sampling is sparser than that, the frame nearest its middle.
+    One row per (segment_id, frame_key).
+
+    Example:
+        >>> frames = pd.DataFrame({"frame_key": ["a", "b", "c"], "video_id": "v", "timestamp": [0.0, 5.0, 10.0]})
+        >>> said = pd.DataFrame({"segment_id": ["v:0", "v:1"], "video_id": "v", "start": [4.8, 6.5], "end": [5.6, 7.0]})
+        >>> segment_frames(frames, said, 0.5).values.tolist()
+        [['v:0', 'b'], ['v:1', 'b']]
+    """
+    pairs: list[tuple[str, str]] = []
+    frames_of = {video_id: group.sort_values("timestamp", kind="stable") for video_id, group in frames.groupby("video_id")}
+    for video_id, said in segments.groupby("video_id", sort=False):
+        shown = frames_of.get(video_id)
+        if shown is None:
+            continue
+        times, keys = shown.timestamp.to_numpy(float), shown.frame_key.to_numpy()
+        starts, ends = said.start.to_numpy(float), said.end.to_numpy(float)
+        low = np.searchsorted(times, starts - window, "left")
+        high = np.searchsorted(times, ends + window, "right")
+        middle = (starts + ends) / 2
+        after = np.clip(np.searchsorted(times, middle), 0, len(times) - 1)
+        before = np.clip(after - 1, 0, len(times) - 1)
+        nearest = np.where(np.abs(times[before] - middle) <= np.abs(times[after] - middle), before, after)
+        for segment_id, a, b, near in zip(said.segment_id.to_numpy(), low, high, nearest):
+            pairs += [(segment_id, key) for key in keys[a:b]] if b > a else [(segment_id, keys[near])]
+    return pd.DataFrame(pairs, columns=["segment_id", "frame_key"])
+
+
+def best_segment_per_frame(pairs: pd.DataFrame, scores: pd.Series) -> pd.DataFrame:
+    """For every frame showing a scored utterance (`pairs` from `segment_frames`; `scores` by segment_id),
+    the best one: columns frame_key, segment_id, score (best first)."""
+    table = pairs.assign(score=pairs.segment_id.map(scores)).dropna(subset=["score"])
+    table = table.sort_values(["score", "segment_id"], ascending=[False, True], kind="stable")
+    return table.drop_duplicates("frame_key").reset_index(drop=True)[["frame_key", "segment_id", "score"]]
+
+
+def embed_segments(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False, encoder=None) -> dict[str, Any]:
+    """Each utterance of `tables/speech.parquet` through the sentence encoder, for the speech search channel.
+
+    Writes `tables/speech_segment_embeddings.parquet` (segment_id, video_id, start, end, model_id,
+    text, vector) and keeps the run's index collection `speech-segments-<text model>` equal to it
+    (ids are segment ids; metadata: video, start, end, text). A text already embedded with the same
+    model (here or in the frames' `speech_embeddings`) is not encoded again. Without utterances both
+    are emptied, so search never ranks stale speech. Returns counts for the manifest.
+    """
+    from .index import open_index
+    from .models import text_encoder
+
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    path, vectors_path = run.table("speech"), run.table("speech_segment_embeddings")
+    segments = read_table(path) if path.exists() else pd.DataFrame(columns=SEGMENT_COLUMNS)
+    segments = segments[segments.text.fillna("").astype(str).str.strip() != ""]
+    if segments.empty:
+        if vectors_path.exists():  # utterances gone (speech off, or nothing said any more): so are their vectors
+            index = open_index(run, cfg.index.url, cfg.index.collection_prefix, writer=True)
+            for model_id in read_table(vectors_path).model_id.unique():
+                if index.has_collection(f"speech-segments-{model_id}"):
+                    collection = index.collection(f"speech-segments-{model_id}", create=False)
+                    index.delete(collection, sorted(index.ids(collection)))
+            vectors_path.unlink()
+        return {"speech_segment_vectors": 0}
+    started = time.perf_counter()
+    encoder = encoder or text_encoder(cfg.models)
+    model_id = encoder.record.model_id
+    known: dict[str, np.ndarray] = {}
+    for name in ("speech_embeddings", "speech_segment_embeddings"):
+        if run.table(name).exists():
+            previous = read_table(run.table(name))
+            previous = previous[previous.model_id == model_id]
+            known.update(zip(previous.text, previous.vector))
+    texts = segments.text.astype(str).tolist()
+    missing = sorted(set(texts) - set(known))
+    if missing:
+        known.update(zip(missing, encoder.encode(missing)))
+    table = pd.DataFrame({"segment_id": segments.segment_id.to_numpy(), "video_id": segments.video_id.to_numpy(),
+                          "start": segments.start.to_numpy(float), "end": segments.end.to_numpy(float),
+                          "model_id": model_id, "text": texts, "vector": [known[text] for text in texts]})  # fmt: skip
+    write_table(table, vectors_path)
+    index = open_index(run, cfg.index.url, cfg.index.collection_prefix, writer=True)
+    collection = index.collection(f"speech-segments-{model_id}", dim=encoder.dim)
+    present = index.ids(collection)
+    new = table if force else table[~table.segment_id.isin(present)]
+    names = dict(zip(segments.segment_id, segments.video_name.astype(str)))
+    metadatas = [{"video_id": str(row.video_id), "video_name": names[row.segment_id], "start": float(row.start),
+                  "end": float(row.end), "text": row.text} for row in new.itertuples()]  # fmt: skip
+    upserted = index.upsert(collection, new.segment_id.tolist(), np.stack(new.vector.to_numpy()), metadatas) if len(new) else 0
+    stale = sorted(present - set(table.segment_id))
+    removed = index.delete(collection, stale) if stale else 0
+    log.info("speech channel: %d utterances, %d distinct new texts encoded with %s; index %s: %d upserted, %d removed",
+             len(table), len(missing), model_id, collection.name, upserted, removed)  # fmt: skip
+    return {"speech_segment_vectors": len(table), "speech_segment_index_upserted": upserted,
+            "speech_segment_index_removed": removed, "speech_segment_seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
 
 
 # --- for the report -----------------------------------------------------------------------------
