@@ -27,7 +27,7 @@ from pathlib import Path
 from ..config import PipelineConfig
 from ..files import atomic_write_text
 from ..plots import PLOTLY_BUNDLE, format_time, plotly_bundle
-from ..speech import subtitle_track, video_subtitles
+from ..speech import subtitle_files, subtitle_track
 from ..store import RunPaths
 from .data import Prompt, RunView, dumps
 
@@ -60,14 +60,14 @@ class InvestigatorPages:
     scored: int = 0  # pages with at least one curve
 
 
-def _page(view: RunView, video, curves, reason: str | None, src: str | None, threshold: float) -> str:
+def _page(view: RunView, video, curves, reason: str | None, src: str | None, threshold: float, vtt: Path | None) -> str:
     data = {"threshold": threshold, "curves": curves.as_json(), "reason": reason or ""}
     prompts = ", ".join(html.escape(p) for p in view.settings()["queries"]) or "none configured"
     channels = sorted({line.channel for line in curves.lines})
     missing = "" if src else '<p class="fa-error">The source video is not available: ' + html.escape(video.problem or "") + "</p>"
     player = (
         f'<video id="fa-video" controls preload="auto" src="{html.escape(src, quote=True)}">'
-        f"{subtitle_track(video_subtitles(view.run.root, video.name, video.video_id))}</video>"  # what is said
+        f"{subtitle_track(vtt)}</video>"  # what is said, toggled by the Subtitles button
         if src
         else ('<video id="fa-video" controls></video>')
     )
@@ -82,9 +82,10 @@ def _page(view: RunView, video, curves, reason: str | None, src: str | None, thr
 <h2 id="fa-title">{html.escape(video.name)} <small>{format_time(video.duration)}</small></h2>
 {missing}{player}
 <div class="fa-controls"><button id="fa-play" type="button">Play</button>
-<button id="fa-reset" type="button">Reset</button><span id="fa-time"></span>
+<button id="fa-reset" type="button">Reset</button>
+<button id="fa-subtitles" type="button" title="show or hide what is said (key C)" hidden>Subtitles</button><span id="fa-time"></span>
 <span class="fa-keys"><kbd>space</kbd> play/pause · <kbd>←</kbd>/<kbd>→</kbd> one sampled frame · <kbd>Home</kbd> start ·
-click the chart to seek</span></div>
+<kbd>C</kbd> subtitles · click the chart to seek</span></div>
 <p class="fa-keys">Prompts (search.queries): {prompts}. Scored by: {", ".join(channels) or "no channel"}.
 Dashed line: {round(threshold * 100)}% of the best score; shaded: frames at or above it.
 For live prompts, search and clip export, serve the run folder (the folder above this page's <code>plots/</code>):
@@ -111,6 +112,7 @@ def write_investigator_pages(run: RunPaths | Path | str, cfg: PipelineConfig | N
     settings = view.settings()
     prompts = [Prompt(text) for text in settings["queries"]]
     taken: set[str] = set()
+    said = subtitle_files(view.run)
     for video in view.videos:
         curves = view.curves(video.video_id, prompts)
         reason = None
@@ -122,7 +124,7 @@ def write_investigator_pages(run: RunPaths | Path | str, cfg: PipelineConfig | N
         name = page_name(video.name, video.video_id, taken)
         taken.add(name)
         path = plots / name
-        atomic_write_text(path, _page(view, video, curves, reason, src, settings["threshold"]))
+        atomic_write_text(path, _page(view, video, curves, reason, src, settings["threshold"], said.get(video.video_id)))
         result.files[video.video_id] = path
     if view.videos and not result.scored:
         first = view.curves(view.videos[0].video_id, prompts)

@@ -196,6 +196,41 @@
     }
   }
 
+  // ------------------------------------------------------------------ subtitles
+
+  // What is said, as the video's <track kind="subtitles">: `button` (and the key C) shows or hides it,
+  // and stays hidden while the video has no such track. Returns apply(), which puts a track added
+  // later (the app's next video) in the chosen state.
+  function subtitles(video, button) {
+    const state = { on: true };
+    const tracks = () => [...video.textTracks].filter((t) => t.kind === "subtitles");
+    const label = () => {
+      const any = tracks().length > 0;
+      button.hidden = !any;
+      button.textContent = "Subtitles: " + (state.on ? "on" : "off");
+      button.setAttribute("aria-pressed", state.on ? "true" : "false");
+    };
+    const apply = () => {
+      for (const track of tracks()) track.mode = state.on ? "showing" : "hidden";
+      label();
+    };
+    const toggle = () => { state.on = !state.on; apply(); };
+    button.addEventListener("click", toggle);
+    document.addEventListener("keydown", (event) => {
+      const tag = (event.target && event.target.tagName) || "";
+      if (["INPUT", "TEXTAREA", "SELECT"].includes(tag) || event.ctrlKey || event.metaKey || event.altKey) return;
+      if (event.key === "c" || event.key === "C") { toggle(); event.preventDefault(); }
+    });
+    video.textTracks.addEventListener("change", () => { // the player's own captions menu
+      const shown = tracks().some((t) => t.mode === "showing");
+      if (tracks().length && shown !== state.on) { state.on = shown; label(); }
+    });
+    video.textTracks.addEventListener("addtrack", label);
+    video.textTracks.addEventListener("removetrack", label);
+    apply();
+    return apply;
+  }
+
   // ------------------------------------------------------------------ offline page
 
   function offline(data) {
@@ -206,6 +241,7 @@
     $("fa-reset").addEventListener("click", () => { video.pause(); viewer.seek(0); });
     video.addEventListener("play", () => { $("fa-play").textContent = "Pause"; });
     video.addEventListener("pause", () => { $("fa-play").textContent = "Play"; });
+    if ($("fa-subtitles")) subtitles(video, $("fa-subtitles"));
     if (data.curves.lines.length) viewer.draw(data.curves);
     else { viewer.curves = data.curves; $("fa-chart").textContent = data.reason; $("fa-chart").classList.add("fa-reason"); }
     window.frameatlasViewer = viewer;
@@ -235,6 +271,7 @@
         threshold: run.threshold, onSelect: (a, b) => this.select(a, b),
       });
       this.viewer.keyboard();
+      this.showSubtitles = subtitles($("fa-video"), $("fa-subtitles"));
       this.bind();
       this.listVideos();
       const wanted = new URLSearchParams(window.location.search).get("video");
@@ -303,6 +340,11 @@
         this.selection = null;
         $("fa-export-selection").disabled = true;
         player.src = "/media/video/" + encodeURIComponent(videoId);
+        for (const old of player.querySelectorAll("track")) old.remove();
+        if (video.subtitles) { // what is said in it (subtitles/<video>.vtt, served by the app)
+          player.append(el("track", { kind: "subtitles", label: "Speech", srclang: video.language || "en", src: video.subtitles }));
+        }
+        this.showSubtitles();
         $("fa-title").textContent = video.name;
         for (const item of document.querySelectorAll(".fa-video-item")) {
           item.classList.toggle("fa-active", item.dataset.video === videoId);
@@ -488,5 +530,5 @@
     }
   }
 
-  window.FrameAtlasInvestigator = { Viewer: Viewer, offline: offline, app: app, formatTime: formatTime };
+  window.FrameAtlasInvestigator = { Viewer: Viewer, offline: offline, app: app, formatTime: formatTime, subtitles: subtitles };
 })();
