@@ -137,6 +137,8 @@ def frameatlas_config(workdir: Path, video: Path, weights: Path, threads: int) -
     config["models"]["image"].update(name="ViT-B-32", pretrained=str(weights), on_missing_weights="error")
     for stage in ("caption", "cluster", "visualize", "render"):
         config[stage]["enabled"] = False
+    if "classify" in config:  # runs only with class names or labels
+        config["classify"].update(class_names=[], labels=None, segments=None, labels_from_folders=False)
     path = workdir / "frameatlas.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

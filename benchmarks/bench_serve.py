@@ -169,6 +169,9 @@ def main() -> None:
     print(f"load average at start: {os.getloadavg()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="frameatlas-bench-serve-") as temporary:
         folder = args.keep or Path(temporary)
+        # frameatlas keeps every text a model encoded in the user's cache: a fresh one per benchmark, so
+        # no query is answered from an earlier run's cache (each session's texts are new within a run)
+        os.environ["XDG_CACHE_HOME"] = str(Path(temporary) / "user-cache")
         run = folder / "out" / "bench"
         if not (run / "config.json").exists():
             t0 = time.perf_counter()
