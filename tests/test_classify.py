@@ -394,3 +394,60 @@ def test_the_stage_notebook_reports_scores_and_the_dashboard_lists_classes(fusio
     table = dashboard[dashboard.index('<table id="classes">') :]
     assert table[: table.index("</table>")].count("<tr>") == 1 + len(COLOURS) * len(TONES) * VIDEOS_PER_CLASS
     assert "map pca classes" in dashboard
+
+
+# --------------------------------------------------------------------------- objects
+
+
+@pytest.mark.slow
+def test_objects_from_a_detector_with_random_weights_become_a_channel(fusion, tmp_path):
+    """The real ssdlite320_mobilenet_v3_large architecture with random weights, loaded from a file."""
+    import torch
+    from frameatlas.objects import OBJECT_COLUMNS, detect_run, detector_categories, object_text
+    from torchvision.models import detection
+
+    cfg, run, _ = fusion
+    torch.manual_seed(0)
+    weights = tmp_path / "ssdlite.pth"
+    torch.save(detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=91).state_dict(), weights)
+    root = tmp_path / "run"
+    shutil.copytree(run.root, root)
+    frames = read_table(RunPaths(root).table("frames"))  # two videos are enough (and keep the test quick)
+    write_table(frames[frames.video_id.isin(frames.video_id.unique()[:2])], RunPaths(root).table("frames"))
+    options = cfg.objects.model_copy(update={"enabled": True, "weights": weights, "min_score": 0.0, "batch_size": 16})
+    summary = detect_run(root, options)
+    table = read_table(RunPaths(root).table("objects"))
+    frames = read_table(RunPaths(root).table("frames"))
+    assert list(table.columns) == OBJECT_COLUMNS and summary.frames == len(frames)
+    assert set(table.frame_key) == set(frames.frame_key)  # with min_score 0 every frame has detections
+    assert set(table.label) <= set(detector_categories(summary.record["model_id"]))
+    assert (
+        (table.x0 >= 0).all() and (table.x1 <= 64 + 1e-3).all() and (table.y1 <= 48 + 1e-3).all() and (table.x0 <= table.x1).all()
+    )
+    assert summary.record["model_id"] == f"ssdlite320_mobilenet_v3_large-{summary.record['weights_sha256'][:8]}"
+    texts = object_text(table)
+    key = frames.frame_key.iat[0]
+    numbers = [int(part.split(" ", 1)[0]) for part in texts[key].split(", ")]
+    assert sum(numbers) == (table.frame_key == key).sum() and numbers == sorted(numbers, reverse=True)
+    again = detect_run(root, options)  # cached per video and detector
+    assert again.cached_videos == frames.video_id.nunique() and again.table.equals(summary.table)
+    with_objects = cfg.model_copy(update={"objects": options, "classify": cfg.classify.model_copy(
+        update={"channels": ["image", "audio", "objects"]})})  # fmt: skip
+    features = build_features(with_objects, root)
+    assert features.blocks["objects"].shape == (len(features.samples), 91)
+    assert features.spec()["modalities"]["objects"]["model"] == summary.record["model_id"]
+    # a video's objects: the mean count per frame over its frames
+    video = features.samples.index[features.samples.level == "video"][0]
+    mine = frames.frame_key[frames.video_id == features.samples.video_id.iat[video]]
+    assert features.blocks["objects"][video].sum() == pytest.approx(table.frame_key.isin(mine).sum() / len(mine), rel=1e-5)
+
+
+def test_a_detector_without_its_weights_is_off_and_says_where_it_looked(tmp_path):
+    from frameatlas.objects import load_detector
+
+    detector, record = load_detector("fasterrcnn_mobilenet_v3_large_fpn", tmp_path / "missing.pth")
+    assert detector is None and str(tmp_path / "missing.pth") in record["fallback_reason"]
+    assert record["disabled_features"] == ["objects channel"]
+    (tmp_path / "junk.pth").write_bytes(b"not weights")
+    detector, record = load_detector("ssdlite320_mobilenet_v3_large", tmp_path / "junk.pth")
+    assert detector is None and "is not ssdlite320_mobilenet_v3_large's weights" in record["fallback_reason"]

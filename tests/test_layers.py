@@ -17,7 +17,7 @@ PACKAGE = REPO / "lib" / "frameatlas"
 LAYERS = {
     "face": {"cli", "scaffold", "serve"},
     "orchestration": {"pipeline", "report", "share"},
-    "stages": {"frames", "caption", "ocr", "speech", "embed", "evaluation", "cluster", "project", "visualize", "search", "render", "investigator", "classify"},
+    "stages": {"frames", "caption", "ocr", "speech", "embed", "evaluation", "cluster", "project", "visualize", "search", "render", "investigator", "classify", "objects"},
     "data": {"__init__", "config", "files", "lock", "store", "corpus", "index", "plots", "progress", "summary", "models", "signature", "executor"},
 }
 ORDER = ["data", "stages", "orchestration", "face"]

@@ -31,6 +31,7 @@ __all__ = [
     "ImageModelConfig",
     "IndexConfig",
     "ModelsConfig",
+    "ObjectsConfig",
     "OcrConfig",
     "SearchConfig",
     "SpeechConfig",
@@ -386,7 +387,7 @@ class ClassifyConfig(_Section):
     segments: Path | None = Field(None, description="CSV with columns video,start,end,label (seconds): labelled time ranges.")
     labels_from_folders: bool = Field(False, description="Label each video by its sub-folder of corpus.videos.")
     window_seconds: float | None = Field(10.0, gt=0, description="Window length of the samples; null = one sample per video.")
-    channels: list[Literal["image", "keyframes", "caption", "ocr", "speech", "audio"]] = Field(
+    channels: list[Literal["image", "keyframes", "caption", "ocr", "speech", "audio", "objects"]] = Field(
         ["image", "keyframes", "caption", "ocr", "speech", "audio"], min_length=1,
         description="Modalities pooled into features (those whose tables are missing are left out).",
     )  # fmt: skip
@@ -400,7 +401,9 @@ class ClassifyConfig(_Section):
     compare_classifiers: list[Literal["logreg", "svm", "mlp"]] = Field(
         default_factory=list, description="Further classifiers cross-validated for the scores table only."
     )
-    fusion: Literal["best", "early", "late-mean", "late-learned", "image", "keyframes", "caption", "ocr", "speech", "audio"] = Field(
+    fusion: Literal[
+        "best", "early", "late-mean", "late-learned", "image", "keyframes", "caption", "ocr", "speech", "audio", "objects"
+    ] = Field(
         "best", description="Whose answers the predictions give: best (highest macro-F1), a fusion, or one modality."
     )
     folds: int = Field(5, ge=2, le=50, description="Cross-validation folds (at most the videos of the smallest class).")
@@ -430,6 +433,18 @@ class ClassifyConfig(_Section):
         return bool(self.class_names or self.labels or self.segments or self.labels_from_folders)
 
 
+class ObjectsConfig(_Section):
+    """Objects per frame (a torchvision detector), a further channel of the classify stage."""
+
+    enabled: bool = Field(False, description="Detect objects on every frame (needs the detector's weights on disk).")
+    model: Literal["ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_fpn"] = Field(
+        "ssdlite320_mobilenet_v3_large", description="torchvision detection model (COCO categories)."
+    )
+    weights: Path | None = Field(None, description="The detector's weights file; null = torchvision's file in the torch hub cache.")
+    min_score: float = Field(0.5, ge=0, le=1, description="Detections less sure than this are dropped.")
+    batch_size: int = Field(8, ge=1, le=256, description="Thumbnails per detector call.")
+
+
 class PipelineConfig(_Section):
     """The whole `pipeline.yaml`."""
 
@@ -446,6 +461,7 @@ class PipelineConfig(_Section):
     visualize: VisualizeConfig = VisualizeConfig()
     render: RenderConfig = RenderConfig()
     classify: ClassifyConfig = ClassifyConfig()
+    objects: ObjectsConfig = ObjectsConfig()
     source: Path | None = Field(None, description="The file this config was read from (set by the loader).")
 
     @property
@@ -516,6 +532,8 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> PipelineConfig:
     for key in ("labels", "segments"):
         if getattr(cfg.classify, key) is not None:
             setattr(cfg.classify, key, absolute(getattr(cfg.classify, key)))
+    if cfg.objects.weights is not None:
+        cfg.objects.weights = absolute(cfg.objects.weights)
     if cfg.speech.model.startswith((".", "~", "/")):
         cfg.speech.model = str(absolute(Path(cfg.speech.model)))  # a CTranslate2 folder
     return cfg

@@ -8,7 +8,8 @@ hold at least one sampled frame, so a long video gives many samples. Per sample 
   per-video centroid); a window without a keyframe takes its video's keyframe nearest in time;
 * `caption`, `ocr`, `speech`: the mean sentence vector of the frames that have such text
   (a sample without any is marked absent and its vector is zeros);
-* `audio`: log-mel statistics (or YAMNet embeddings) over the window's sound.
+* `audio`: log-mel statistics (or YAMNet embeddings) over the window's sound;
+* `objects`: the mean count per COCO category of the objects detected on its frames (`objects.py`).
 
 Pooling is one sparse matrix product per modality, so 10k windows of 100k frames take well under
 a second (`benchmarks/bench_classify.py`).
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 __all__ = ["CHANNELS", "TEXT_CHANNELS", "FeatureSet", "build_features", "make_samples", "pool", "sample_matrix"]
 
 TEXT_CHANNELS = ("caption", "ocr", "speech")
-CHANNELS = ("image", "keyframes", *TEXT_CHANNELS, "audio")
+CHANNELS = ("image", "keyframes", *TEXT_CHANNELS, "audio", "objects")
 SAMPLE_COLUMNS = ["sample_id", "video_id", "video_name", "level", "window", "start", "end", "frames"]
 
 
@@ -72,6 +73,13 @@ class FeatureSet:
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.spec(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def without(self, modality: str) -> FeatureSet:
+        """The same samples without one modality."""
+        keep = [m for m in self.blocks if m != modality]
+        return FeatureSet(self.samples, {m: self.blocks[m] for m in keep}, {m: self.present[m] for m in keep},
+                          {m: self.models[m] for m in keep if m in self.models}, self.window_seconds, list(self.notes),
+                          list(self.records))  # fmt: skip
 
     def subset(self, rows: np.ndarray) -> FeatureSet:
         return FeatureSet(
@@ -297,6 +305,21 @@ def build_features(
         membership = sample_matrix(len(samples), np.where(keep, by_video[rows], -1), np.where(keep, by_window[rows], -1))
         features.blocks[channel], features.present[channel] = pool(membership, _vectors_of(text))
         features.models[channel] = text_model
+    if "objects" in channels:
+        path = run.table("objects")
+        if not path.exists():
+            features.notes.append("no detected objects (tables/objects.parquet; objects.enabled and the detector's weights): "
+                                  "the objects channel is off")  # fmt: skip
+        else:
+            from ..objects import count_vectors, detector_categories
+
+            objects = read_table(path)
+            model = str(objects.model.iat[0]) if len(objects) else "no-detections"
+            counts = count_vectors(objects, frames.frame_key, detector_categories(model))
+            membership = sample_matrix(len(samples), by_video, by_window)
+            features.blocks["objects"], _ = pool(membership, counts)
+            features.present["objects"] = np.ones(len(samples), bool)
+            features.models["objects"] = model
     if "audio" in channels:
         note = None
         if audio is None:

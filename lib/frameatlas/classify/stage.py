@@ -202,7 +202,18 @@ def classify_run(
     run = run if isinstance(run, RunPaths) else RunPaths(run)
     options = cfg.classify
     image_model = getattr(getattr(image_encoder, "record", None), "model_id", None)
+    detected = None
+    if cfg.objects.enabled and "objects" in options.channels:
+        from ..objects import detect_run
+
+        with run_lock(run.root, "classify: objects"):
+            detected = detect_run(run, cfg.objects)
+    elif "objects" in options.channels:
+        run.table("objects").unlink(missing_ok=True)  # objects.enabled is off: no detections of an earlier setting
     features = build_features(cfg, run, image_model=image_model, audio=audio)
+    if detected is not None:
+        features.notes[:0] = detected.notes
+        features.records.extend(detected.model_records)
     samples = features.samples
     summary = ClassifySummary(
         samples=samples, modalities=features.modalities, notes=list(features.notes), records=features.records
@@ -246,8 +257,15 @@ def classify_run(
         check_classes(labels[samples.level == summary.level], samples.video_id[samples.level == summary.level],
                       min_groups=options.min_videos_per_class, source=summary.label_source)  # fmt: skip
         summary.class_counts = {str(k): int(v) for k, v in class_counts(labels[trained]).items()}
-        matrices = modality_matrices(features)
         y, groups = labels[trained].to_numpy(object).astype(str), samples.video_id[trained].to_numpy()
+        for modality in list(features.modalities):  # a channel almost no labelled video has teaches nothing but noise
+            videos = len(set(groups[features.present[modality][trained]]))
+            if videos < options.min_videos_per_class:
+                summary.notes.append(f"{modality}: present in {videos} of the {len(set(groups))} labelled videos; "
+                                     "left out of the trained classifiers")  # fmt: skip
+                features = features.without(modality)
+        summary.modalities = features.modalities
+        matrices = modality_matrices(features)
         chosen_cv = None
         for classifier in dict.fromkeys([options.classifier, *options.compare_classifiers]):
             cv = cross_validate({m: x[trained] for m, x in matrices.items()}, y, groups, classifier=classifier,

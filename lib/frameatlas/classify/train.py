@@ -79,9 +79,9 @@ class ModalityClassifier(ClassifierMixin, BaseEstimator):
         else:
             raise ValueError(f"classifier {self.kind!r}: choose {', '.join(CLASSIFIERS)}")
         steps = [StandardScaler()]
-        components = min(self.components or X.shape[1], len(X) - 1)  # n samples span at most n - 1 directions
-        if 1 <= components < X.shape[1]:  # fewer inputs: faster fits, less over-fitting
-            steps.append(PCA(n_components=components, random_state=self.seed))
+        components = self.components or X.shape[1]
+        if components < X.shape[1] and len(X) > 2 * components:  # fewer inputs: faster fits, less over-fitting
+            steps.append(PCA(n_components=components, random_state=self.seed))  # (small sets need no reduction)
         self.model_ = make_pipeline(*steps, model).fit(X, y)
         return self
 

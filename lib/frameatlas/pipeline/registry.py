@@ -95,7 +95,13 @@ def _classify_inputs(cfg: PipelineConfig) -> dict[str, Any]:
     # the label files' content (not only their paths) decides the result
     files = {key: sha256_file(path) if path.exists() else "missing"
              for key in ("labels", "segments") if (path := getattr(cfg.classify, key)) is not None}  # fmt: skip
-    return {**_image_weights(cfg), "label_files": files}
+    found: dict[str, Any] = {**_image_weights(cfg), "label_files": files}
+    if cfg.objects.enabled:
+        from ..objects import detector_weights
+
+        path = detector_weights(cfg.objects.model, cfg.objects.weights)
+        found["object_weights"] = str(path) if path.is_file() else "missing"  # weights appearing later re-run the stage
+    return found
 
 
 STAGES: tuple[Stage, ...] = (
@@ -124,10 +130,10 @@ STAGES: tuple[Stage, ...] = (
         outputs=("render_videos", "render_segments"), external_inputs=_render_sources,
     ),  # fmt: skip
     Stage(
-        "classify", "07_classify.ipynb", ("models", "classify"),
+        "classify", "07_classify.ipynb", ("models", "classify", "objects"),
         inputs=("videos", "frames", "embeddings", "keyframes", "caption_embeddings", "ocr_embeddings", "speech_embeddings",
                 "projections"),
-        outputs=("classify_scores", "predictions"), model_kinds=("audio",), external_inputs=_classify_inputs,
+        outputs=("classify_scores", "predictions"), model_kinds=("audio", "objects"), external_inputs=_classify_inputs,
         optional=True,
     ),  # fmt: skip
 )
