@@ -5,7 +5,8 @@ Routes (everything else is 404):
 * ``/`` the app; ``/static/{investigator.js, investigator.css, plotly.min.js}`` (plotly.js from
   the installed plotly package: the app works offline).
 * ``/media/video/{video_id}`` a source video, with HTTP Range (206 Partial Content) so the
-  browser can seek; ``/media/thumb/{frame_key}`` a frame's thumbnail; ``/media/export/{name}``
+  browser can seek; ``/media/thumb/{frame_key}`` a frame's thumbnail; ``/media/subtitles/{video_id}``
+  what is said in a video (the WebVTT file `tables/speech_videos.parquet` names); ``/media/export/{name}``
   a clip this server exported. Files are looked up by the ids in the run's tables, never by a
   path from the URL, and each is resolved inside the corpus or the run folder.
 * ``GET /api/run`` videos and settings; ``POST /api/curves`` prompt curves for one video;
@@ -127,6 +128,7 @@ class Investigator:
         self.warm = warm  # load vectors and model after the first GET /api/run has been answered
         self.uploads: OrderedDict[str, Any] = OrderedDict()
         self.exports: dict[str, Path] = {}
+        self._subtitles: tuple[int | None, dict[str, Path]] | None = None
         self._lock = threading.Lock()
 
     # ---- pages and files
@@ -154,6 +156,22 @@ class Investigator:
             raise HTTPException(404)
         return FileResponse(path, media_type="image/jpeg")
 
+    def subtitle_files(self) -> dict[str, Path]:
+        """video_id -> its WebVTT file, as the run's speech table names them (re-read when the table changes)."""
+        from ..speech import subtitle_files
+
+        table = self.view.run.table("speech_videos")
+        stamp = table.stat().st_mtime_ns if table.exists() else None
+        if self._subtitles is None or self._subtitles[0] != stamp:
+            self._subtitles = (stamp, subtitle_files(self.view.run))
+        return self._subtitles[1]
+
+    async def subtitles(self, request: Request) -> Response:
+        path = self.subtitle_files().get(request.path_params["video_id"])
+        if path is None or not path.is_file():
+            raise HTTPException(404)
+        return FileResponse(path, media_type="text/vtt")
+
     async def exported(self, request: Request) -> Response:
         path = self.exports.get(request.path_params["name"])
         if path is None or not path.is_file():
@@ -164,7 +182,11 @@ class Investigator:
 
     async def run(self, request: Request) -> Response:
         warm, self.warm = self.warm, False
-        return JSONResponse(self.view.describe(), background=BackgroundTask(_warm, self.view) if warm else None)
+        described = self.view.describe()
+        said = self.subtitle_files()
+        for video in described["videos"]:  # the player's subtitle track, for videos with speech
+            video["subtitles"] = f"/media/subtitles/{video['video_id']}" if video["video_id"] in said else None
+        return JSONResponse(described, background=BackgroundTask(_warm, self.view) if warm else None)
 
     def _video_id(self, value: Any) -> str:
         if not isinstance(value, str) or self.view.video(value) is None:
@@ -266,6 +288,8 @@ class Investigator:
                 "rank": int(row["rank"]), "score": float(row["score"]), "video_id": str(row["video_id"]),
                 "video_name": str(row["video_name"]), "timestamp": float(row["timestamp"]), "frame_key": str(row["frame_key"]),
                 "scores": {c: (None if pd.isna(row.get(f"score_{c}")) else float(row[f"score_{c}"])) for c in channels},
+                "said": {"text": row["speech_text"], "start": float(row["speech_start"]), "end": float(row["speech_end"])}
+                if row.get("speech_text") else None,  # the utterance the speech channel matched there
             })  # fmt: skip
         return {
             "query": result.query, "text": params.get("text") or None, "channels": channels, "notes": result.notes,
@@ -401,6 +425,7 @@ def create_app(view: RunView, *, warm: bool = False) -> Starlette:
         Route("/static/{name}", app_state.static),
         Route("/media/video/{video_id}", app_state.video, methods=["GET", "HEAD"]),
         Route("/media/thumb/{frame_key}", app_state.thumbnail, methods=["GET", "HEAD"]),
+        Route("/media/subtitles/{video_id}", app_state.subtitles, methods=["GET", "HEAD"]),
         Route("/media/export/{name}", app_state.exported, methods=["GET", "HEAD"]),
         Route("/api/run", app_state.run),
         Route("/api/curves", app_state.curves_endpoint, methods=["POST"]),

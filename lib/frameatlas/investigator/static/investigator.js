@@ -484,6 +484,10 @@
           el("figcaption", {}, [
             el("b", { text: "#" + hit.rank + " " }), el("span", { text: hit.video_name + " " + formatTime(hit.timestamp) }),
             el("br"), el("small", { text: "score " + hit.score.toFixed(4) + (scores ? " · " + scores : "") }), el("br"),
+            hit.said ? el("q", { class: "fa-said", text: hit.said.text,
+                                 title: "said " + formatTime(hit.said.start) + "–" + formatTime(hit.said.end) }) : "",
+            hit.said ? el("small", { text: " " + formatTime(hit.said.start) + "–" + formatTime(hit.said.end) }) : "",
+            hit.said ? el("br") : "",
             el("button", { type: "button", class: "fa-open", text: "open", onclick: open }),
             el("button", { type: "button", class: "fa-export-hit", text: "export clip",
                            onclick: () => this.exportClip({ frame_key: hit.frame_key }) }),
