@@ -354,6 +354,19 @@ def format_hits(result) -> str:
     return format_search_hits(result)
 
 
+def _refresh_dashboard(run) -> None:
+    """Draw a run's dashboard again from its manifest (its tables changed outside the pipeline)."""
+    from .lock import run_lock
+    from .pipeline.manifest import load_manifest
+    from .pipeline.registry import OPTIONAL_STAGES, STAGE_NAMES
+    from .report import write_dashboard
+
+    if run.manifest.exists():
+        manifest = load_manifest(run)
+        with run_lock(run.root, "frameatlas classify --predict"):
+            write_dashboard(run, manifest, [n for n in STAGE_NAMES if n not in OPTIONAL_STAGES or n in manifest.get("stages", {})])
+
+
 def _classify(args: argparse.Namespace) -> int:
     """`frameatlas classify RUN [--predict OTHER_RUN]`: the classify stage on a run, or its saved model on another run."""
     import json
@@ -370,6 +383,7 @@ def _classify(args: argparse.Namespace) -> int:
         if args.predict:
             table = predict_run(run.root, args.predict)
             print(f"labelled {args.predict} with the model of {run.root}; wrote tables/predictions.parquet there")
+            _refresh_dashboard(RunPaths(args.predict))
         else:
             if not run.config_file.exists():
                 print(f"error: {run.config_file}: not a frameatlas run (no config.json); run its stages first", file=sys.stderr)

@@ -340,10 +340,11 @@ def _stage_sentence(name: str, counts: dict[str, Any]) -> tuple[str, list[tuple[
     return "", numeric[:3]
 
 
-def _classes(run: RunPaths) -> list[dict[str, Any]]:
-    """Per video, the classify stage's answer (trained, else zero-shot) from tables/predictions.parquet."""
+def _classes(run: RunPaths, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per video, the classify stage's answer (trained, else zero-shot) from tables/predictions.parquet
+    (or another run's model's, `frameatlas classify --predict`); none once the stage is switched off."""
     path = run.table("predictions")
-    if not path.exists():
+    if not path.exists() or (manifest.get("stages", {}).get("classify") or {}).get("status") == "disabled":
         return []
     table = pd.read_parquet(path)
     videos = table[(table.level == "video") & ((table.source != "zero-shot") | (table.modality == "zero-shot"))]
@@ -554,7 +555,7 @@ def write_dashboard(run: RunPaths, manifest: dict[str, Any], stage_names: Sequen
         videos=videos, clusters=clusters, skipped=manifest.get("skipped_inputs", []), banners=model_banners(manifest),
         remedies=remedies(manifest, config_ref), models=_models(manifest), pages=pages, rendered=rendered,
         absent=_absences(run, manifest, stages, pages, clusters, rendered), steps=next_steps(run, manifest, run_ref),
-        config_name=config_ref, run_ref=run_ref, classes=_classes(run),
+        config_name=config_ref, run_ref=run_ref, classes=_classes(run, manifest),
         steps_from=f"the folder of {config_ref}" if "/" in run_ref else f"the folder holding {run_ref}/",
     )  # fmt: skip
     atomic_write_text(run.dashboard, without_local_paths(html, run, manifest))
