@@ -138,7 +138,7 @@ def frameatlas_config(workdir: Path, video: Path, weights: Path, threads: int) -
     for stage in ("caption", "cluster", "visualize", "render"):
         config[stage]["enabled"] = False
     if "classify" in config:  # runs only with class names or labels
-        config["classify"].update(class_names=[], labels=None, segments=None, labels_from_folders=False)
+        config["classify"].update(class_names=[], prompts={}, labels=None, segments=None, labels_from_folders=False)
     path = workdir / "frameatlas.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
