@@ -120,13 +120,14 @@ STAGES: tuple[Stage, ...] = (
     ),  # fmt: skip
     Stage(
         "visualize", "05_visualize.ipynb", ("models", "visualize", "search"),
-        inputs=("frames", "embeddings", "frames_annotated", "caption_embeddings", "ocr_embeddings", "speech_embeddings"),
+        inputs=("frames", "embeddings", "frames_annotated", "caption_embeddings", "ocr_embeddings", "speech_embeddings",
+                "speech_segment_embeddings", "speech_videos"),  # speech_videos: the investigator pages' subtitles
         outputs=("projections",),
     ),  # fmt: skip
     Stage(
         "render", "06_render.ipynb", ("models", "search", "render"),
         inputs=("frames", "videos", "embeddings", "clusters", "caption_embeddings", "ocr_embeddings", "speech_embeddings",
-                "speech_frames"),
+                "speech_segment_embeddings", "speech_frames", "speech"),  # speech: the rendered videos' .vtt
         outputs=("render_videos", "render_segments"), external_inputs=_render_sources,
     ),  # fmt: skip
     Stage(
