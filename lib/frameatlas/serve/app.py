@@ -353,6 +353,8 @@ class Investigator:
             )  # fmt: skip
         except SearchError as error:
             raise BadRequest(str(error)) from None
+        if "image" in query and isinstance(body.get("image_label"), str):
+            result.query = f"image {body['image_label']}"  # the file the CLI uploaded, named as searching there would
         return {
             "query": result.query, "channels": result.channels, "notes": result.notes,
             "threshold_value": result.threshold_value, "hits": result.hits.to_json(orient="table", index=False),

@@ -90,7 +90,8 @@ def search_through_server(
                 data = Path(image).read_bytes()
             except OSError:
                 return None  # searching here names the unreadable file as it always did
-            arguments = {**arguments, "image": _post(url + "api/upload", data, "application/octet-stream")["image_id"]}
+            uploaded = _post(url + "api/upload", data, "application/octet-stream")
+            arguments = {**arguments, "image": uploaded["image_id"], "image_label": str(image)}
         return _post(url + "api/query", json.dumps(arguments).encode(), "application/json")
     except urllib.error.HTTPError as error:
         if error.code == 400:

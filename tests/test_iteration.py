@@ -1,0 +1,266 @@
+"""Iteration speed: models load only when used, per-stage timing in the manifest, and
+`frameatlas search` through a running `frameatlas serve` (issue 17, part A).
+
+The pipeline and the server run as real processes on copies of the session's `finished_run`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import videogen
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_MODULES = {"torch", "open_clip", "sentence_transformers", "transformers"}
+
+
+def copy_project(finished_run: Path, dest: Path) -> tuple[Path, Path]:
+    """A copy of the shared run with its own videos folder and pipeline.yaml (models stay where
+    they are: they are only read). Returns (config file, run folder)."""
+    source_root = finished_run.parent.parent
+    config = yaml.safe_load((source_root / "pipeline.yaml").read_text())
+    shutil.copytree(source_root / "videos", dest / "videos")
+    shutil.copytree(finished_run, dest / "out" / finished_run.name)
+    config["corpus"]["videos"] = str(dest / "videos")
+    config["run"]["output_dir"] = str(dest / "out")
+    (dest / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    return dest / "pipeline.yaml", dest / "out" / finished_run.name
+
+
+def run_pipeline(config: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "run_pipeline.py"), str(config), "--no-progress"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+# --------------------------------------------------------------------------- lazy models
+
+
+def in_fresh_process(code: str) -> dict:
+    """Run `code` (which sets `result`) in a new interpreter; `result` plus the heavy modules imported."""
+    script = f"import json, sys\n{code}\nresult['modules'] = sorted(m for m in {sorted(MODEL_MODULES)!r} if m in sys.modules)\nprint(json.dumps(result))"  # noqa: E501
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO / "tests")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_known_clip_model_is_described_without_loading_and_remembers_its_texts(tmp_path):
+    import tinyclip
+
+    folder = tinyclip.save_tiny_local_dir(tmp_path / "tiny")
+    setup = (
+        "from frameatlas.config import ModelsConfig\nfrom frameatlas.models import image_encoder\n"
+        f"cfg = ModelsConfig(image={{'name': 'local-dir:{folder}', 'pretrained': None, 'on_missing_weights': 'error'}})\n"
+        "encoder = image_encoder(cfg)\n"
+    )  # fmt: skip
+    first = in_fresh_process(
+        setup + "vectors = encoder.encode_text(['a red square', 'a blue circle'])\n"
+        "result = {'record': encoder.record.as_dict(), 'loaded': encoder.loaded, 'vectors': vectors.tolist()}"
+    )
+    assert first["loaded"] and "open_clip" in first["modules"]
+    assert first["record"]["dim"] == 32 and first["record"]["model_id"].startswith("clip-tiny-")
+
+    again = in_fresh_process(
+        setup + "record = encoder.record.as_dict()\nvectors = encoder.encode_text(['a blue circle', 'a red square'])\n"
+        "result = {'record': record, 'input_key': encoder.input_key, 'loaded': encoder.loaded, 'vectors': vectors.tolist()}"
+    )
+    assert again["modules"] == [] and not again["loaded"]  # no torch, no open_clip: nothing was loaded
+    assert again["record"] == first["record"] and again["input_key"] == "frame1"
+    assert np.allclose(again["vectors"], first["vectors"][::-1])  # the same vectors, from the cache
+
+    (folder / "open_clip_model.safetensors").write_bytes((folder / "open_clip_model.safetensors").read_bytes() + b"\0")
+    changed = in_fresh_process(setup + "result = {'record': encoder.record.as_dict(), 'loaded': encoder.loaded}")
+    assert changed["record"]["weights_sha256"] != first["record"]["weights_sha256"]  # a changed file is described anew
+    assert changed["record"]["model_id"] != first["record"]["model_id"]
+
+
+def test_missing_weights_are_remembered_until_they_could_appear(tmp_path):
+    checkpoint = tmp_path / "weights" / "clip.safetensors"
+    code = (
+        "from frameatlas.config import ModelsConfig\nfrom frameatlas.models import image_encoder\n"
+        f"encoder = image_encoder(ModelsConfig(image={{'name': 'ViT-B-32', 'pretrained': '{checkpoint}', 'on_missing_weights': 'fallback'}}))\n"
+        "result = {'record': encoder.record.as_dict()}"
+    )  # fmt: skip
+    first = in_fresh_process(code)
+    assert first["record"]["model_id"].startswith("fallback-") and "no such file" in first["record"]["fallback_reason"]
+    again = in_fresh_process(code)
+    assert again["record"] == first["record"] and again["modules"] == []  # remembered: open_clip not even imported
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"not weights")
+    appeared = in_fresh_process(code.replace("result = {", "result = {'loaded': encoder.loaded, "))
+    assert appeared["record"]["backend"] == "open_clip" and not appeared["loaded"]  # found now, loaded on first use
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+@pytest.mark.slow
+def test_adding_a_video_reruns_later_stages_without_loading_models_they_do_not_need(finished_run, tmp_path):
+    config, run = copy_project(finished_run, tmp_path)
+    videogen.make_video(tmp_path / "videos" / "delta.mp4", seconds=2, fps=10, scene_cuts=[1.0])
+    run_pipeline(config)
+    manifest = json.loads((run / "manifest.json").read_text())
+    stages = manifest["stages"]
+    executed = [name for name, entry in stages.items() if entry.get("status") == "done"]
+    assert {"extract", "caption", "embed", "cluster", "visualize", "render"} <= set(executed)
+
+    # extract has new frames to embed, so it loads CLIP, and also makes the noise check's queries
+    new_frames = int((pd.read_parquet(run / "tables" / "frames.parquet").video_name == "delta.mp4").sum())
+    assert new_frames >= 4 and stages["extract"]["counts"]["frames_embedded"] == new_frames
+    assert "open_clip" in stages["extract"]["imports"]
+    # embed finds every vector made: it indexes them and runs its checks without loading CLIP again
+    assert "open_clip" not in stages["embed"]["imports"] and stages["embed"]["counts"]["frames_embedded"] == 0
+    embed_report = (run / stages["embed"]["report"]).read_text()
+    assert "computed now" in embed_report  # the vectors changed: the quality checks ran, from the stored queries
+    for name in ("cluster", "visualize", "render"):  # their text queries and vocabulary vectors are remembered
+        assert not MODEL_MODULES & set(stages[name]["imports"]), (name, stages[name]["imports"])
+
+    for name in executed:
+        timing = stages[name]["timing"]
+        parts = ("kernel_start", "imports", "setup", "work", "report_cells", "kernel_stop", "export")
+        assert all(timing[part] >= -0.05 for part in parts), (name, timing)  # wall clocks of two processes: rounding
+        assert abs(sum(timing[part] for part in parts) + timing["cells_before_setup"] - timing["total"]) < 0.5
+        assert timing["overhead"] == pytest.approx(timing["total"] - timing["work"], abs=0.01)
+        assert timing["total"] <= stages[name]["seconds"] + 0.1
+
+    # the new video is searchable, and its frames are in the clusters
+    clusters = pd.read_parquet(run / "tables" / "frames_annotated.parquet")
+    assert (clusters.video_name == "delta.mp4").sum() == new_frames and clusters.cluster.notna().all()
+
+
+# --------------------------------------------------------------------------- search through serve
+
+
+class Server:
+    """`frameatlas serve RUN --port 0` in its own process, stopped with Ctrl-C."""
+
+    def __init__(self, run: Path, log: Path):
+        self._log = log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "frameatlas.cli", "serve", str(run), "--port", "0"],
+            stdout=subprocess.PIPE, stderr=self._log, text=True,
+        )  # fmt: skip
+        line: list[str] = []
+        reader = threading.Thread(target=lambda: line.append(self.process.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout=120)
+        found = re.search(r" at (http://\S+/) ", line[0]) if line else None
+        if not found:
+            self.stop()
+            raise AssertionError(f"the server did not start: {line!r}\n{log.read_text()[-3000:]}")
+        self.url = found.group(1)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+        self._log.close()
+        return self.process.returncode
+
+
+def cli_search(run: Path, *args: str) -> tuple[int, str, str, set[str]]:
+    """`frameatlas search RUN ARGS` in a new process: status, stdout, stderr without import lines,
+    and the frameatlas modules it imported."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "frameatlas.cli", "search", str(run), *args],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    imported = set(re.findall(r"^import time:.*\|\s*(frameatlas[\w.]*)\s*$", done.stderr, re.M))
+    errors = "\n".join(line for line in done.stderr.splitlines() if not line.startswith("import time:"))
+    return done.returncode, done.stdout, errors, imported
+
+
+@pytest.mark.slow
+def test_search_goes_through_a_running_server_and_prints_the_same(finished_run, tmp_path):
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    frames = pd.read_parquet(run / "tables" / "frames.parquet")
+    queries = [
+        ("HELLO", "--top-k", "5"),
+        ("a red square", "--top-k", "4", "--threshold", "0.8", "--channels", "visual"),
+        ("--frame", frames.frame_key.iloc[3], "--top-k", "3", "--video", "alpha.mp4"),
+        ("--image", str(run / frames.thumbnail.iloc[5]), "--top-k", "3", "--from", "0.5", "--to", "2.5"),
+        ("WORLD", "--channels", "nonsense"),  # refused, with the search's own message
+    ]
+    server = Server(run, tmp_path / "serve.log")
+    try:
+        served = [cli_search(run, *query) for query in queries]
+        exported = cli_search(run, "HELLO", "--top-k", "3", "--export", str(tmp_path / "served-export"))
+    finally:
+        assert server.stop() == 130
+    assert not (run / ".frameatlas-serve.json").exists()
+    here = [cli_search(run, *query) for query in queries]
+    exported_here = cli_search(run, "HELLO", "--top-k", "3", "--export", str(tmp_path / "export-here"))
+
+    for query, (status, out, err, imported), (status_here, out_here, err_here, imported_here) in zip(queries, served, here):
+        assert (status, out) == (status_here, out_here), query
+        assert [l for l in err.splitlines() if l.startswith(("note:", "error:"))] == [
+            l for l in err_here.splitlines() if l.startswith(("note:", "error:")) and "frameatlas serve" not in l
+        ], query  # fmt: skip
+        assert "frameatlas.search" not in imported and "frameatlas.search" in imported_here, query  # asked the server
+    assert served[0][0] == 0 and "gamma.mp4" in served[0][1].splitlines()[2]  # the on-screen text's video first
+    assert served[-1][0] == 2 and "error: unknown channel(s) nonsense" in served[-1][2]
+    assert exported[0] == exported_here[0] == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "served-export" / "hits.csv"),
+                                  pd.read_csv(tmp_path / "export-here" / "hits.csv"))  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "served-export" / "top_k").iterdir()) == sorted(
+        p.name for p in (tmp_path / "export-here" / "top_k").iterdir()
+    )
+
+
+class Recorder(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_a_stale_address_file_is_passed_over(finished_run, tmp_path, capsys):
+    import socket
+
+    from frameatlas import cli, models
+    from frameatlas.search import format_hits, search
+    from frameatlas.serve.client import ADDRESS_FILE
+
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    for pid, why in ((gone.pid, "which is gone"), (os.getpid(), "does not answer")):
+        (run / ADDRESS_FILE).write_text(json.dumps({"url": f"http://127.0.0.1:{closed_port}/", "pid": pid, "run": str(run)}))
+        query = f"a green square, asked with pid {pid}"  # a text never encoded before: the model loads here
+        models.clear_loaded()
+        client_log = logging.getLogger("frameatlas.serve.client")  # the CLI's logging does not propagate to caplog
+        seen = Recorder()
+        client_log.addHandler(seen)
+        client_log.setLevel(logging.DEBUG)
+        try:
+            assert cli.main(["search", str(run), query, "--top-k", "3", "--channels", "visual"]) == 0
+        finally:
+            client_log.removeHandler(seen)
+            client_log.setLevel(logging.NOTSET)
+        out, err = capsys.readouterr()
+        assert any(why in message for message in seen.messages), seen.messages
+        assert "run `frameatlas serve" in err and "well under a second" in err  # it loaded the model here, and says so
+        assert out.strip() == format_hits(search(run, query, top_k=3, channels=["visual"])).strip()
