@@ -33,6 +33,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
+from threadpoolctl import threadpool_limits
 
 from .features import FeatureSet
 
@@ -55,6 +56,19 @@ COMPONENTS = 64  # principal components a modality's standardised vectors are re
 FUSIONS = ("early", "late-mean", "late-learned")
 
 
+def _one_thread(function):
+    """Run `function` with one BLAS/OpenMP thread: these fits are small, and on cores shared with other
+    work competing threads made them 10-100x slower (benchmarks/bench_classify.py)."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with threadpool_limits(limits=1):
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
 class ModalityClassifier(ClassifierMixin, BaseEstimator):
     """Standardise, then classify with probabilities, balancing the classes.
 
@@ -66,6 +80,7 @@ class ModalityClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, kind: str = "logreg", hidden: int = 64, seed: int = 0, components: int | None = COMPONENTS):
         self.kind, self.hidden, self.seed, self.components = kind, hidden, seed, components
 
+    @_one_thread
     def fit(self, X: np.ndarray, y: np.ndarray) -> ModalityClassifier:
         y = np.asarray(y)
         self.classes_ = np.unique(y)
@@ -85,6 +100,7 @@ class ModalityClassifier(ClassifierMixin, BaseEstimator):
         self.model_ = make_pipeline(*steps, model).fit(X, y)
         return self
 
+    @_one_thread
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         if self.kind == "svm":
             decision = self.model_.decision_function(X)
@@ -184,6 +200,7 @@ def _fit_predict(
     return _align(model.predict_proba(X[test]), model.classes_, classes)
 
 
+@_one_thread
 def cross_validate(
     matrices: dict[str, np.ndarray], labels: np.ndarray, groups: np.ndarray, *, classifier: str = "logreg",
     folds: int = 5, seed: int = 0, fold_of: np.ndarray | None = None,
@@ -250,6 +267,7 @@ class FusionModel:
     def __init__(self, classifier: str, modalities: list[str], mode: str, seed: int = 0):
         self.classifier, self.modalities, self.mode, self.seed = classifier, list(modalities), mode, seed
 
+    @_one_thread
     def fit(
         self, matrices: dict[str, np.ndarray], labels: np.ndarray, out_of_fold: dict[str, np.ndarray] | None = None
     ) -> FusionModel:
@@ -267,6 +285,7 @@ class FusionModel:
                 self.stacker_ = _stacker().fit(_stack_input(out_of_fold, self.modalities), labels)
         return self
 
+    @_one_thread
     def predict_proba(self, matrices: dict[str, np.ndarray], mode: str | None = None) -> np.ndarray:
         mode = mode or self.mode
         for m in self.modalities:
