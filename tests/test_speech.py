@@ -391,6 +391,13 @@ def test_the_speech_channel_finds_the_frame_where_a_phrase_is_said(speech_corpus
     assert start == pytest.approx(heard.start.min() + shift, abs=0.25) and end == pytest.approx(heard.end.max() + shift, abs=0.25)
     assert rendered.title_seconds <= start and end <= rendered.duration
 
+    silent = shutil.copytree(run.root, tmp_path / "silent" / run.root.name)  # nothing said any more: no utterance vectors
+    (silent / "tables" / "speech.parquet").unlink()
+    assert embed_segments(cfg, silent, encoder=encoder) == {"speech_segment_vectors": 0}
+    assert not (silent / "tables" / "speech_segment_embeddings.parquet").exists()
+    emptied = open_index(silent, cfg.index.url, cfg.index.collection_prefix)
+    assert emptied.ids(emptied.collection(f"speech-segments-{encoder.record.model_id}", create=False)) == set()
+
 
 def test_an_utterance_between_two_sparse_frames_is_shown_by_the_nearest_frame():
     from frameatlas.speech import best_segment_per_frame, segment_frames
