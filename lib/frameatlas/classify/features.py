@@ -305,7 +305,7 @@ def build_features(
         membership = sample_matrix(len(samples), np.where(keep, by_video[rows], -1), np.where(keep, by_window[rows], -1))
         features.blocks[channel], features.present[channel] = pool(membership, _vectors_of(text))
         features.models[channel] = text_model
-    if "objects" in channels:
+    if "objects" in channels and cfg.objects.enabled:  # off: no channel, and nothing to say
         path = run.table("objects")
         if not path.exists():
             features.notes.append("no detected objects (tables/objects.parquet; objects.enabled and the detector's weights): "

@@ -116,7 +116,8 @@ class ClassifySummary(StageSummary):
 
     def confusions(self, classifier: str | None = None) -> dict[str, pd.DataFrame]:
         """Confusion matrices (rows: true class, columns: predicted) per modality or fusion of one classifier."""
-        classifier = classifier or (self.scores.classifier.iat[0] if len(self.scores) else "")
+        trained = self.scores.classifier[self.scores.kind != "zero-shot"]
+        classifier = classifier or (trained.iat[0] if len(trained) else "")  # the saved model's, listed first
         out = {}
         for row in self.scores.itertuples():
             if row.classifier == classifier or row.kind == "zero-shot":
@@ -182,15 +183,22 @@ def _encoders(cfg: PipelineConfig, image_encoder: Any, text_encoder: Any, featur
 
     image_text = None
     if any(m in features.blocks for m in ("image", "keyframes")):
+        if image_encoder is None and str(features.models.get("image", "")).startswith(models.FALLBACK_MODEL_ID.split("-")[0]):
+            return None, _sentence(cfg, text_encoder, features)  # the weight-free descriptor has no text side
         encoder = image_encoder or models.image_encoder(cfg.models)
         if getattr(encoder, "has_text", False) and encoder.record.model_id == features.models.get(
             "image", encoder.record.model_id
         ):
             image_text = encoder.encode_text
-    sentence = None
+    return image_text, _sentence(cfg, text_encoder, features)
+
+
+def _sentence(cfg: PipelineConfig, text_encoder: Any, features: FeatureSet):
+    from .. import models
+
     if any(m in features.blocks for m in ("caption", "ocr", "speech")):
-        sentence = (text_encoder or models.text_encoder(cfg.models)).encode
-    return image_text, sentence
+        return (text_encoder or models.text_encoder(cfg.models)).encode
+    return None
 
 
 def classify_run(
