@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import sys
@@ -61,13 +60,34 @@ class Failed:
 
 
 class LocalExecutor:
-    """`run.executor: local`: the stages run their own loops in this process, as always."""
+    """`run.executor: local`: the stages run their own loops in this process, as always.
+
+    `map` runs units here, one after another, with `RayExecutor.map`'s contract: a pass meant for
+    Ray runs here when no local Ray could be started."""
 
     distributed = False
     workers = 1
 
     def describe(self) -> str:
-        return "local"
+        return "this process"
+
+    def map(self, work, items, *, setup=None, on_done=None, retries: int = RETRIES) -> list[Any]:
+        state = setup(0) if setup is not None else None  # 0: every core, as the local executor's models use
+        results: list[Any] = []
+        for index, item in enumerate(items):
+            for attempt in range(1, retries + 2):
+                try:
+                    result = work(state, item)
+                    break
+                except MemoryError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - as on a Ray worker: tried again, then reported
+                    result = Failed(failure_reason(error), attempt)
+                    log.warning("item %d failed (%s)%s", index, result.reason, "; trying it again" if attempt <= retries else "")
+            results.append(result)
+            if on_done is not None:
+                on_done(index, result)
+        return results
 
 
 def worker_threads() -> int:
@@ -213,11 +233,13 @@ def _worker_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {first[0] if first else ''}".strip()
 
 
-_STARTED_HERE: list[bool] = []
+class _LocalRayFailed(RuntimeError):
+    """A local Ray could not be started (a machine too busy for its start-up time limit, say)."""
 
 
 def _connect(address: str | None):
-    """Ray, connected: the cluster at `address` (or $RAY_ADDRESS), else a local Ray for this process."""
+    """(Ray, whether a local Ray was started here): connected to the cluster at `address` (or
+    $RAY_ADDRESS), to the Ray this process already joined, else to a new local Ray."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports to Ray's servers
     try:
         import ray
@@ -227,7 +249,7 @@ def _connect(address: str | None):
             "`pip install 'frameatlas[scale]'` (or `pip install ray`), or set run.executor: local"
         ) from None
     if ray.is_initialized():
-        return ray
+        return ray, False
     address = address or os.environ.get("RAY_ADDRESS") or None
     env_vars = {name: os.environ[name] for name in _WORKER_ENVIRONMENT if name in os.environ}
     env_vars.setdefault("FRAMEATLAS_PROGRESS", "off")
@@ -237,28 +259,46 @@ def _connect(address: str | None):
         if address:
             ray.init(address=address, **options)
             log.info("Ray: connected to %s (%s CPUs)", address, ray.cluster_resources().get("CPU"))
-        else:
-            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **options)
-            _STARTED_HERE.append(True)
-            atexit.register(ray.shutdown)
-            log.info("Ray: started a local Ray for this run (%s CPUs)", ray.cluster_resources().get("CPU"))
+            return ray, False
+        # a Ray of this machine only, reachable on the loopback address only
+        for attempt in (1, 2):  # Ray gives its raylet 30 s to start: a busy machine may need a second try
+            try:
+                ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **options)
+                break
+            except Exception as error:  # noqa: BLE001 - Ray's start-up raises plain Exceptions
+                ray.shutdown()
+                if attempt == 2:
+                    raise _LocalRayFailed(failure_reason(error)) from None
+                log.warning("Ray did not start (%s); trying once more", failure_reason(error))
+        log.info("Ray: started a local Ray for this pass (%s CPUs)", ray.cluster_resources().get("CPU"))
+        return ray, True
     except ConnectionError as error:
         raise RayUnavailable(
             f"run.ray_address = {address!r}: no Ray cluster answers there ({error}); start one with "
             '`ray start --head` (README "Running on a cluster"), fix the address, or set it to null for a local Ray'
         ) from None
-    return ray
 
 
 @contextmanager
 def open_executor(run_cfg, run_root: Path | str) -> Iterator[LocalExecutor | RayExecutor]:
     """The executor `run_cfg` (a `RunConfig`) asks for, for a pass over the run at `run_root`.
 
-    A local Ray started here stays up until this process ends, so the next pass of the same
-    stage reuses it.
+    A local Ray started here (no `run.ray_address`, no $RAY_ADDRESS) is shut down again when the
+    pass ends: a stage kernel may be stopped at any moment after its last cell, and Ray's processes
+    must not outlive it. For many passes or runs, start Ray once (`ray start --head`) and point
+    `run.ray_address` (or $RAY_ADDRESS) at it.
     """
     if run_cfg.executor != "ray":
         yield LocalExecutor()
         return
-    ray = _connect(run_cfg.ray_address)
-    yield RayExecutor(ray, run_root, run_cfg.ray_worker_cpus)
+    try:
+        ray, started_here = _connect(run_cfg.ray_address)
+    except _LocalRayFailed as error:
+        log.warning("Ray could not start on this machine (%s); this pass runs in this process instead", error)
+        yield LocalExecutor()
+        return
+    try:
+        yield RayExecutor(ray, run_root, run_cfg.ray_worker_cpus)
+    finally:
+        if started_here:
+            ray.shutdown()
