@@ -451,3 +451,28 @@ def test_a_detector_without_its_weights_is_off_and_says_where_it_looked(tmp_path
     (tmp_path / "junk.pth").write_bytes(b"not weights")
     detector, record = load_detector("ssdlite320_mobilenet_v3_large", tmp_path / "junk.pth")
     assert detector is None and "is not ssdlite320_mobilenet_v3_large's weights" in record["fallback_reason"]
+
+
+@pytest.mark.slow
+def test_segment_labels_train_on_windows_and_label_the_rest(fusion, tmp_path):
+    """Windows labelled by time ranges (the colour only, which the picture tells); an unlabelled video is predicted."""
+    cfg, run, _ = fusion
+    root = tmp_path / "run"
+    shutil.copytree(run.root, root)
+    videos = read_table(RunPaths(root).table("videos"))
+    corpus = Path(cfg.corpus.videos)
+    rows, unlabelled = [], videos.video_id.iat[0]
+    for video in videos.itertuples():
+        if video.video_id != unlabelled:
+            relative = Path(video.video_path).relative_to(corpus).as_posix()
+            rows.append(f"{relative},0,{video.duration},{relative.split('-')[0]}")
+    (tmp_path / "segments.csv").write_text("video,start,end,label\n" + "\n".join(rows) + "\n")
+    options = cfg.classify.model_copy(update={"labels_from_folders": False, "segments": tmp_path / "segments.csv"})
+    summary = classify_run(cfg.model_copy(update={"classify": options}), root)
+    assert summary.label_source == str(tmp_path / "segments.csv") and set(summary.class_counts) == {"blue", "yellow"}
+    assert _score(summary, "image").accuracy >= 0.9  # the colour is the picture's to tell
+    predictions = read_table(RunPaths(root).table("predictions"))
+    windows = predictions[(predictions.level == "window") & (predictions.source == "trained")]
+    mine = windows[windows.video_id == unlabelled]
+    assert len(mine) and (mine.split == "predicted").all() and mine.true_label.isna().all()
+    assert (windows[windows.video_id != unlabelled].split == "cross-validated").all()
