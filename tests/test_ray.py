@@ -22,7 +22,7 @@ from conftest import REPO
 from frameatlas.config import ConfigError, config_from_dict
 from frameatlas.corpus import content_hash
 from frameatlas.embed import embed_frames, extract_and_embed
-from frameatlas.executor import Failed, RayExecutor
+from frameatlas.executor import Failed, LocalExecutor, RayExecutor
 from frameatlas.index import _settings, open_index
 from frameatlas.ocr import read_frame_text
 from frameatlas.speech import transcribe_run
@@ -163,6 +163,14 @@ def test_a_unit_that_raises_is_retried_then_reported_with_the_workers_error(loca
     assert (tmp_path / "tries-2").read_text() == "2" and (tmp_path / "tries-1").read_text() == "1"
     assert sorted(finished) == [0, 1, 2, 3]
     assert any("trying it again" in r.getMessage() for r in caplog.records)
+
+
+def test_without_ray_the_same_units_run_here_with_the_same_contract(tmp_path):
+    """The pass a stage meant for Ray runs in this process when no local Ray could start (LocalExecutor.map)."""
+    results = LocalExecutor().map(_fails_on_item_two, [1, 2, 3], setup=_folder_state(str(tmp_path)))
+    assert results[0] == 10 and results[2] == 30
+    assert results[1] == Failed(f"ValueError: item 2 is unreadable here (pid {os.getpid()})", 2)
+    assert (tmp_path / "tries-2").read_text() == "2"
 
 
 @pytest.mark.slow

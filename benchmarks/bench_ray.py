@@ -1,0 +1,123 @@
+"""Extract + embed on the local executor against Ray (`run.executor: ray`) at the same core count.
+
+    python benchmarks/bench_ray.py [--videos data/demo] [--repeats 3] [--every-seconds 1] [--json OUT]
+
+Each trial makes a fresh run folder and runs what `01_extract` and `03_embed` run
+(`embed.extract_and_embed`, then `embed.embed_frames`: frames, thumbnails, vectors while decoding,
+tables, index), with CLIP ViT-B-32 with random weights (speed does not depend on weight values).
+Variants, taking turns in every repeat so load on a shared machine falls on all of them:
+
+* local: this process (FFmpeg and torch threads on every core);
+* ray-2x1: a local Ray of this machine's cores, 2 workers of 1 CPU each (one video per worker at a time);
+* ray-1x2: the same Ray, 1 worker of 2 CPUs (Ray's own overhead with the same parallelism as local).
+
+Ray is started once before the trials (its start is shown apart: a cluster is started once, not per
+run); each pass still starts its workers and loads the model in each. Median of the repeats, the range,
+and the ratio of wall times to local (overhead = ratio - 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("FRAMEATLAS_PROGRESS", "off")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+VARIANTS = {"local": ("local", 1), "ray-2x1": ("ray", 1), "ray-1x2": ("ray", 2)}
+TARGET_OVERHEAD = 0.10
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    import ray
+    import torch
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "ray": ray.__version__, "load_average": os.getloadavg()}  # fmt: skip
+
+
+def trial(videos: Path, root: Path, variant: str, every_seconds: float) -> dict:
+    from frameatlas.config import config_from_dict
+    from frameatlas.embed import embed_frames, extract_and_embed
+    from frameatlas.models import clear_loaded
+
+    executor, worker_cpus = VARIANTS[variant]
+    cfg = config_from_dict({
+        "run": {"name": variant, "output_dir": str(root), "executor": executor, "ray_worker_cpus": worker_cpus},
+        "corpus": {"videos": str(videos), "demo": False},
+        "extract": {"every_seconds": every_seconds},
+        "models": {"image": {"name": "ViT-B-32", "pretrained": None, "on_missing_weights": "error"}},
+        "embed": {"quality": "off"},
+    })  # fmt: skip
+    clear_loaded()  # every variant loads its model(s) in its trial, as a stage would
+    started = time.perf_counter()
+    extracted = extract_and_embed(cfg, cfg.run_dir)
+    embedded = embed_frames(cfg, cfg.run_dir)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(cfg.run_dir)
+    return {"seconds": seconds, "frames": extracted.frames, "embedded_while_extracting": extracted.counts.get("frames_embedded", 0),
+            "embedded_by_embed_stage": embedded.embedded, "videos": extracted.videos}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--videos", default="data/demo")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--every-seconds", type=float, default=1.0)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    import ray
+
+    started = time.perf_counter()
+    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.WARNING)
+    ray_start = time.perf_counter() - started
+    variants = args.variants.split(",")
+    results: dict[str, list[dict]] = {variant: [] for variant in variants}
+    root = Path(tempfile.mkdtemp(prefix="bench-ray-"))
+    try:
+        for repeat in range(args.repeats):
+            for variant in variants:
+                results[variant].append(trial(Path(args.videos), root, variant, args.every_seconds))
+                print(f"repeat {repeat + 1} {variant}: {results[variant][-1]}", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        ray.shutdown()
+
+    frames = results[variants[0]][0]["frames"]
+    print(f"\n{args.videos}: {frames} frames every {args.every_seconds} s; Ray started in {ray_start:.1f} s (once, not counted)")
+    local = [r["seconds"] for r in results.get("local", [])]
+    summary = {}
+    for variant in variants:
+        seconds = [r["seconds"] for r in results[variant]]
+        median = statistics.median(seconds)
+        row = {"seconds_median": round(median, 1), "seconds_range": [round(min(seconds), 1), round(max(seconds), 1)],
+               "frames_per_second": round(frames / median, 2)}  # fmt: skip
+        line = f"{variant:>8}: {median:6.1f} s [{min(seconds):.1f}-{max(seconds):.1f}]  {frames / median:6.2f} frames/s"
+        if local and variant != "local":
+            ratios = [s / b for s, b in zip(seconds, local)]  # each repeat's pair
+            row.update(
+                ratio_median=round(statistics.median(ratios), 3), ratio_range=[round(min(ratios), 3), round(max(ratios), 3)]
+            )
+            verdict = "met" if max(ratios) < 1 + TARGET_OVERHEAD else "not met"
+            line += f"  wall vs local x{row['ratio_median']} {row['ratio_range']} (overhead < 10%: {verdict})"
+        summary[variant] = row
+        print(line)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(), "ray_start_seconds": ray_start, "frames": frames,
+                                               "trials": results, "summary": summary}, indent=2))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
