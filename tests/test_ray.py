@@ -39,11 +39,18 @@ def local_ray():
     from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this module's work functions travel by value
-    ray.init(
-        num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-        logging_level=logging.WARNING,
-        runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "FRAMEATLAS_PROGRESS": "off"}},
-    )  # fmt: skip
+    for attempt in (1, 2):  # Ray gives its raylet 30 s to start; a busy machine can need a second try
+        try:
+            ray.init(
+                num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+                logging_level=logging.WARNING,
+                runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "FRAMEATLAS_PROGRESS": "off"}},
+            )  # fmt: skip
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     yield ray
     ray.shutdown()
 
