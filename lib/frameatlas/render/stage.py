@@ -340,10 +340,13 @@ def render_search(
 
 
 def video_html(path: Path | str, base: Path | str, *, width: int = 640) -> str:
-    """An HTML5 player for a rendered video, with its path relative to `base` (the page's folder)."""
+    """An HTML5 player for a rendered video, with its path relative to `base` (the page's folder), and the
+    speech heard in it (its `.vtt` sidecar) as a subtitle track the player's captions button toggles."""
     import html
+
+    from ..speech import subtitle_track
 
     relative = Path(os.path.relpath(Path(path).resolve(), Path(base).resolve())).as_posix()
     src = html.escape(relative, quote=True)
-    return (f'<video controls preload="metadata" width="{width}" src="{src}"></video>'
-            f'<div><a href="{src}">{html.escape(Path(path).name)}</a></div>')  # fmt: skip
+    return (f'<video controls preload="metadata" width="{width}" src="{src}">{subtitle_track(Path(path).with_suffix(".vtt"))}'
+            f'</video><div><a href="{src}">{html.escape(Path(path).name)}</a></div>')  # fmt: skip
