@@ -415,7 +415,9 @@ def test_objects_from_a_detector_with_random_weights_become_a_channel(fusion, tm
     frames = read_table(RunPaths(root).table("frames"))  # two videos are enough (and keep the test quick)
     write_table(frames[frames.video_id.isin(frames.video_id.unique()[:2])], RunPaths(root).table("frames"))
     options = cfg.objects.model_copy(update={"enabled": True, "weights": weights, "min_score": 0.0, "batch_size": 16})
-    summary = detect_run(root, options)
+    from frameatlas import models
+
+    summary = detect_run(root, options, text_encoder=models.text_encoder(cfg.models))
     table = read_table(RunPaths(root).table("objects"))
     frames = read_table(RunPaths(root).table("frames"))
     assert list(table.columns) == OBJECT_COLUMNS and summary.frames == len(frames)
@@ -429,8 +431,17 @@ def test_objects_from_a_detector_with_random_weights_become_a_channel(fusion, tm
     key = frames.frame_key.iat[0]
     numbers = [int(part.split(" ", 1)[0]) for part in texts[key].split(", ")]
     assert sum(numbers) == (table.frame_key == key).sum() and numbers == sorted(numbers, reverse=True)
-    again = detect_run(root, options)  # cached per video and detector
+    # "2 person, 1 car" is a search channel: the frames showing the most of one label come first
+    from frameatlas.search import available_channels, search
+
+    assert "objects" in available_channels(root)
+    label = table.label.value_counts().index[0]
+    most = table[table.label == label].groupby("frame_key").size()
+    hits = search(root, label, channels=["objects"], top_k=3, min_text_score=-1)
+    assert hits.hits.frame_key.iat[0] in set(most.index) and label in texts[hits.hits.frame_key.iat[0]]
+    again = detect_run(root, options)  # cached per video and detector; without a sentence encoder no search channel
     assert again.cached_videos == frames.video_id.nunique() and again.table.equals(summary.table)
+    assert not RunPaths(root).table("objects_embeddings").exists()
     with_objects = cfg.model_copy(update={"objects": options, "classify": cfg.classify.model_copy(
         update={"channels": ["image", "audio", "objects"]})})  # fmt: skip
     features = build_features(with_objects, root)

@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--from", dest="start", type=float, help="only frames at or after this second")
     find.add_argument("--to", dest="end", type=float, help="only frames at or before this second")
     find.add_argument("--suppress", type=float, default=0.0, help="drop hits within N seconds of a better one")
-    find.add_argument("--channels", help="comma-separated: visual,caption,ocr,speech (default: all available)")
+    find.add_argument("--channels", help="comma-separated: visual,caption,ocr,speech,objects (default: all available)")
     find.add_argument("--min-text-score", type=float, help="text channels: ignore frames whose text scores below this "
                       "(default: the run's search.min_text_score; -1 keeps all)")  # fmt: skip
     find.add_argument("--export", help="write hits.csv/.parquet and top_k/ + above_threshold/ frame folders here")

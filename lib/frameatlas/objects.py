@@ -128,8 +128,14 @@ class ObjectsSummary(StageSummary):
         return [self.record] if self.record else []
 
 
-def detect_run(run: RunPaths | Path | str, options: Any, *, detector: Detector | None = None) -> ObjectsSummary:
-    """Detect objects on every frame's thumbnail (see the module docstring); `options` is `cfg.objects`."""
+def detect_run(
+    run: RunPaths | Path | str, options: Any, *, detector: Detector | None = None, text_encoder: Any = None
+) -> ObjectsSummary:
+    """Detect objects on every frame's thumbnail (see the module docstring); `options` is `cfg.objects`.
+
+    With a `text_encoder` (the sentence encoder) each frame's "2 person, 1 car" also becomes the
+    `objects` search channel (`tables/objects_embeddings.parquet`).
+    """
     started = time.perf_counter()
     run = run if isinstance(run, RunPaths) else RunPaths(run)
     summary = ObjectsSummary()
@@ -141,6 +147,7 @@ def detect_run(run: RunPaths | Path | str, options: Any, *, detector: Detector |
     if detector is None:
         summary.notes.append(f"objects: off ({summary.record['fallback_reason']})")
         target.unlink(missing_ok=True)  # no stale detections of another detector
+        run.table("objects_embeddings").unlink(missing_ok=True)
         return summary
     frames = read_table(run.table("frames"))
     folder = run.cache / "objects" / f"{detector.record['model_id']}-s{options.min_score:g}"
@@ -175,6 +182,14 @@ def detect_run(run: RunPaths | Path | str, options: Any, *, detector: Detector |
     summary.table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=OBJECT_COLUMNS)
     summary.table = summary.table[summary.table.frame_key.isin(keys)].reset_index(drop=True)[OBJECT_COLUMNS]
     write_table(summary.table, target)
+    texts = object_text(summary.table)
+    channel = run.table("objects_embeddings")
+    if text_encoder is not None and len(texts):
+        from .search import write_text_channel
+
+        write_text_channel(run, "objects", list(texts.index), list(texts.to_numpy()), text_encoder)
+    else:
+        channel.unlink(missing_ok=True)
     summary.seconds = time.perf_counter() - started
     return summary
 

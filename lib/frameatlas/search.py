@@ -62,7 +62,7 @@ __all__ = [
     "write_text_channel",
 ]
 
-TEXT_CHANNELS = ("caption", "ocr", "speech")
+TEXT_CHANNELS = ("caption", "ocr", "speech", "objects")  # objects: "2 person, 1 car" per frame (objects.enabled)
 RRF_K = 60
 EXPORT_MARKER = ".frameatlas-export.json"  # marks a folder an export wrote, and lists what it wrote
 EXPORT_FOLDERS = ("top_k", "above_threshold")

@@ -212,12 +212,15 @@ def classify_run(
     image_model = getattr(getattr(image_encoder, "record", None), "model_id", None)
     detected = None
     if cfg.objects.enabled and "objects" in options.channels:
+        from .. import models
         from ..objects import detect_run
 
         with run_lock(run.root, "classify: objects"):
-            detected = detect_run(run, cfg.objects)
+            detected = detect_run(run, cfg.objects, text_encoder=text_encoder or models.text_encoder(cfg.models))
     elif "objects" in options.channels:
-        run.table("objects").unlink(missing_ok=True)  # objects.enabled is off: no detections of an earlier setting
+        with run_lock(run.root, "classify"):
+            for stale in ("objects", "objects_embeddings"):  # objects.enabled is off: no detections of an earlier setting
+                run.table(stale).unlink(missing_ok=True)
     features = build_features(cfg, run, image_model=image_model, audio=audio)
     if detected is not None:
         features.notes[:0] = detected.notes
