@@ -14,10 +14,11 @@ Timed, each `--runs` times (median and range shown):
   and without it (the CLI loads the models itself).
 
 With `--baseline-src` (another checkout, e.g. `git archive <commit> | tar -x -C DIR`) the same is
-run with that code (its own `lib/` first on PYTHONPATH, in this virtual environment), alternated
-with this checkout's runs, and ratios this / baseline are printed. The baseline's six-video run is
-made from a copy of this checkout's one (its per-video caches reused; every stage executes once,
-untimed, under the baseline's code). Its search has no server path: only the CLI alone is timed.
+run with that code (its own `lib/` first on PYTHONPATH, in this virtual environment) after this
+checkout's runs, and ratios this / baseline are printed (pairs by run number). The baseline's
+six-video run is made from a copy of this checkout's one (its per-video caches reused; every stage
+executes once, untimed, under the baseline's code). Its search has no server path: only the CLI
+alone is timed. `--json` keeps every figure (written after each), `--report JSON` prints them again.
 
 The corpus is copied into the work folder (the demo's own `data/demo` is never written to); the
 config is this checkout's `pipeline.yaml` with the corpus and output folders overridden.
@@ -167,7 +168,11 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=DEMO, help="videos of the base run (default: the demo's six)")
     parser.add_argument("--clip-from", type=Path, default=DEMO / "bbb.mp4", help="the new clip is cut from this video")
     parser.add_argument("--clip-start", type=float, default=120.0, help="... from this second")
+    parser.add_argument("--report", type=Path, metavar="JSON", help="only print the summary of figures saved by --json")
     args = parser.parse_args()
+    if args.report:
+        report(json.loads(args.report.read_text()))
+        return
     corpus = [args.corpus / name for name in DEMO_VIDEOS] if args.corpus == DEMO else sorted(args.corpus.glob("*.mp4"))
     missing = [str(video) for video in corpus if not video.is_file()]
     if missing or not corpus:
@@ -178,11 +183,20 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"work folder: {work}")
     results: dict = {name: {"add_clip": [], "no_change": [], "search_served": [], "search_alone": []} for name in codes}
+
+    def save() -> None:  # after every figure: a run cut short still leaves what it measured
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=1))
+
     try:
         clip = make_clip(args.clip_from, args.clip_start, work / "new_clip_12s.mp4")
         videos = link_videos(corpus, work / "videos")
-        bases = {}
-        for name, source in codes.items():  # the six-video run of each code, untimed
+        queries = iter(QUERIES)
+        bases: dict[str, Path] = {}
+        # One code after the other (this checkout first): on a shared machine a cut-short session still has
+        # this checkout's figures. Alternating would spread outside load more evenly over both.
+        for name, source in codes.items():
             base_out = work / name / "base"
             if name != "this":
                 shutil.copytree(bases["this"].parent, base_out)  # per-video caches reused; its stages run once
@@ -191,8 +205,7 @@ def main() -> None:
             prepared = run_pipeline(config, source)
             print(f"  {prepared['wall']:.1f} s", flush=True)
             bases[name] = base_out / "demo"
-        for run_number in range(args.runs):
-            for name, source in codes.items():  # alternated: this, baseline, this, ...
+            for run_number in range(args.runs):
                 rep = work / name / f"rep{run_number}"
                 shutil.copytree(bases[name].parent, rep / "out")
                 config = write_config(args.config, rep / "pipeline.yaml", link_videos(corpus, rep / "videos", clip), rep / "out")
@@ -201,26 +214,34 @@ def main() -> None:
                 shutil.rmtree(rep)
                 unchanged = run_pipeline(work / name / "base.yaml", source)
                 results[name]["no_change"].append(unchanged)
+                save()
                 print(
                     f"run {run_number + 1} {name}: add one clip {added['wall']:.1f} s, no change {unchanged['wall']:.1f} s",
                     flush=True,
                 )
-        queries = iter(QUERIES)
-        for name, source in codes.items():
             for _ in range(args.runs):
                 results[name]["search_alone"].append(cli_search(bases[name], next(queries), source))
-        server = Server(bases["this"], work / "serve.log")
-        try:
-            cli_search(bases["this"], "a first query loads the server's models", None)
-            results["this"]["search_served"] = [cli_search(bases["this"], f"{q} (served)", None) for q in QUERIES[: args.runs]]
-        finally:
-            server.stop()
+                save()
+            print(f"  search alone: {results[name]['search_alone']}", flush=True)
+            if name == "this":
+                server = Server(bases["this"], work / "serve.log")
+                try:
+                    cli_search(bases["this"], "a first query loads the server's models", None)
+                    for query in QUERIES[: args.runs]:
+                        results["this"]["search_served"].append(cli_search(bases["this"], f"{query} (served)", None))
+                        save()
+                finally:
+                    server.stop()
+                print(f"  search with serve: {results['this']['search_served']}", flush=True)
     finally:
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=1))
+        save()
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
+    report(results)
 
+
+def report(results: dict) -> None:
+    codes = list(results)
     print()
     for name in codes:
         figures = results[name]
