@@ -475,6 +475,7 @@ def test_the_pipeline_transcribes_in_02_caption_and_the_cli_searches_the_speech_
     embed_frames(loaded, run)
     channel_counts, _ = embed_text_channels(loaded, run)
     assert channel_counts["speech_vectors"] == len(read_table(run / "tables" / "speech_frames.parquet").query("text != ''"))
+    assert channel_counts["speech_segment_vectors"] == len(read_table(run / "tables" / "speech.parquet")) == 4
     capsys.readouterr()
     assert frameatlas(["search", str(run), "meet me at the railway station", "--channel", "speech", "--top-k", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
