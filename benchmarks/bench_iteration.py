@@ -122,10 +122,10 @@ def cli_search(run: Path, query: str, source: Path | None) -> float:
 
 
 class Server:
-    def __init__(self, run: Path, log: Path):
+    def __init__(self, run: Path, log: Path, source: Path | None):
         self._log = log.open("w")
         self.process = subprocess.Popen([sys.executable, "-m", "frameatlas.cli", "serve", str(run), "--port", "0"],
-                                        stdout=subprocess.PIPE, stderr=self._log, text=True, env=environment(None))  # fmt: skip
+                                        stdout=subprocess.PIPE, stderr=self._log, text=True, env=environment(source))  # fmt: skip
         line: list[str] = []
         reader = threading.Thread(target=lambda: line.append(self.process.stdout.readline()), daemon=True)
         reader.start()
@@ -161,10 +161,14 @@ def ratio(after: list[float], before: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline-src", type=Path, help="an older checkout to compare with (optional)")
+    parser.add_argument(
+        "--src", type=Path, help="the code measured as 'this' (default: this checkout; give a frozen copy, e.g. from "
+        "`git archive HEAD`, when others edit this one: any change to the library's code re-runs every stage)",
+    )  # fmt: skip
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workdir", type=Path, help="where runs go (default: a temporary folder, removed)")
     parser.add_argument("--json", type=Path, help="write every figure here")
-    parser.add_argument("--config", type=Path, default=REPO / "pipeline.yaml", help="base config (default: pipeline.yaml)")
+    parser.add_argument("--config", type=Path, help="base config (default: each code's own pipeline.yaml)")
     parser.add_argument("--corpus", type=Path, default=DEMO, help="videos of the base run (default: the demo's six)")
     parser.add_argument("--clip-from", type=Path, default=DEMO / "bbb.mp4", help="the new clip is cut from this video")
     parser.add_argument("--clip-start", type=float, default=120.0, help="... from this second")
@@ -179,7 +183,8 @@ def main() -> None:
         raise SystemExit(f"videos missing: {', '.join(missing) or args.corpus}; run `frameatlas demo fetch` first")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="frameatlas-bench-iteration-"))
     work.mkdir(parents=True, exist_ok=True)
-    codes = {"this": None} | ({"baseline": args.baseline_src.resolve()} if args.baseline_src else {})
+    codes = {"this": args.src.resolve() if args.src else None}
+    codes |= {"baseline": args.baseline_src.resolve()} if args.baseline_src else {}
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"work folder: {work}")
     results: dict = {name: {"add_clip": [], "no_change": [], "search_served": [], "search_alone": []} for name in codes}
@@ -200,7 +205,8 @@ def main() -> None:
             base_out = work / name / "base"
             if name != "this":
                 shutil.copytree(bases["this"].parent, base_out)  # per-video caches reused; its stages run once
-            config = write_config(args.config, work / name / "base.yaml", videos, base_out)
+            base_config = args.config or (source or REPO) / "pipeline.yaml"
+            config = write_config(base_config, work / name / "base.yaml", videos, base_out)
             print(f"{name}: preparing the six-video run ...", flush=True)
             prepared = run_pipeline(config, source)
             print(f"  {prepared['wall']:.1f} s", flush=True)
@@ -208,7 +214,7 @@ def main() -> None:
             for run_number in range(args.runs):
                 rep = work / name / f"rep{run_number}"
                 shutil.copytree(bases[name].parent, rep / "out")
-                config = write_config(args.config, rep / "pipeline.yaml", link_videos(corpus, rep / "videos", clip), rep / "out")
+                config = write_config(base_config, rep / "pipeline.yaml", link_videos(corpus, rep / "videos", clip), rep / "out")
                 added = run_pipeline(config, source)
                 results[name]["add_clip"].append(added)
                 shutil.rmtree(rep)
@@ -224,11 +230,11 @@ def main() -> None:
                 save()
             print(f"  search alone: {results[name]['search_alone']}", flush=True)
             if name == "this":
-                server = Server(bases["this"], work / "serve.log")
+                server = Server(bases["this"], work / "serve.log", source)
                 try:
-                    cli_search(bases["this"], "a first query loads the server's models", None)
+                    cli_search(bases["this"], "a first query loads the server's models", source)
                     for query in QUERIES[: args.runs]:
-                        results["this"]["search_served"].append(cli_search(bases["this"], f"{query} (served)", None))
+                        results["this"]["search_served"].append(cli_search(bases["this"], f"{query} (served)", source))
                         save()
                 finally:
                     server.stop()
