@@ -597,7 +597,7 @@ def test_the_served_player_shows_what_is_said_from_the_subtitle_files_the_tables
     from frameatlas.search import write_text_channel
     from frameatlas.speech import embed_segments
     from frameatlas.store import write_table
-    from test_serve import Server, get
+    from test_serve import Server, get, post
 
     cfg, run, model, summary, truth = speech_corpus
     copy = shutil.copytree(run.root, tmp_path / "run")
@@ -631,15 +631,29 @@ def test_the_served_player_shows_what_is_said_from_the_subtitle_files_the_tables
         page.fill("#fa-search-text", "where do we meet at the train station")  # a hit shows what was said, and when
         page.click("#fa-search-go")
         first = page.locator(".fa-hit").first
-        first.locator("q.fa-said").wait_for()
+        first.locator("q.fa-said").wait_for(timeout=180_000)  # the server's first text query loads the sentence encoder
         railway = segments[segments.text.str.contains("railway")].iloc[0]
         assert first.locator("q.fa-said").inner_text() == railway.text
         assert first.locator("q.fa-said").get_attribute("title") == (
             f"said {page.evaluate('FrameAtlasInvestigator.formatTime', railway.start)}–"
             f"{page.evaluate('FrameAtlasInvestigator.formatTime', railway.end)}"
         )
+        first.locator("button.fa-open").click()  # opens where the sentence starts
+        page.wait_for_function(f"Math.abs(document.getElementById('fa-video').currentTime - {railway.start}) < 0.05")
+        first.locator("button.fa-export-hit").click()  # the clip of a speech hit covers its utterance
+        page.locator("#fa-exports li").first.wait_for(timeout=120_000)
         assert seen.problems() == []
         page.close()
+
+        [clip] = [p for p in (copy / "exports").glob("talk_*.mp4")]
+        start, end = (float(t.replace("_", ".")) for t in re.findall(r"talk_(\d+_\d+)-(\d+_\d+)s", clip.name)[0])
+        assert start <= railway.start - cfg.render.padding_before + 0.01 and end >= railway.end + cfg.render.padding_after - 0.01
+        frame = read_table(copy / "tables" / "frames.parquet").query("video_name == 'talk.mp4'").frame_key.iloc[0]
+        refused = post(f"{server.url}api/export", {"frame_key": frame, "segment_id": "another:00000"})
+        assert refused == (
+            400,
+            {"error": "segment_id='another:00000': not an utterance of this frame's video (tables/speech.parquet)"},
+        )
 
         (tmp_path / "elsewhere.vtt").write_text("WEBVTT\n\n00:00:01.000 --> 00:00:02.000\nNot of this run.\n")
         videos.loc[videos.video_name == "talk.mp4", "subtitles"] = "../elsewhere.vtt"  # a crafted table

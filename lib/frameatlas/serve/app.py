@@ -12,7 +12,7 @@ Routes (everything else is 404):
 * ``GET /api/run`` videos and settings; ``POST /api/curves`` prompt curves for one video;
   ``GET /api/search`` (text, frame or an uploaded image; paged) and ``/api/search.csv``;
   ``POST /api/upload`` a query image; ``POST /api/export`` a clip with padding into
-  ``RUN_DIR/exports/`` (under the run's lock); ``POST /api/query`` a whole search result with the
+  ``RUN_DIR/exports/`` (under the run's lock; a speech hit's clip covers its utterance); ``POST /api/query`` a whole search result with the
   arguments of `frameatlas search`, which sends its queries here when this app runs (`serve.client`).
 
 Bad parameters get 400 with the reason as JSON ``{"error": ...}``; unexpected errors are logged
@@ -288,7 +288,8 @@ class Investigator:
                 "rank": int(row["rank"]), "score": float(row["score"]), "video_id": str(row["video_id"]),
                 "video_name": str(row["video_name"]), "timestamp": float(row["timestamp"]), "frame_key": str(row["frame_key"]),
                 "scores": {c: (None if pd.isna(row.get(f"score_{c}")) else float(row[f"score_{c}"])) for c in channels},
-                "said": {"text": row["speech_text"], "start": float(row["speech_start"]), "end": float(row["speech_end"])}
+                "said": {"text": row["speech_text"], "start": float(row["speech_start"]), "end": float(row["speech_end"]),
+                         "segment_id": row.get("speech_segment") or None}
                 if row.get("speech_text") else None,  # the utterance the speech channel matched there
             })  # fmt: skip
         return {
@@ -379,6 +380,8 @@ class Investigator:
             if view.thumbnail(frame_key) is None:
                 raise BadRequest(f"frame_key={frame_key!r}: not a frame of this run")
             request_args: dict[str, Any] = {"frame_key": frame_key}
+            if body.get("segment_id") is not None:  # a speech hit: the clip covers the utterance it matched
+                request_args["segment_id"] = _text(body.get("segment_id"), "segment_id")
         else:
             video_id = self._video_id(body.get("video_id"))
             duration = max(view.video(video_id).duration, 0.0) or 1e9

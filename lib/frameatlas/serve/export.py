@@ -40,9 +40,10 @@ class ExportedClip:
 
 
 def export_clip(view, *, frame_key: str | None = None, video_id: str | None = None, start: float | None = None,
-                end: float | None = None) -> ExportedClip:  # fmt: skip
-    """Cut one clip into the run's `exports/` folder: around a frame (`frame_key`), or the sampled
-    frames of `video_id` between `start` and `end` seconds; `render.padding_before/after` added.
+                end: float | None = None, segment_id: str | None = None) -> ExportedClip:  # fmt: skip
+    """Cut one clip into the run's `exports/` folder: around a frame (`frame_key`; with `segment_id`, an
+    utterance of `tables/speech.parquet` said there, the clip covers it whole), or the sampled frames of
+    `video_id` between `start` and `end` seconds; `render.padding_before/after` added.
 
     `view` is an `investigator.data.RunView`. Raises `ExportRefused` (409 when another process
     holds the run's lock, 400 when there is nothing to cut or the source cannot be cut).
@@ -60,6 +61,9 @@ def export_clip(view, *, frame_key: str | None = None, video_id: str | None = No
         raise ExportRefused("nothing to export: no sampled frame there")
     options = view.config.render.model_copy(update={"title_seconds": 0.0, "mode": "clips"})
     hits = pd.DataFrame({"frame_key": chosen.frame_key.to_numpy(), "score": 1.0})
+    if segment_id is not None:
+        said = _utterance(view, segment_id, str(chosen.video_id.iloc[0]))
+        hits["speech_start"], hits["speech_end"] = said
     segments = hit_segments(hits, frames, view.videos_table, padding_before=options.padding_before,
                             padding_after=options.padding_after)  # fmt: skip
     first = segments[0]
@@ -78,3 +82,15 @@ def export_clip(view, *, frame_key: str | None = None, video_id: str | None = No
     log.info("serve: exported %s (%.1f s)", dest, rendered.duration)
     segments_out = [{"start": s.start, "end": s.end, "video_name": s.video_name} for s in segments]
     return ExportedClip(dest, float(rendered.duration), segments_out)
+
+
+def _utterance(view, segment_id: str, video_id: str) -> tuple[float, float]:
+    """(start, end) of utterance `segment_id` of `video_id`, from the run's speech table; `ExportRefused` otherwise."""
+    from ..store import read_table
+
+    path = view.run.table("speech")
+    said = read_table(path) if path.exists() else pd.DataFrame()
+    row = said[(said.segment_id == segment_id) & (said.video_id == video_id)] if len(said) else said
+    if row.empty:
+        raise ExportRefused(f"segment_id={segment_id!r}: not an utterance of this frame's video (tables/speech.parquet)")
+    return float(row.start.iloc[0]), float(row.end.iloc[0])

@@ -477,7 +477,7 @@
         result.channels.join(", ") + ")" + (result.notes.length ? ". " + result.notes.join("; ") : "");
       for (const hit of result.hits) {
         const scores = Object.entries(hit.scores).map(([c, s]) => c + " " + (s === null ? "–" : s.toFixed(3))).join(" · ");
-        const open = () => this.open(hit.video_id, hit.timestamp, result.text || null);
+        const open = () => this.open(hit.video_id, hit.said ? hit.said.start : hit.timestamp, result.text || null);
         const tile = el("figure", { class: "fa-hit", "data-frame": hit.frame_key, "data-rank": hit.rank }, [
           el("img", { src: "/media/thumb/" + encodeURIComponent(hit.frame_key), alt: hit.video_name + " " + formatTime(hit.timestamp),
                       onclick: open }),
@@ -489,8 +489,9 @@
             hit.said ? el("small", { text: " " + formatTime(hit.said.start) + "–" + formatTime(hit.said.end) }) : "",
             hit.said ? el("br") : "",
             el("button", { type: "button", class: "fa-open", text: "open", onclick: open }),
-            el("button", { type: "button", class: "fa-export-hit", text: "export clip",
-                           onclick: () => this.exportClip({ frame_key: hit.frame_key }) }),
+            el("button", { type: "button", class: "fa-export-hit", text: "export clip", // a speech hit: its whole utterance
+                           onclick: () => this.exportClip(hit.said && hit.said.segment_id
+                             ? { frame_key: hit.frame_key, segment_id: hit.said.segment_id } : { frame_key: hit.frame_key }) }),
           ]),
         ]);
         grid.append(tile);
