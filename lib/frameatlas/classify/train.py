@@ -3,7 +3,8 @@
 * One classifier per modality (scikit-learn: logistic regression, linear SVM or a small MLP, all
   after standardisation; class weights balance the classes, the MLP, which takes no weights, sees
   the smaller classes oversampled).
-* **Early fusion**: the standardised modalities joined into one vector, one classifier.
+* **Early fusion**: the modalities, each standardised (and reduced to its principal components), joined into
+  one vector for one classifier.
 * **Late fusion**: the modalities' probabilities averaged (`late-mean`), or weighted by a logistic
   regression learned on their out-of-fold probabilities (`late-learned`, stacking).
 
@@ -21,10 +22,12 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
@@ -77,8 +80,18 @@ class ModalityClassifier(ClassifierMixin, BaseEstimator):
     oversampled classes).
     """
 
-    def __init__(self, kind: str = "logreg", hidden: int = 64, seed: int = 0, components: int | None = COMPONENTS):
-        self.kind, self.hidden, self.seed, self.components = kind, hidden, seed, components
+    def __init__(
+        self, kind: str = "logreg", hidden: int = 64, seed: int = 0, components: int | None = COMPONENTS,
+        blocks: list[tuple[int, int]] | None = None,
+    ):  # fmt: skip
+        self.kind, self.hidden, self.seed, self.components, self.blocks = kind, hidden, seed, components, blocks
+
+    def _reducer(self, samples: int, width: int):
+        """Standardise; and keep `components` principal components when there are more inputs and enough samples."""
+        steps: list[Any] = [StandardScaler()]
+        if self.components and self.components < width and samples > 2 * self.components:  # (small sets: no reduction)
+            steps.append(PCA(n_components=self.components, svd_solver="covariance_eigh"))
+        return make_pipeline(*steps)
 
     @_one_thread
     def fit(self, X: np.ndarray, y: np.ndarray) -> ModalityClassifier:
@@ -93,11 +106,12 @@ class ModalityClassifier(ClassifierMixin, BaseEstimator):
             X, y = _oversample(X, y, self.seed)
         else:
             raise ValueError(f"classifier {self.kind!r}: choose {', '.join(CLASSIFIERS)}")
-        steps = [StandardScaler()]
-        components = self.components or X.shape[1]
-        if components < X.shape[1] and len(X) > 2 * components:  # fewer inputs: faster fits, less over-fitting
-            steps.append(PCA(n_components=components, random_state=self.seed))  # (small sets need no reduction)
-        self.model_ = make_pipeline(*steps, model).fit(X, y)
+        if self.blocks:  # early fusion: each modality's columns standardised and reduced on their own, then joined
+            reduce = ColumnTransformer([(f"block{i}", self._reducer(len(X), stop - start), list(range(start, stop)))
+                                        for i, (start, stop) in enumerate(self.blocks)])  # fmt: skip
+        else:
+            reduce = self._reducer(len(X), X.shape[1])
+        self.model_ = make_pipeline(reduce, model).fit(X, y)
         return self
 
     @_one_thread
@@ -194,10 +208,16 @@ class CrossValidation:
 
 def _fit_predict(
     kind: str, seed: int, X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, classes: np.ndarray,
-    components: int = COMPONENTS,
+    blocks: list[tuple[int, int]] | None = None,
 ) -> np.ndarray:  # fmt: skip
-    model = ModalityClassifier(kind, seed=seed, components=components).fit(X[train], y[train])
+    model = ModalityClassifier(kind, seed=seed, blocks=blocks).fit(X[train], y[train])
     return _align(model.predict_proba(X[test]), model.classes_, classes)
+
+
+def _joined(matrices: dict[str, np.ndarray], modalities: list[str]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The modalities side by side, and each one's columns (early fusion reduces each on its own)."""
+    widths = np.cumsum([0, *(matrices[m].shape[1] for m in modalities)])
+    return np.hstack([matrices[m] for m in modalities]), [(int(a), int(b)) for a, b in zip(widths[:-1], widths[1:])]
 
 
 @_one_thread
@@ -216,15 +236,13 @@ def cross_validate(
     modalities = list(matrices)
     result = CrossValidation(classes, labels, groups, fold, classifier)
     out = {m: np.zeros((len(labels), len(classes))) for m in [*modalities, "early"]}
-    joined = np.hstack([matrices[m] for m in modalities])
+    joined, blocks = _joined(matrices, modalities)
     for k in np.unique(fold):
         train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
         for m in modalities:
             out[m][test] = _fit_predict(classifier, seed, matrices[m], labels, train, test, classes)
         if len(modalities) > 1:
-            out["early"][test] = _fit_predict(
-                classifier, seed, joined, labels, train, test, classes, COMPONENTS * len(modalities)
-            )
+            out["early"][test] = _fit_predict(classifier, seed, joined, labels, train, test, classes, blocks)
     result.probabilities.update({m: out[m] for m in modalities})
     if len(modalities) > 1:
         result.probabilities["early"] = out["early"]
@@ -278,9 +296,8 @@ class FusionModel:
         self.early_ = None
         self.stacker_ = None
         if len(self.modalities) > 1:
-            self.early_ = ModalityClassifier(self.classifier, seed=self.seed, components=COMPONENTS * len(self.modalities)).fit(
-                np.hstack([matrices[m] for m in self.modalities]), labels
-            )
+            joined, blocks = _joined(matrices, self.modalities)
+            self.early_ = ModalityClassifier(self.classifier, seed=self.seed, blocks=blocks).fit(joined, labels)
             if out_of_fold is not None:  # stacking learns from out-of-fold probabilities, never in-sample ones
                 self.stacker_ = _stacker().fit(_stack_input(out_of_fold, self.modalities), labels)
         return self
