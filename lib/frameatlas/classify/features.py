@@ -188,8 +188,9 @@ def _keyframe_block(run: RunPaths, frames: pd.DataFrame, samples: pd.DataFrame, 
     stamps = frames.timestamp.to_numpy(float)[rows]
     videos = frames.video_id.astype(str).to_numpy()[rows]
     centres = ((samples.start + samples.end) / 2).to_numpy()
+    by_video_rows = pd.Series(np.arange(len(rows))).groupby(videos).apply(np.asarray).to_dict()
     for i in np.flatnonzero(~present):
-        candidates = np.flatnonzero(videos == samples.video_id.iat[i])
+        candidates = by_video_rows.get(samples.video_id.iat[i], ())
         if len(candidates):
             means[i] = frame_vectors[rows[candidates[np.argmin(np.abs(stamps[candidates] - centres[i]))]]]
     return means
