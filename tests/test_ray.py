@@ -91,6 +91,13 @@ def _per_video_passes(cfg, *, force_embed: bool = False) -> dict:
     return {"extract": extracted, "ocr": text, "speech": said, "embed": embedded}
 
 
+@pytest.fixture(scope="module")
+def local_run(corpus) -> tuple:
+    """The per-video passes with the local executor, once for this module: (config, stage summaries)."""
+    cfg = _config(corpus, "local", "local")
+    return cfg, _per_video_passes(cfg)
+
+
 def _sorted(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return table.sort_values(keys).reset_index(drop=True)
 
@@ -102,11 +109,10 @@ def _index_contents(cfg, model_id: str) -> dict[str, tuple[np.ndarray, dict]]:
 
 
 @pytest.mark.slow
-def test_ray_gives_the_tables_and_index_of_a_local_run(local_ray, corpus, chroma_url):  # noqa: F811
-    local = _config(corpus, "local", "local")
+def test_ray_gives_the_tables_and_index_of_a_local_run(local_ray, corpus, local_run, chroma_url):  # noqa: F811
+    local, done_here = local_run
     # the Ray run keeps its index on a Chroma server, as a cluster would (index.url; run-scoped collections)
     remote = _config(corpus, "ray", "ray", index={"url": chroma_url})
-    done_here = _per_video_passes(local)
     done_on_ray = _per_video_passes(remote, force_embed=True)  # force: the embed stage's own pass runs on the workers too
 
     for name, stage in done_on_ray.items():
@@ -225,7 +231,7 @@ with run_lock(cfg.run_dir, "killed driver"):
 
 
 @pytest.mark.slow
-def test_a_driver_killed_mid_run_is_resumed_by_the_next_run(local_ray, corpus):
+def test_a_driver_killed_mid_run_is_resumed_by_the_next_run(local_ray, corpus, local_run):
     import json
 
     cfg = _config(corpus, "killed", "ray", run={"ray_address": local_ray.get_runtime_context().gcs_address})
@@ -241,9 +247,7 @@ def test_a_driver_killed_mid_run_is_resumed_by_the_next_run(local_ray, corpus):
     again = _config(corpus, "killed", "ray")  # the session's Ray, as any second run would find one
     summary = extract_and_embed(again, again.run_dir)
     assert summary.cached >= 1 and summary.cached + summary.processed == summary.videos == 4
-    reference = _config(corpus, "killed-reference", "local")
-    extract_and_embed(reference, reference.run_dir)
-    expected = _sorted(read_table(RunPaths(reference.run_dir).table("frames")), ["frame_key"])
+    expected = _sorted(read_table(RunPaths(local_run[0].run_dir).table("frames")), ["frame_key"])
     pd.testing.assert_frame_equal(_sorted(read_table(run.table("frames")), ["frame_key"]), expected)
     embedded = embed_frames(again, again.run_dir)
     assert embedded.cached + embedded.embedded == len(expected)
