@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -91,10 +92,12 @@ def write_config(base: Path, path: Path, videos: Path, output_dir: Path) -> Path
 
 def run_pipeline(config: Path, source: Path | None) -> dict:
     runner = (source or REPO) / "run_pipeline.py"
+    cpu_before, load_before = _children_cpu(), os.getloadavg()[0]
     started = time.perf_counter()
     done = subprocess.run([sys.executable, str(runner), str(config), "--no-progress", "--quiet"],
                           capture_output=True, text=True, env=environment(source), cwd=config.parent)  # fmt: skip
     wall = time.perf_counter() - started
+    cpu = _children_cpu() - cpu_before
     if done.returncode not in (0, 3):
         raise SystemExit(f"{config}: run failed ({done.returncode}):\n{done.stderr[-3000:]}")
     import yaml
@@ -108,7 +111,14 @@ def run_pipeline(config: Path, source: Path | None) -> dict:
             stages[name] = {"seconds": entry.get("seconds"), "overhead": timing.get("overhead"), "work": timing.get("work")}
         elif entry.get("status") == "unchanged":
             stages[name] = {"seconds": entry.get("check_seconds"), "status": "unchanged"}
-    return {"wall": wall, "stages": stages}
+    return {"wall": wall, "cpu": cpu, "load": [load_before, os.getloadavg()[0]], "stages": stages}
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of every finished descendant (the runner, its kernels, ffmpeg): outside
+    load on a shared machine stretches wall time much more than this."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def cli_search(run: Path, query: str, source: Path | None) -> float:
@@ -257,6 +267,11 @@ def report(results: dict) -> None:
         print(f"{name}:")
         print(f"  add one 12 s clip to the 6-video run: {summarize(add)}"
               + (ratio(add, [r["wall"] for r in other["add_clip"]]) if other else ""))  # fmt: skip
+        cpu = [r["cpu"] for r in figures["add_clip"] if "cpu" in r]
+        loads = [value for r in figures["add_clip"] + figures["no_change"] for value in r.get("load", [])]
+        print(f"    CPU seconds of the run's processes: {summarize(cpu)}"
+              + (ratio(cpu, [r["cpu"] for r in other["add_clip"]]) if other else "")
+              + (f"; load average (1 min) around the runs {min(loads):.1f}-{max(loads):.1f}" if loads else ""))  # fmt: skip
         for stage in figures["add_clip"][0]["stages"] if figures["add_clip"] else {}:
             seconds = [r["stages"][stage]["seconds"] for r in figures["add_clip"] if stage in r["stages"]]
             overhead = [r["stages"][stage].get("overhead") for r in figures["add_clip"] if stage in r["stages"]]
