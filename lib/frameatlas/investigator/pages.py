@@ -27,7 +27,7 @@ from pathlib import Path
 from ..config import PipelineConfig
 from ..files import atomic_write_text
 from ..plots import PLOTLY_BUNDLE, format_time, plotly_bundle
-from ..speech import subtitle_files, subtitle_track
+from ..speech import spoken_languages, subtitle_files, subtitle_track
 from ..store import RunPaths
 from .data import Prompt, RunView, dumps
 
@@ -60,14 +60,15 @@ class InvestigatorPages:
     scored: int = 0  # pages with at least one curve
 
 
-def _page(view: RunView, video, curves, reason: str | None, src: str | None, threshold: float, vtt: Path | None) -> str:
+def _page(view: RunView, video, curves, reason: str | None, src: str | None, threshold: float, vtt: Path | None,
+          language: str | None) -> str:  # fmt: skip
     data = {"threshold": threshold, "curves": curves.as_json(), "reason": reason or ""}
     prompts = ", ".join(html.escape(p) for p in view.settings()["queries"]) or "none configured"
     channels = sorted({line.channel for line in curves.lines})
     missing = "" if src else '<p class="fa-error">The source video is not available: ' + html.escape(video.problem or "") + "</p>"
     player = (
         f'<video id="fa-video" controls preload="auto" src="{html.escape(src, quote=True)}">'
-        f"{subtitle_track(vtt)}</video>"  # what is said, toggled by the Subtitles button
+        f"{subtitle_track(vtt, language)}</video>"  # what is said, toggled by the Subtitles button
         if src
         else ('<video id="fa-video" controls></video>')
     )
@@ -112,7 +113,7 @@ def write_investigator_pages(run: RunPaths | Path | str, cfg: PipelineConfig | N
     settings = view.settings()
     prompts = [Prompt(text) for text in settings["queries"]]
     taken: set[str] = set()
-    said = subtitle_files(view.run)
+    said, languages = subtitle_files(view.run), spoken_languages(view.run)
     for video in view.videos:
         curves = view.curves(video.video_id, prompts)
         reason = None
@@ -124,7 +125,12 @@ def write_investigator_pages(run: RunPaths | Path | str, cfg: PipelineConfig | N
         name = page_name(video.name, video.video_id, taken)
         taken.add(name)
         path = plots / name
-        atomic_write_text(path, _page(view, video, curves, reason, src, settings["threshold"], said.get(video.video_id)))
+        atomic_write_text(
+            path,
+            _page(
+                view, video, curves, reason, src, settings["threshold"], said.get(video.video_id), languages.get(video.video_id)
+            ),
+        )
         result.files[video.video_id] = path
     if view.videos and not result.scored:
         first = view.curves(view.videos[0].video_id, prompts)

@@ -183,9 +183,13 @@ class Investigator:
     async def run(self, request: Request) -> Response:
         warm, self.warm = self.warm, False
         described = self.view.describe()
+        from ..speech import spoken_languages
+
         said = self.subtitle_files()
+        languages = spoken_languages(self.view.run) if said else {}
         for video in described["videos"]:  # the player's subtitle track, for videos with speech
             video["subtitles"] = f"/media/subtitles/{video['video_id']}" if video["video_id"] in said else None
+            video["language"] = languages.get(video["video_id"])
         return JSONResponse(described, background=BackgroundTask(_warm, self.view) if warm else None)
 
     def _video_id(self, value: Any) -> str:
