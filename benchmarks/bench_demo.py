@@ -1,6 +1,6 @@
-"""The whole demo, this checkout against another version of frameatlas, runs alternated.
+"""The whole demo: its time and disk per hour of footage, optionally against another version, runs alternated.
 
-    python benchmarks/bench_demo.py --baseline-src /path/to/older/checkout [--runs 3] [--json OUT]
+    python benchmarks/bench_demo.py [--baseline-src /path/to/older/checkout] [--runs 3] [--json OUT]
 
 Each run executes `run_pipeline.py pipeline.yaml` of one checkout (every stage of the demo) into
 a fresh, empty output folder, so nothing of the run is reused; the user caches (term vectors,
@@ -12,7 +12,9 @@ Reported: wall seconds per run and per stage (from each run's manifest), the med
 each, and the ratio this / baseline with its spread; also the CPU seconds of the whole process
 tree, which other load on a shared machine disturbs less than wall time (run the benchmark at a
 high priority, e.g. `nice -n -10`, when other work shares the machine). Used for "the demo's total time grew by less
-than 5%" checks when a change touches every stage (see BENCHMARKS.md).
+than 5%" checks when a change touches every stage (see BENCHMARKS.md). Without `--baseline-src`
+only this checkout runs: the README's "time and disk per hour of footage" figures (footage and
+frames from the manifest, the run folder's size by top-level folder after each run).
 """
 
 from __future__ import annotations
@@ -45,9 +47,17 @@ def run_demo(source: Path, output_dir: Path, *, baseline: bool) -> dict:
     cpu = _children_cpu() - cpu_before
     if result.returncode not in (0, 3):
         raise SystemExit(f"{source}: demo failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    manifest = json.loads((output_dir / "demo" / "manifest.json").read_text())
+    run = output_dir / "demo"
+    manifest = json.loads((run / "manifest.json").read_text())
     stages = {name: entry.get("seconds") for name, entry in manifest["stages"].items()}
-    return {"wall": wall, "cpu": cpu, "stages": stages}
+    counts = manifest["stages"].get("extract", {}).get("counts", {})
+    disk = {folder.name: _megabytes(folder) for folder in sorted(run.iterdir()) if folder.is_dir()}
+    return {"wall": wall, "cpu": cpu, "stages": stages, "footage_seconds": counts.get("video_seconds"),
+            "frames": counts.get("frames"), "disk_mb": disk, "run_mb": _megabytes(run)}  # fmt: skip
+
+
+def _megabytes(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink()) / 1e6
 
 
 def _children_cpu() -> float:
@@ -72,12 +82,13 @@ def summarize(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--baseline-src", type=Path, required=True, help="checkout of the version to compare against")
+    parser.add_argument("--baseline-src", type=Path, help="checkout of the version to compare against (default: none)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each (alternated)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-warmup", action="store_true")
     args = parser.parse_args()
-    sources = {"baseline": args.baseline_src.resolve(), "this": REPO}
+    sources = {"baseline": args.baseline_src.resolve()} if args.baseline_src else {}
+    sources["this"] = REPO
     work = Path(tempfile.mkdtemp(prefix="frameatlas-bench-demo-"))
     if not args.no_warmup:
         for name, source in sources.items():
@@ -90,24 +101,40 @@ def main() -> None:
             results[name].append(outcome)
             print(f"run {number + 1} {name:<8} {outcome['wall']:6.1f} s (cpu {outcome['cpu']:6.1f} s)  "
                   + "  ".join(f"{s}={v:.1f}" for s, v in outcome["stages"].items() if v), flush=True)  # fmt: skip
-    print(f"\n{'':10} {'baseline':>24} {'this checkout':>24}")
-    print(
-        f"{'total':10} {summarize([r['wall'] for r in results['baseline']]):>24} {summarize([r['wall'] for r in results['this']]):>24}"
-    )
-    for stage in results["this"][0]["stages"]:
-        base = [r["stages"].get(stage) for r in results["baseline"] if r["stages"].get(stage)]
-        this = [r["stages"].get(stage) for r in results["this"] if r["stages"].get(stage)]
-        if base and this:
-            print(f"{stage:10} {summarize(base):>24} {summarize(this):>24}")
-    ratios = [t["wall"] / b["wall"] for b, t in zip(results["baseline"], results["this"])]
-    print(f"\nthis / baseline (pairs run back to back): median {statistics.median(ratios):.3f}, "
-          f"range {min(ratios):.3f}-{max(ratios):.3f}")  # fmt: skip
-    cpu_ratios = [t["cpu"] / b["cpu"] for b, t in zip(results["baseline"], results["this"])]
-    print(f"CPU time, this / baseline: median {statistics.median(cpu_ratios):.3f}, "
-          f"range {min(cpu_ratios):.3f}-{max(cpu_ratios):.3f}")  # fmt: skip
+    this = results["this"]
+    if "baseline" not in results:
+        print(f"\n{'total':10} {summarize([r['wall'] for r in this]):>24}  cpu {summarize([r['cpu'] for r in this])}")
+        for stage in this[0]["stages"]:
+            values = [r["stages"].get(stage) for r in this if r["stages"].get(stage)]
+            if values:
+                print(f"{stage:10} {summarize(values):>24}")
+        hours = (this[0]["footage_seconds"] or 0) / 3600
+        if hours:
+            per_hour = [r["wall"] / 60 / hours for r in this]
+            print(f"footage {this[0]['footage_seconds']:.0f} s, {this[0]['frames']} frames: "
+                  f"{statistics.median(per_hour):.1f} min per hour of footage ({min(per_hour):.1f}-{max(per_hour):.1f}); "
+                  f"run folder {statistics.median([r['run_mb'] for r in this]):.0f} MB: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in this[-1]["disk_mb"].items()))  # fmt: skip
+    else:
+        print(f"\n{'':10} {'baseline':>24} {'this checkout':>24}")
+        print(
+            f"{'total':10} {summarize([r['wall'] for r in results['baseline']]):>24} {summarize([r['wall'] for r in this]):>24}"
+        )
+        for stage in this[0]["stages"]:
+            base = [r["stages"].get(stage) for r in results["baseline"] if r["stages"].get(stage)]
+            values = [r["stages"].get(stage) for r in this if r["stages"].get(stage)]
+            if base and values:
+                print(f"{stage:10} {summarize(base):>24} {summarize(values):>24}")
+        ratios = [t["wall"] / b["wall"] for b, t in zip(results["baseline"], this)]
+        print(f"\nthis / baseline (pairs run back to back): median {statistics.median(ratios):.3f}, "
+              f"range {min(ratios):.3f}-{max(ratios):.3f}")  # fmt: skip
+        cpu_ratios = [t["cpu"] / b["cpu"] for b, t in zip(results["baseline"], this)]
+        print(f"CPU time, this / baseline: median {statistics.median(cpu_ratios):.3f}, "
+              f"range {min(cpu_ratios):.3f}-{max(cpu_ratios):.3f}")  # fmt: skip
+        results["ratios"], results["cpu_ratios"] = ratios, cpu_ratios
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "ratios": ratios, "cpu_ratios": cpu_ratios}, indent=2))
+        args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
