@@ -162,3 +162,20 @@ def test_fallback_banner_gives_the_remedy_and_absences_have_reasons(fallback_das
     assert str(fallback_dashboard) not in html and not LOCAL_PATH.search(html)  # the reason's path was made relative
     assert seen.problems() == []
     page.close()
+
+
+def test_classes_of_unlabelled_videos_show_no_given_label(tmp_path):
+    """A video the labels file leaves out is predicted: its 'label given' cell is a dash, never 'nan'."""
+    from frameatlas.report import _classes
+    from frameatlas.store import write_table
+
+    run = RunPaths(tmp_path / "run")
+    run.tables.mkdir(parents=True)
+    common = {"level": "video", "source": "trained", "modality": "audio", "split": "cross-validated", "start": 0.0, "end": 10.0}
+    write_table(pd.DataFrame([
+        {**common, "video_id": "a", "video_name": "a.mp4", "label": "cat", "probability": 0.9, "true_label": "cat"},
+        {**common, "video_id": "b", "video_name": "b.mp4", "label": "dog", "probability": 0.8, "true_label": None,
+         "split": "predicted"},
+    ]), run.table("predictions"))  # fmt: skip
+    rows = _classes(run, {"stages": {"classify": {"status": "done"}}})
+    assert [(r["video"], r["label"], r["truth"]) for r in rows] == [("a.mp4", "cat", "cat"), ("b.mp4", "dog", None)]

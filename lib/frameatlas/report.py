@@ -356,7 +356,7 @@ def _classes(run: RunPaths, manifest: dict[str, Any]) -> list[dict[str, Any]]:
         if len(trained):
             first = trained.iloc[0]
             row.update(label=first.label, probability=float(first.probability), how=f"{first.modality} ({first.split})",
-                       truth=first.true_label)  # fmt: skip
+                       truth=first.true_label if pd.notna(first.true_label) else None)  # fmt: skip
         if len(shot):
             row["zero_shot"] = f"{shot.label.iat[0]} ({float(shot.probability.iat[0]):.2f})"
             if row["label"] is None:
