@@ -10,6 +10,7 @@ import re
 import shlex
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -139,3 +140,31 @@ def test_readme_links_to_its_own_sections_resolve():
     links = set(re.findall(r"\]\(#([^)]+)\)", text))
     assert len(links) >= 8
     assert links <= anchors, sorted(links - anchors)
+
+
+def _merge(base: dict, edits: dict) -> dict:
+    for key, value in edits.items():
+        base[key] = _merge(base.get(key) or {}, value) if isinstance(value, dict) and value else value
+    return base
+
+
+def test_your_own_videos_recipe_gives_a_valid_config_elsewhere(tmp_path):
+    """'Your own videos': pipeline.yaml copied to another folder with the README's keys edited is valid
+    there, and nothing in it still points at the demo (its corpus, its classify labels)."""
+    from frameatlas.config import load_config
+
+    text = README.read_text()
+    step = text[text.index("**Edit these keys**") :]
+    block = textwrap.dedent(step.split("```yaml\n", 1)[1].split("```", 1)[0])
+    edits = yaml.safe_load(block)
+    videos = tmp_path / "street-cams"
+    videos.mkdir()
+    edits["corpus"]["videos"] = str(videos)  # the README's /data/street-cams, here
+    project = tmp_path / "atlases" / "street-cams"
+    project.mkdir(parents=True)
+    config = _merge(yaml.safe_load((REPO / "pipeline.yaml").read_text()), edits)
+    (project / "pipeline.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    cfg = load_config(project / "pipeline.yaml")
+    assert cfg.run_dir == project / "outputs" / "street-cams"
+    assert not cfg.corpus.demo and not cfg.classify.enabled
+    assert cfg.models.image.on_missing_weights == "error"
