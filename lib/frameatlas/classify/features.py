@@ -103,33 +103,61 @@ def make_samples(
         >>> by_window.tolist()
         [1, 1, 2, 2, 3]
     """
-    names = videos.set_index("video_id").video_name.astype(str).to_dict()
-    durations = (
-        pd.to_numeric(videos.set_index("video_id").get("duration"), errors="coerce").to_dict() if "duration" in videos else {}
-    )
     frame_video = frames.video_id.astype(str).to_numpy()
+    present = set(frame_video)
+    order = [v for v in dict.fromkeys(videos.video_id.astype(str)) if v in present]
+    table = videos.assign(video_id=videos.video_id.astype(str)).drop_duplicates("video_id").set_index("video_id")
+    code = pd.Categorical(frame_video, categories=order).codes.astype(np.int64)  # video of each frame; -1: not listed
+    keep = code >= 0
     stamps = frames.timestamp.to_numpy(float)
-    rows: list[tuple] = []
+    count = len(order)
+    # a video ends at its duration, else just after its last frame
+    last = np.full(count, -np.inf)
+    np.maximum.at(last, code[keep], stamps[keep])
+    duration = pd.to_numeric(table.reindex(order).get("duration", pd.Series(np.nan, index=order)), errors="coerce").to_numpy(
+        float
+    )
+    ends = np.where(np.isfinite(duration) & (duration > 0), duration, last + 1e-3)
+    frames_per_video = np.bincount(code[keep], minlength=count)
     by_video = np.full(len(frames), -1, np.int64)
     by_window = np.full(len(frames), -1, np.int64)
-    order = [v for v in dict.fromkeys(videos.video_id.astype(str)) if v in set(frame_video)]
-    positions = pd.Series(np.arange(len(frames))).groupby(frame_video).apply(np.asarray).to_dict() if len(frames) else {}
-    for video_id in order:
-        index = positions[video_id]
-        times = stamps[index]
-        duration = durations.get(video_id)
-        end = float(duration) if duration is not None and np.isfinite(duration) and duration > 0 else float(times.max()) + 1e-3
-        by_video[index] = len(rows)
-        rows.append((video_id, video_id, names.get(video_id, video_id), "video", -1, 0.0, end, len(index)))
-        if window_seconds:
-            windows = np.floor(times / window_seconds + 1e-9).astype(np.int64)
-            for window in np.unique(windows):
-                members = index[windows == window]
-                by_window[members] = len(rows)
-                start = float(window * window_seconds)
-                rows.append((f"{video_id}:w{window}", video_id, names.get(video_id, video_id), "window", int(window),
-                             start, float(min(start + window_seconds, max(end, start + 1e-3))), len(members)))  # fmt: skip
-    return pd.DataFrame(rows, columns=SAMPLE_COLUMNS), by_video, by_window
+    if window_seconds:
+        window = np.floor(stamps / window_seconds + 1e-9).astype(np.int64)
+        span = int(window[keep].max()) + 1 if keep.any() else 1
+        keys, inverse, sizes = np.unique(code[keep] * span + window[keep], return_inverse=True, return_counts=True)
+        owner, number = keys // span, keys % span  # each window sample's video and window number
+    else:
+        owner = number = sizes = inverse = np.zeros(0, np.int64)
+    windows_per_video = np.bincount(owner, minlength=count)
+    # rows: each video, then its windows in time order
+    video_rows = np.arange(count) + np.concatenate([[0], np.cumsum(windows_per_video)[:-1]])
+    window_rows = np.arange(len(owner)) + owner + 1
+    by_video[keep] = video_rows[code[keep]]
+    if window_seconds:
+        by_window[keep] = window_rows[inverse]
+    total = count + len(owner)
+    ids = np.asarray(order, dtype=object)
+    names = table.reindex(order).video_name.astype(str).to_numpy(object)
+    video_of = np.empty(total, np.int64)
+    video_of[video_rows], video_of[window_rows] = np.arange(count), owner
+    level = np.full(total, "video", dtype=object)
+    level[window_rows] = "window"
+    numbers = np.full(total, -1, np.int64)
+    numbers[window_rows] = number
+    starts = np.zeros(total)
+    ends_all = ends[video_of].copy()
+    counts = frames_per_video[video_of].copy()
+    if window_seconds:
+        starts[window_rows] = number * window_seconds
+        ends_all[window_rows] = np.minimum(
+            starts[window_rows] + window_seconds, np.maximum(ends[owner], starts[window_rows] + 1e-3)
+        )
+        counts[window_rows] = sizes
+    sample_ids = ids[video_of].copy()
+    sample_ids[window_rows] = [f"{v}:w{w}" for v, w in zip(ids[owner], number)]
+    samples = pd.DataFrame({"sample_id": sample_ids, "video_id": ids[video_of], "video_name": names[video_of], "level": level,
+                            "window": numbers, "start": starts, "end": ends_all, "frames": counts})  # fmt: skip
+    return samples, by_video, by_window
 
 
 def sample_matrix(n_samples: int, *assignments: np.ndarray) -> sparse.csr_matrix:
