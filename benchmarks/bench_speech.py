@@ -8,13 +8,14 @@ int8, `models.threads` threads), on the same files, order rotated between repeat
 * baseline: `WhisperModel.transcribe(path)` with faster-whisper's defaults (no VAD, beam 5, no word
   times): the package decodes the whole file into memory and Whisper reads every 30 s window;
 * frameatlas: `speech.transcribe_audio` as the caption stage runs it (audio streamed with PyAV in
-  pieces cut at pauses, Silero VAD first, beam 5, word times).
+  pieces cut at pauses, Silero VAD first, beam 5, word times, word edges next to pauses moved onto
+  the voice: the time that last step takes is shown apart, "edges s").
 
-Files: every demo video with an audio stream (they hold music and effects, no dialogue), and with
-`--talk N` a generated N-second recording of espeak-ng sentences with pauses (speech to transcribe).
-Printed per file and mode: audio seconds, median wall seconds with the spread, real-time factor
-(audio seconds per wall second), the share of audio VAD kept, and segments found; then the totals
-over the demo videos, and the ratio baseline / frameatlas.
+Files: every demo video with an audio stream (music and effects, and conversation.mp4, a recorded
+conversation), and with `--talk N` a generated N-second recording of espeak-ng sentences with pauses
+(speech to transcribe). Printed per file and mode: audio seconds, median wall seconds with the spread,
+real-time factor (audio seconds per wall second), the share of audio VAD kept, and segments found; then
+the totals over the demo videos, and the ratio baseline / frameatlas.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from frameatlas.config import ModelsConfig, SpeechConfig  # noqa: E402
 from frameatlas.models.speech import load_speech_model  # noqa: E402
 from frameatlas.speech import SAMPLE_RATE, AudioDecoder, transcribe_audio  # noqa: E402
 
-DEMO = ["data/demo/bbb.mp4", "data/demo/bigbuckbunny.mp4", "data/demo/world.mp4"]
+DEMO = ["data/demo/bbb.mp4", "data/demo/bigbuckbunny.mp4", "data/demo/world.mp4", "data/demo/conversation.mp4"]
 SENTENCES = [
     "Please meet me at the railway station tomorrow morning.",
     "The children are playing football in the park.",
@@ -96,12 +97,28 @@ def run_baseline(model, path: Path) -> dict:
 
 
 def run_frameatlas(model, path: Path, options: SpeechConfig) -> dict:
+    from frameatlas import speech
+
+    edges = [0.0]  # seconds spent finding the voice around words (speech._voiced_spans), part of the total
+    find_voice = speech._voiced_spans
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return find_voice(*args, **kwargs)
+        finally:
+            edges[0] += time.perf_counter() - started
+
+    speech._voiced_spans = timed
     started = time.perf_counter()
-    with AudioDecoder(path) as decoder:
-        transcript = transcribe_audio(model, decoder, options)
+    try:
+        with AudioDecoder(path) as decoder:
+            transcript = transcribe_audio(model, decoder, options)
+    finally:
+        speech._voiced_spans = find_voice
     audio = transcript.audio_seconds
     return {"seconds": time.perf_counter() - started, "audio": audio, "kept": transcript.voiced_seconds / audio if audio else 0.0,
-            "segments": len(transcript.segments)}  # fmt: skip
+            "segments": len(transcript.segments), "edges": edges[0]}  # fmt: skip
 
 
 def main() -> None:
@@ -137,6 +154,7 @@ def main() -> None:
     print(f"\nmodel {model.record.model_id} ({model.record.backend}), {args.repeat} runs each, machine {machine()}")
     print(
         f"{'file':28s} {'mode':10s} {'audio s':>8s} {'wall s (median, min-max)':>26s} {'x real time':>11s} {'VAD kept':>8s} {'segs':>5s}"
+        f" {'edges s':>8s}"
     )
     summary: dict[str, dict] = {}
     for path, by_mode in results.items():
@@ -145,10 +163,11 @@ def main() -> None:
             median = statistics.median(walls)
             audio = runs[0]["audio"]
             row = {"audio": audio, "median": median, "min": min(walls), "max": max(walls), "rtf": audio / median,
-                   "kept": runs[0]["kept"], "segments": runs[0]["segments"]}  # fmt: skip
+                   "kept": runs[0]["kept"], "segments": runs[0]["segments"],
+                   "edges": statistics.median(r.get("edges", 0.0) for r in runs)}  # fmt: skip
             summary.setdefault(path, {})[mode] = row
             print(f"{Path(path).name:28s} {mode:10s} {audio:8.1f} {median:10.2f} ({min(walls):.2f}-{max(walls):.2f}){'':7s} "
-                  f"{row['rtf']:11.1f} {row['kept']:8.1%} {row['segments']:5d}")  # fmt: skip
+                  f"{row['rtf']:11.1f} {row['kept']:8.1%} {row['segments']:5d} {row['edges']:8.2f}")  # fmt: skip
     demo = [p for p in summary if p in {str(f) for f in files[: len(files) - (args.talk > 0)]}]
     totals = {}
     for mode in modes:
