@@ -68,8 +68,10 @@ def make_clip(source: Path, start: float, dest: Path) -> Path:
 
 def link_videos(corpus: list[Path], folder: Path, extra: Path | None = None) -> Path:
     """The corpus videos in `folder` (hard links where possible), plus `extra`."""
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     for video in corpus:
+        if (folder / video.name).exists():
+            continue
         try:
             os.link(video, folder / video.name)
         except OSError:
@@ -85,6 +87,9 @@ def write_config(base: Path, path: Path, videos: Path, output_dir: Path) -> Path
     config = yaml.safe_load(base.read_text())
     config["corpus"].update({"videos": str(videos), "demo": False})
     config["run"].update({"output_dir": str(output_dir), "name": "demo"})
+    labels = (config.get("classify") or {}).get("labels")
+    if labels and not Path(labels).is_absolute():  # relative to the original config's folder, as frameatlas reads it
+        config["classify"]["labels"] = str(base.parent / labels)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
