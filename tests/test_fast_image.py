@@ -61,7 +61,7 @@ def test_onnx_vectors_that_do_not_match_fp32_get_their_own_id(tiny_clip, monkeyp
 def test_the_onnx_export_is_made_once_per_model(tiny_clip, monkeypatch):
     first = _encoder(tiny_clip, "onnx-int8")
     first.encode_images(_images()[:1])
-    exports = sorted(fast_image._cache_folder(first.base.record).glob("*.onnx"))
+    exports = sorted(fast_image._cache_folder(first.base.record, first.base).glob("*.onnx"))
     assert [p.name for p in exports] == ["image_tower-int8.onnx", "image_tower.onnx"]
     stamps = [p.stat().st_mtime_ns for p in exports]
 

@@ -6,9 +6,10 @@
 * ``onnx``: the image tower exported once per model to ONNX and run by ONNX Runtime (fp32);
 * ``onnx-int8``: that export with ONNX Runtime's dynamic int8 quantization of its matrix products.
 
-Exports are cached per model, weights and torch version under `~/.cache/frameatlas/onnx/` (or
+Exports are cached per weights file (its SHA-256) and torch version under `~/.cache/frameatlas/onnx/` (or
 `$XDG_CACHE_HOME/frameatlas/onnx/`), written atomically, so every run and every Ray worker on a machine
-(or sharing that folder) exports once. The text tower stays the fp32 torch one.
+(or sharing that folder) exports once; a model with random weights (no file to name it) exports into a
+folder of its process only. The text tower stays the fp32 torch one.
 
 Which vectors are "the same model": when a tower is first made, its vectors of `PROBES` fixed synthetic
 images are compared with the fp32 tower's. A tower whose every probe vector has a cosine of at least
@@ -68,10 +69,26 @@ def probe_images(count: int = PROBES, size: int = 256, seed: int = 0) -> list:
     return images
 
 
-def _cache_folder(record: ModelRecord) -> Path:
+_UNNAMED: dict[int, Path] = {}  # per model object without a weights file (random init): its own folder
+
+
+def _cache_folder(record: ModelRecord, model: Any = None) -> Path:
+    """Where the exports of a model live: per weights file (its SHA-256) in the user cache; a model
+    without a weights file (random weights) has nothing to name it, so its exports are this process's only."""
     import torch
 
     from ..files import user_cache_dir
+
+    if not record.weights_sha256:
+        if id(model) not in _UNNAMED:
+            import atexit
+            import shutil
+            import tempfile
+
+            folder = Path(tempfile.mkdtemp(prefix="frameatlas-onnx-"))
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            _UNNAMED[id(model)] = folder
+        return _UNNAMED[id(model)]
 
     key = json.dumps([record.model_id, record.weights_sha256, record.weights, torch.__version__, EXPORT_VERSION, OPSET])
     return user_cache_dir("onnx", f"{record.model_id}-{hashlib.sha256(key.encode()).hexdigest()[:12]}")
@@ -179,7 +196,7 @@ class FastImageTower:
 
         visual = self._fp32_visual()
         probes = torch.stack([self.base.preprocess(image) for image in probe_images()])
-        folder = _cache_folder(self.base.record)
+        folder = _cache_folder(self.base.record, self.base)
         if self.runtime == "torch-int8":
             quantized = torch.ao.quantization.quantize_dynamic(visual, {torch.nn.Linear}, dtype=torch.qint8)
 
@@ -221,7 +238,7 @@ class FastImageTower:
         return run
 
     def _agreement_file(self) -> Path:
-        return _cache_folder(self.base.record) / "agreement.json"
+        return _cache_folder(self.base.record, self.base) / "agreement.json"
 
     def _agreement(self) -> dict | None:
         try:
