@@ -131,7 +131,7 @@ def cli_search(run: Path, query: str, source: Path | None) -> float:
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=environment(source))
     seconds = time.perf_counter() - started
-    if done.returncode != 0:
+    if done.returncode not in (0, 2):  # 2: no channel can answer that text (the weight-free demo): timed all the same
         raise SystemExit(f"search {query!r} failed ({done.returncode}): {done.stderr[-2000:]}")
     return seconds
 
