@@ -11,10 +11,8 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ import pandas as pd
 import pytest
 import videogen
 import yaml
+from test_serve import Server  # `frameatlas serve RUN --port 0` in its own process
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_MODULES = {"torch", "open_clip", "sentence_transformers", "transformers"}
@@ -145,37 +144,6 @@ def test_adding_a_video_reruns_later_stages_without_loading_models_they_do_not_n
 
 
 # --------------------------------------------------------------------------- search through serve
-
-
-class Server:
-    """`frameatlas serve RUN --port 0` in its own process, stopped with Ctrl-C."""
-
-    def __init__(self, run: Path, log: Path):
-        self._log = log.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "frameatlas.cli", "serve", str(run), "--port", "0"],
-            stdout=subprocess.PIPE, stderr=self._log, text=True,
-        )  # fmt: skip
-        line: list[str] = []
-        reader = threading.Thread(target=lambda: line.append(self.process.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(timeout=120)
-        found = re.search(r" at (http://\S+/) ", line[0]) if line else None
-        if not found:
-            self.stop()
-            raise AssertionError(f"the server did not start: {line!r}\n{log.read_text()[-3000:]}")
-        self.url = found.group(1)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
-        self._log.close()
-        return self.process.returncode
 
 
 def cli_search(run: Path, *args: str) -> tuple[int, str, str, set[str]]:
