@@ -45,14 +45,16 @@ def machine() -> dict:
             "ray": ray.__version__, "load_average": os.getloadavg()}  # fmt: skip
 
 
-def trial(videos: Path, root: Path, variant: str, every_seconds: float) -> dict:
+def trial(videos: Path, root: Path, variant: str, every_seconds: float, repeat: int) -> dict:
     from frameatlas.config import config_from_dict
     from frameatlas.embed import embed_frames, extract_and_embed
     from frameatlas.models import clear_loaded
 
     executor, worker_cpus = VARIANTS[variant]
     cfg = config_from_dict({
-        "run": {"name": variant, "output_dir": str(root), "executor": executor, "ray_worker_cpus": worker_cpus},
+        # A run name per trial: Chroma keeps one client per index path in the process, and a client whose
+        # folder was deleted by the previous trial finds its database read-only.
+        "run": {"name": f"{variant}-{repeat}", "output_dir": str(root), "executor": executor, "ray_worker_cpus": worker_cpus},
         "corpus": {"videos": str(videos), "demo": False},
         "extract": {"every_seconds": every_seconds},
         "models": {"image": {"name": "ViT-B-32", "pretrained": None, "on_missing_weights": "error"}},
@@ -89,7 +91,7 @@ def main() -> None:
     try:
         for repeat in range(args.repeats):
             for variant in variants:
-                results[variant].append(trial(Path(args.videos), root, variant, args.every_seconds))
+                results[variant].append(trial(Path(args.videos), root, variant, args.every_seconds, repeat))
                 print(f"repeat {repeat + 1} {variant}: {results[variant][-1]}", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
