@@ -113,18 +113,24 @@ def recall_under_noise(
     """
     vectors = _as_unit(vectors)
     rows = np.asarray(rows, dtype=np.int64)
-    records = []
-    for severity, vectors_of_queries in queries.items():
-        noisy = _as_unit(np.asarray(vectors_of_queries, np.float32), "query vectors")
-        ranks = _ranks(vectors, noisy, rows) if len(rows) else np.zeros(0, np.int64)
-        record: dict[str, Any] = {"severity": float(severity)}
-        for k in ks:
-            record[f"recall@{k}"] = float(np.mean(ranks < k)) if len(ranks) else float("nan")
-        record["median_rank"] = float(np.median(ranks)) if len(ranks) else float("nan")
-        record["mean_cosine"] = float(np.einsum("ij,ij->i", noisy, vectors[rows]).mean()) if len(rows) else float("nan")
-        record["n_queries"] = len(rows)
-        records.append(record)
+    records = [
+        _severity_record(severity, vectors, _as_unit(np.asarray(vectors_of_queries, np.float32), "query vectors"), rows, ks)
+        for severity, vectors_of_queries in queries.items()
+    ]
     return pd.DataFrame(records)
+
+
+def _severity_record(severity: float, vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray,
+                     ks: Sequence[int]) -> dict[str, Any]:  # fmt: skip
+    """One row of the robustness table: how well the noisy `queries` find their clean `rows`."""
+    ranks = _ranks(vectors, queries, rows) if len(rows) else np.zeros(0, np.int64)
+    record: dict[str, Any] = {"severity": float(severity)}
+    for k in ks:
+        record[f"recall@{k}"] = float(np.mean(ranks < k)) if len(ranks) else float("nan")
+    record["median_rank"] = float(np.median(ranks)) if len(ranks) else float("nan")
+    record["mean_cosine"] = float(np.einsum("ij,ij->i", queries, vectors[rows]).mean()) if len(rows) else float("nan")
+    record["n_queries"] = len(rows)
+    return record
 
 
 def noise_robustness(
@@ -208,14 +214,7 @@ def noise_robustness(
     for severity, noise_rng in zip(severities, noise_rngs):
         noisy = [salt_and_pepper(image, severity, noise_rng) for image in images]
         queries = _as_unit(_encode(encoder, noisy, batch_size), "encoded images")
-        ranks = _ranks(vectors, queries, rows) if len(rows) else np.zeros(0, np.int64)
-        record: dict[str, Any] = {"severity": float(severity)}
-        for k in ks:
-            record[f"recall@{k}"] = float(np.mean(ranks < k)) if len(ranks) else float("nan")
-        record["median_rank"] = float(np.median(ranks)) if len(ranks) else float("nan")
-        record["mean_cosine"] = float(np.einsum("ij,ij->i", queries, vectors[rows]).mean()) if len(rows) else float("nan")
-        record["n_queries"] = len(rows)
-        records.append(record)
+        records.append(_severity_record(severity, vectors, queries, rows, ks))
     table = pd.DataFrame(records)
     table.attrs.update({"model_id": getattr(getattr(encoder, "record", None), "model_id", None),
                         "corpus": len(vectors), "seed": seed})  # fmt: skip
