@@ -454,9 +454,7 @@ def transcribe_run(
             todo.append((row, video))
             continue
         segments, words, meta = cached
-        segment_tables.append(segments)
-        word_tables.append(words)
-        rows.append(_video_row(video, meta, segments, words))
+        _gather((segment_tables, word_tables, rows), video, segments, words, meta)
         summary.cached += meta["status"] != "no audio"
     if todo and cfg.run.executor == "ray":  # each video transcribed by a Ray worker; what they wrote is gathered here
         todo = _transcribe_on_workers(cfg, run, model, todo, roots, folder, (segment_tables, word_tables, rows), summary)
@@ -467,15 +465,11 @@ def transcribe_run(
         try:
             for row, video in todo:
                 outcome = _transcribe_video(model, options, video, row, roots, folder, bar)
-                if isinstance(outcome, str):  # why it could not be transcribed: tried again next run
-                    (folder / f"{video.video_id}.json").unlink(missing_ok=True)  # a forced run's failure is no cached success
-                    log.warning("speech: skipped %s: %s", video.video_path, outcome)
-                    summary.skipped.append(SkippedInput(str(video.video_path), f"no speech: {outcome}", stage="caption"))
+                if isinstance(outcome, str):
+                    _skip_video(video, outcome, folder, summary)
                     continue
                 transcript, meta = outcome
-                segment_tables.append(transcript.segments)
-                word_tables.append(transcript.words)
-                rows.append(_video_row(video, meta, transcript.segments, transcript.words))
+                _gather((segment_tables, word_tables, rows), video, transcript.segments, transcript.words, meta)
                 summary.transcribed += meta["status"] != "no audio"
         finally:
             bar.close()
@@ -538,7 +532,6 @@ def _transcribe_on_workers(cfg: PipelineConfig, run: RunPaths, model: SpeechMode
     to transcribe here: nothing."""
     from types import SimpleNamespace
 
-    segment_tables, word_tables, rows = gathered
     started = time.perf_counter()
     videos = [SimpleNamespace(**video._asdict()) for _, video in todo]  # itertuples' rows do not pickle
     units = [(cfg.speech, video, row, roots, folder) for (row, _), video in zip(todo, videos)]
@@ -552,19 +545,30 @@ def _transcribe_on_workers(cfg: PipelineConfig, run: RunPaths, model: SpeechMode
         bar.close()
     for video, outcome in zip(videos, outcomes):
         cached = None if outcome is not None else _cached(folder, video.video_id)
-        if cached is None:  # why it could not be transcribed: tried again next run
+        if cached is None:
             reason = outcome.reason if isinstance(outcome, Failed) else outcome or "its worker wrote no transcript"
-            (folder / f"{video.video_id}.json").unlink(missing_ok=True)
-            log.warning("speech: skipped %s: %s", video.video_path, reason)
-            summary.skipped.append(SkippedInput(str(video.video_path), f"no speech: {reason}", stage="caption"))
+            _skip_video(video, reason, folder, summary)
             continue
         segments, words, meta = cached
-        segment_tables.append(segments)
-        word_tables.append(words)
-        rows.append(_video_row(video, meta, segments, words))
+        _gather(gathered, video, segments, words, meta)
         summary.transcribed += meta["status"] != "no audio"
     summary.seconds = time.perf_counter() - started
     return []
+
+
+def _gather(gathered: tuple[list, list, list], video, segments: pd.DataFrame, words: pd.DataFrame, meta: dict) -> None:
+    """One video's transcript added to `transcribe_run`'s lists: segment tables, word tables, video rows."""
+    segment_tables, word_tables, rows = gathered
+    segment_tables.append(segments)
+    word_tables.append(words)
+    rows.append(_video_row(video, meta, segments, words))
+
+
+def _skip_video(video, reason: str, folder: Path, summary: SpeechSummary) -> None:
+    """A video that could not be transcribed: skipped with its reason, and tried again next run."""
+    (folder / f"{video.video_id}.json").unlink(missing_ok=True)  # a forced run's failure is no cached success
+    log.warning("speech: skipped %s: %s", video.video_path, reason)
+    summary.skipped.append(SkippedInput(str(video.video_path), f"no speech: {reason}", stage="caption"))
 
 
 def _concat(tables: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
