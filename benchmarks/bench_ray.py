@@ -12,7 +12,10 @@ Variants, taking turns in every repeat so load on a shared machine falls on all 
 * ray-1x2: the same Ray, 1 worker of 2 CPUs (Ray's own overhead with the same parallelism as local).
 
 Ray is started once before the trials (its start is shown apart: a cluster is started once, not per
-run); each pass still starts its workers and loads the model in each. Median of the repeats, the range,
+run); each pass still starts its workers and loads the model in each. By default every trial runs in this
+process, where torch and open_clip are already imported for the local variant but each Ray worker imports
+them anew; `--fresh-process` runs each trial in a new Python process instead (connecting to the same Ray
+through `run.ray_address`), as a stage's kernel does, so both variants pay their imports. Median of the repeats, the range,
 and the ratio of wall times to local (overhead = ratio - 1).
 """
 
@@ -25,6 +28,8 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,7 +50,7 @@ def machine() -> dict:
             "ray": ray.__version__, "load_average": os.getloadavg()}  # fmt: skip
 
 
-def trial(videos: Path, root: Path, variant: str, every_seconds: float, repeat: int) -> dict:
+def trial(videos: Path, root: Path, variant: str, every_seconds: float, repeat: int, address: str | None = None) -> dict:
     from frameatlas.config import config_from_dict
     from frameatlas.embed import embed_frames, extract_and_embed
     from frameatlas.models import clear_loaded
@@ -54,7 +59,8 @@ def trial(videos: Path, root: Path, variant: str, every_seconds: float, repeat: 
     cfg = config_from_dict({
         # A run name per trial: Chroma keeps one client per index path in the process, and a client whose
         # folder was deleted by the previous trial finds its database read-only.
-        "run": {"name": f"{variant}-{repeat}", "output_dir": str(root), "executor": executor, "ray_worker_cpus": worker_cpus},
+        "run": {"name": f"{variant}-{repeat}", "output_dir": str(root), "executor": executor, "ray_worker_cpus": worker_cpus,
+                "ray_address": address if executor == "ray" else None},
         "corpus": {"videos": str(videos), "demo": False},
         "extract": {"every_seconds": every_seconds},
         "models": {"image": {"name": "ViT-B-32", "pretrained": None, "on_missing_weights": "error"}},
@@ -70,6 +76,19 @@ def trial(videos: Path, root: Path, variant: str, every_seconds: float, repeat: 
             "embedded_by_embed_stage": embedded.embedded, "videos": extracted.videos}  # fmt: skip
 
 
+def fresh_process_trial(args: argparse.Namespace, root: Path, variant: str, repeat: int, address: str) -> dict:
+    """One trial in a new Python process; its wall time counts from the process's start (imports included)."""
+    command = [sys.executable, __file__, "--videos", args.videos, "--every-seconds", str(args.every_seconds),
+               "--one-trial", variant, str(root), str(repeat), address]  # fmt: skip
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"trial {variant} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {**result, "work_seconds": result["seconds"], "seconds": seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--videos", default="data/demo")
@@ -77,13 +96,19 @@ def main() -> None:
     parser.add_argument("--every-seconds", type=float, default=1.0)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--json", default=None)
+    parser.add_argument("--fresh-process", action="store_true", help="each trial in a new Python process, imports included")
+    parser.add_argument("--one-trial", nargs=4, metavar=("VARIANT", "ROOT", "REPEAT", "ADDRESS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.one_trial:  # the child of --fresh-process: one trial, its result as the last line
+        variant, root, repeat, address = args.one_trial
+        print(json.dumps(trial(Path(args.videos), Path(root), variant, args.every_seconds, int(repeat), address)))
+        return
 
     import ray
 
     started = time.perf_counter()
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.WARNING)
+    context = ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.WARNING)
     ray_start = time.perf_counter() - started
     variants = args.variants.split(",")
     results: dict[str, list[dict]] = {variant: [] for variant in variants}
@@ -91,7 +116,11 @@ def main() -> None:
     try:
         for repeat in range(args.repeats):
             for variant in variants:
-                results[variant].append(trial(Path(args.videos), root, variant, args.every_seconds, repeat))
+                if args.fresh_process:
+                    result = fresh_process_trial(args, root, variant, repeat, context.address_info["gcs_address"])
+                else:
+                    result = trial(Path(args.videos), root, variant, args.every_seconds, repeat)
+                results[variant].append(result)
                 print(f"repeat {repeat + 1} {variant}: {results[variant][-1]}", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
