@@ -23,7 +23,14 @@ from frameatlas.classify import (
     predict_run,
     zero_shot,
 )
-from frameatlas.classify.audio import SAMPLE_RATE, audio_descriptor, yamnet_location
+from frameatlas.classify.audio import (
+    SAMPLE_RATE,
+    YamnetUnavailable,
+    YamnetWorkerError,
+    audio_descriptor,
+    yamnet_location,
+    yamnet_python,
+)
 from frameatlas.classify.labels import check_classes, folder_labels, read_segment_labels, read_video_labels
 from frameatlas.classify.train import modality_matrices
 from frameatlas.config import ConfigError, config_from_dict
@@ -145,6 +152,35 @@ def test_grouping_by_video_prevents_the_leak_an_ungrouped_split_shows():
     assert pd.Series(leaky_folds).groupby(groups).nunique().max() > 1
     leaked, honest = leaky.scores.accuracy.iat[0], grouped.scores.accuracy.iat[0]
     assert leaked >= 0.95 and honest <= 0.75, (leaked, honest)
+
+
+@pytest.mark.parametrize("folds", [2, 4])  # 2: the training videos get inner folds of their own
+def test_late_learned_fusion_is_nested_so_a_fold_is_never_scored_by_its_own_labels(folds):
+    """Four classes, each the pair (bit of modality a, bit of modality b). Whatever the labels of the test
+    fold say, every answer given on it, the learned late fusion's included, stays the same: its weights are
+    learned on the training videos alone. (Weights learned from out-of-fold probabilities of the same
+    folds change: the other folds' probabilities come from models that saw the test fold's labels.)"""
+    rng = np.random.default_rng(3)
+    videos, windows = 16, 6
+    classes = np.array(["00", "01", "10", "11"])
+    video_class = np.tile(np.arange(4), videos // 4)
+    groups = np.repeat(np.arange(videos), windows)
+    y = video_class[groups]
+    matrices = {name: np.column_stack([((y >> shift) & 1) + rng.normal(scale=0.35, size=len(y)),
+                                       rng.normal(size=(len(y), 3))])
+                for name, shift in (("a", 1), ("b", 0))}  # fmt: skip
+    labels = classes[y]
+    fold = grouped_folds(labels, groups, folds, seed=0)
+    first = cross_validate(matrices, labels, groups, fold_of=fold, folds=folds)
+    test = fold == 0
+    relabelled = labels.copy()
+    relabelled[test] = np.roll(classes, 1)[y[test]]  # every test label changed, each class still there
+    second = cross_validate(matrices, relabelled, groups, fold_of=fold, folds=folds)
+    for name in ("a", "b", "early", "late-mean", "late-learned"):
+        np.testing.assert_allclose(first.probabilities[name][test], second.probabilities[name][test], err_msg=name)
+    assert not np.allclose(first.probabilities["late-learned"][~test], second.probabilities["late-learned"][~test])
+    learned = first.scores.set_index("modality").macro_f1
+    assert learned["late-learned"] > max(learned["a"], learned["b"]) + 0.2, learned.to_dict()
 
 
 def test_folds_are_stratified_and_capped_by_the_smallest_class():
@@ -326,38 +362,179 @@ def test_yamnet_without_tensorflow_hub_or_weights_falls_back_and_says_why(tmp_pa
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path))
     descriptor, note = audio_descriptor("auto", "https://tfhub.dev/google/yamnet/1")
     assert isinstance(descriptor, LogMelDescriptor)
-    assert "log-mel" in note and ("tensorflow-hub is not installed" in note or "YAMNet weights not found" in note)
-    with pytest.raises(RuntimeError, match="classify.audio = yamnet, but"):
+    assert "log-mel" in note and "YAMNet weights not found" in note
+    assert "classify.yamnet_python is not set" in note  # this python has no tensorflow-hub
+    with pytest.raises(YamnetUnavailable, match="classify.audio = yamnet, but"):
         audio_descriptor("yamnet", "https://tfhub.dev/google/yamnet/1")
     assert yamnet_location("https://tfhub.dev/google/yamnet/1") is None
+    # a handle is found where TensorFlow Hub caches it: TFHUB_CACHE_DIR / sha1(handle)
+    import hashlib
+
+    cached = tmp_path / hashlib.sha1(b"https://tfhub.dev/google/yamnet/1").hexdigest()
+    cached.mkdir()
+    (cached / "saved_model.pb").write_bytes(b"model")
+    assert yamnet_location("https://tfhub.dev/google/yamnet/1") == cached
 
 
-def test_yamnet_loads_a_saved_model_of_its_signature(tmp_path):
-    """A SavedModel with YAMNet's signature (waveform in; scores, 1024-d embeddings, log-mel out), built here."""
-    tf = pytest.importorskip("tensorflow")
-    pytest.importorskip("tensorflow_hub")
+def test_yamnet_python_is_named_when_it_cannot_run_yamnet(tmp_path):
+    import sys
 
-    class TinyYamnet(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.project = tf.Variable(tf.random.stateless_normal((64, 1024), seed=(1, 2)))
+    with pytest.raises(YamnetUnavailable, match=r"classify.yamnet_python = '/no/such/python' is not an executable python"):
+        yamnet_python("/no/such/python")
+    with pytest.raises(YamnetUnavailable, match="has no tensorflow and tensorflow-hub .*scripts/setup_tf.sh"):
+        yamnet_python(sys.executable)  # frameatlas's own environment never gets TensorFlow
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "saved_model.pb").write_bytes(b"model")
+    descriptor, note = audio_descriptor("auto", str(folder), python=sys.executable)
+    assert isinstance(descriptor, LogMelDescriptor) and "log-mel" in note and sys.executable in note
+    # a path in the config is relative to the config's folder; a bare name is looked up on PATH when used
+    cfg = config_from_dict({"classify": {"yamnet_python": ".venv-tf/bin/python"}}, base_dir=tmp_path)
+    assert cfg.classify.yamnet_python == str(tmp_path / ".venv-tf" / "bin" / "python")
+    assert config_from_dict({"classify": {"yamnet_python": "python3"}}).classify.yamnet_python == "python3"
 
-        @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.float32)])
-        def __call__(self, waveform):
-            patches = tf.signal.frame(waveform, 15360, 7680, pad_end=True)  # 0.96 s every 0.48 s
-            spectrum = tf.abs(tf.signal.rfft(patches[:, :126]))  # 64 bins
-            embeddings = tf.matmul(tf.math.log(spectrum + 1e-3), self.project)
-            return tf.zeros([tf.shape(patches)[0], 521]), embeddings, tf.zeros([tf.shape(patches)[0] * 2, 64])
 
+def _fake_python(folder: Path, worker: str) -> Path:
+    """An executable standing in for a TensorFlow python: it passes the tensorflow-hub check, and runs `worker`
+    (shell) as the YAMNet worker: a real process whose failure frameatlas has to report."""
+    script = folder / "fake-python"
+    script.write_text(f'#!/bin/sh\nif [ "$2" = "-c" ]; then exit 0; fi\n{worker}\n')
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize(
+    ("worker", "status"),
+    [("echo 'Traceback: OSError: SavedModel file does not exist' >&2; exit 1", "exit status 1"),
+     ("echo 'loading the model' >&2; kill -SEGV $$", "killed by SIGSEGV")],
+)  # fmt: skip
+def test_a_failing_yamnet_worker_is_reported_with_its_stderr_and_the_model(tmp_path, worker, status):
     folder = tmp_path / "yamnet"
-    tf.saved_model.save(TinyYamnet(), str(folder))
-    descriptor, note = audio_descriptor("yamnet", str(folder))
-    assert note is None and descriptor.kind == "yamnet" and descriptor.model_id.startswith("yamnet-")
-    assert descriptor.record["backend"] == "tensorflow-hub" and descriptor.record["weights"] == str(folder)
-    stats = descriptor.window_stats(np.array_split(np.concatenate([_tone(300, 3.0), _tone(2000, 3.0)]), 5), 3.0)
-    features = stats.features()
-    assert features.shape[1] == 2048 and len(features) >= 2
-    assert np.abs(features[0] - features[-1]).max() > 1e-3  # the two tones' windows differ
+    folder.mkdir()
+    (folder / "saved_model.pb").write_bytes(b"model")
+    python = _fake_python(tmp_path, worker)
+    descriptor, note = audio_descriptor("yamnet", str(folder), python=str(python))
+    assert note is None and descriptor.python == str(python)
+    with pytest.raises(YamnetWorkerError) as failure:
+        descriptor.window_stats([_tone(300)], 1.0)
+    message = str(failure.value)
+    assert str(folder) in message and str(python) in message and status in message
+    assert worker.split("'")[1] in message  # the worker's stderr
+
+
+@pytest.mark.slow
+def test_auto_falls_back_to_log_mel_when_the_yamnet_worker_fails(fusion, tmp_path):
+    cfg, run, _ = fusion
+    root = tmp_path / "run"
+    shutil.copytree(run.root, root)
+    folder = tmp_path / "yamnet"
+    folder.mkdir()
+    (folder / "saved_model.pb").write_bytes(b"not a SavedModel")
+    python = _fake_python(tmp_path, "echo 'Traceback: DecodeError: Error parsing message' >&2; exit 1")
+    settings = {"audio": "auto", "yamnet": str(folder), "yamnet_python": str(python), "channels": ["audio"]}
+    auto = cfg.model_copy(update={"classify": cfg.classify.model_copy(update=settings)})
+    features = build_features(auto, root)
+    assert features.models["audio"] == LogMelDescriptor.model_id
+    (note,) = [n for n in features.notes if "log-mel" in n]
+    assert str(folder) in note and "DecodeError: Error parsing message" in note
+    strict = cfg.model_copy(update={"classify": cfg.classify.model_copy(update={**settings, "audio": "yamnet"})})
+    with pytest.raises(YamnetWorkerError, match="DecodeError"):
+        build_features(strict, root)
+
+
+# ---------------------------------------------------------------- YAMNet in TensorFlow's own environment
+
+
+@pytest.fixture(scope="module")
+def tf_python() -> str:
+    """The python of TensorFlow's own environment (scripts/setup_tf.sh makes .venv-tf; scripts/test.sh and so CI
+    run it first). FRAMEATLAS_TF_PYTHON names another. Missing: skipped locally, a failure on CI."""
+    import os
+
+    python = Path(os.environ.get("FRAMEATLAS_TF_PYTHON") or Path(__file__).resolve().parent.parent / ".venv-tf/bin/python")
+    if not python.exists():
+        message = f"{python} is missing: run `bash scripts/setup_tf.sh` (TensorFlow's own environment)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return str(python)
+
+
+@pytest.fixture(scope="module")
+def tiny_yamnet(tf_python, tmp_path_factory) -> Path:
+    """A SavedModel with YAMNet's signature, built by TensorFlow's python in a process of its own."""
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("yamnet") / "model"
+    built = subprocess.run([tf_python, str(Path(__file__).with_name("tinyyamnet.py")), str(folder)],
+                           capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert built.returncode == 0 and (folder / "saved_model.pb").exists(), built.stderr[-3000:]
+    return folder
+
+
+def _unreadable(after: np.ndarray):
+    yield after
+    raise OSError("the file ends here")
+
+
+def test_yamnet_runs_in_a_worker_process_of_its_own(tiny_yamnet, tf_python):
+    """TensorFlow's python embeds the waveforms in one worker call; this process never imports TensorFlow."""
+    import sys
+
+    from frameatlas.files import sha256_file
+
+    descriptor, note = audio_descriptor("yamnet", str(tiny_yamnet), python=tf_python)
+    assert note is None and descriptor.kind == "yamnet"
+    assert descriptor.model_id == "yamnet-" + sha256_file(tiny_yamnet / "saved_model.pb")[:8]
+    assert descriptor.record["backend"] == "tensorflow-hub" and descriptor.record["weights"] == str(tiny_yamnet)
+    low, high = _tone(300, 3.0), _tone(2000, 3.0)
+    sources = [("low-high", np.array_split(np.concatenate([low, high]), 5)), ("broken", _unreadable(low)),
+               ("high", [high]), ("low again", [low[:20000], low[20000:]]), ("silent", [])]  # fmt: skip
+    out = dict(descriptor.window_stats_many(sources, 3.0))
+    assert descriptor.calls == 1  # every source's audio in one worker process
+    assert descriptor.last_call["pieces"] == 3 and descriptor.last_call["dim"] == 1024
+    assert isinstance(out["broken"], OSError) and len(out["silent"].counts) == 0
+    both, high_only, low_only = out["low-high"].features(), out["high"].features()[0], out["low again"].features()[0]
+    assert both.shape[1] == 2048 and len(both) >= 2 and np.abs(both).max() > 0
+    assert np.abs(both[0] - both[1]).max() > 1e-2  # the two tones' windows differ
+    np.testing.assert_allclose(both[0], low_only, rtol=1e-4, atol=1e-4)  # the same sound, the same features
+    # the second window (its first patch straddles the change of tone) is the high tone's
+    assert np.abs(both[1, :1024] - high_only[:1024]).mean() < 0.35 * np.abs(both[1, :1024] - low_only[:1024]).mean()
+    assert "tensorflow" not in sys.modules
+
+
+@pytest.mark.slow
+def test_the_classify_audio_path_runs_yamnet_through_the_configured_python(fusion, tiny_yamnet, tf_python, tmp_path,
+                                                                          monkeypatch):  # fmt: skip
+    """classify.audio auto + classify.yamnet_python: the run's audio features are YAMNet's, from one worker call."""
+    from frameatlas.classify.audio import YamnetDescriptor
+    from frameatlas.files import sha256_file
+
+    calls = []
+    run_worker = YamnetDescriptor._run
+    monkeypatch.setattr(YamnetDescriptor, "_run", lambda self, job: calls.append(len(job.entries)) or run_worker(self, job))
+    cfg, run, _ = fusion
+    root = tmp_path / "run"
+    shutil.copytree(run.root, root)
+    settings = {"audio": "auto", "yamnet": str(tiny_yamnet), "yamnet_python": tf_python, "channels": ["audio"]}
+    yamnet_cfg = cfg.model_copy(update={"classify": cfg.classify.model_copy(update=settings)})
+    features = build_features(yamnet_cfg, root)
+    model_id = "yamnet-" + sha256_file(tiny_yamnet / "saved_model.pb")[:8]
+    assert features.models["audio"] == model_id and not [n for n in features.notes if "log-mel" in n]
+    assert [r["model_id"] for r in features.records] == [model_id]
+    assert calls == [len(COLOURS) * len(TONES) * VIDEOS_PER_CLASS]  # one piece per video, all in one call
+    block, present = features.blocks["audio"], features.present["audio"]
+    assert block.shape[1] == 2048 and present.all()
+    windows = features.samples.level.eq("window").to_numpy()
+    videos = read_table(RunPaths(root).table("videos"))
+    pitch = features.samples.video_id.isin(videos.video_id[videos.video_path.str.contains("-high")]).to_numpy()
+    low, high = block[windows & ~pitch].mean(0), block[windows & pitch].mean(0)
+    spread = block[windows & pitch].std(0).mean()
+    assert np.abs(low - high).mean() > 3 * spread  # the tone, not the video, sets the embeddings
+    # cached per video under the model's id: a second pass starts no worker
+    assert len(list(RunPaths(root).cache.glob(f"classify/audio/{model_id}-w*/*.npz"))) == calls[0]
+    build_features(yamnet_cfg, root)
+    assert len(calls) == 1
 
 
 @pytest.mark.slow

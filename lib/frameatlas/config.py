@@ -392,10 +392,14 @@ class ClassifyConfig(_Section):
         description="Modalities pooled into features (those whose tables are missing are left out).",
     )  # fmt: skip
     audio: Literal["auto", "logmel", "yamnet"] = Field(
-        "auto", description="auto: YAMNet when tensorflow-hub and its weights are there, else log-mel statistics."
+        "auto", description="auto: YAMNet when its weights and classify.yamnet_python are there, else log-mel statistics."
     )
     yamnet: str = Field(
         "https://tfhub.dev/google/yamnet/1", min_length=1, description="YAMNet: a SavedModel folder or a TF Hub handle."
+    )
+    yamnet_python: str | None = Field(
+        None, description="The python that runs YAMNet in its own process (one with tensorflow and tensorflow-hub, "
+        "e.g. .venv-tf/bin/python from scripts/setup_tf.sh); null = this python when it has tensorflow-hub."
     )
     classifier: Literal["logreg", "svm", "mlp"] = Field("logreg", description="The classifier saved and used for predictions.")
     compare_classifiers: list[Literal["logreg", "svm", "mlp"]] = Field(
@@ -532,6 +536,9 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> PipelineConfig:
     for key in ("labels", "segments"):
         if getattr(cfg.classify, key) is not None:
             setattr(cfg.classify, key, absolute(getattr(cfg.classify, key)))
+    yamnet_python = cfg.classify.yamnet_python
+    if yamnet_python and yamnet_python.startswith((".", "~", "/")):  # a path (a bare name is looked up on PATH)
+        cfg.classify.yamnet_python = str(absolute(Path(yamnet_python)))
     if cfg.objects.weights is not None:
         cfg.objects.weights = absolute(cfg.objects.weights)
     if cfg.speech.model.startswith((".", "~", "/")):

@@ -36,7 +36,7 @@ from ..config import PipelineConfig
 from ..files import UnsafePath, contained_path
 from ..progress import progress_bar
 from ..store import RunPaths, read_table
-from .audio import AudioStats, audio_descriptor
+from .audio import AudioStats, LogMelDescriptor, YamnetWorkerError, audio_descriptor
 
 log = logging.getLogger(__name__)
 
@@ -228,9 +228,21 @@ def _video_path(cfg: PipelineConfig, run: RunPaths, value: str, row: int) -> Pat
     return contained_path(value, [Path(cfg.corpus.videos), run.root], what=f"tables/videos.parquet row {row}, column video_path")
 
 
+def _decoded(path: Path):
+    """A video's audio as 16 kHz mono blocks (the file is opened when the blocks are first asked for)."""
+    from ..speech import AudioDecoder
+
+    with AudioDecoder(path) as decoder:
+        yield from decoder.blocks()
+
+
 def _audio_block(cfg: PipelineConfig, run: RunPaths, videos: pd.DataFrame, samples: pd.DataFrame, descriptor: Any,
                  window_seconds: float | None, features: FeatureSet) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    from ..speech import AudioDecoder, NoAudio
+    """Per sample, the audio features of its window (or video), cached per video in the run's cache.
+
+    The videos not cached yet go to the descriptor together (`window_stats_many`), so YAMNet's worker
+    process starts once for many videos."""
+    from ..speech import NoAudio
 
     block = np.zeros((len(samples), descriptor.dim), np.float32)
     present = np.zeros(len(samples), bool)
@@ -238,38 +250,47 @@ def _audio_block(cfg: PipelineConfig, run: RunPaths, videos: pd.DataFrame, sampl
     folder = run.cache / "classify" / "audio" / f"{descriptor.model_id}-w{span:g}"
     has_audio = videos.set_index("video_id").get("has_audio")
     wanted = [v for v in dict.fromkeys(samples.video_id)]
+    video_ids = videos.video_id.to_numpy()
+    sample_videos = samples.video_id.to_numpy()
+
+    def place(video_id: str, stats: AudioStats) -> None:
+        for i in np.flatnonzero(sample_videos == video_id):
+            level, window = samples.level.iat[i], int(samples.window.iat[i])
+            part = stats.whole() if level == "video" else (
+                AudioStats(stats.sums[window : window + 1], stats.squares[window : window + 1], stats.counts[window : window + 1])
+                if window < len(stats.counts) else None)  # fmt: skip
+            if part is not None and part.counts.sum() > 0:
+                block[i] = part.features()[0]
+                present[i] = True
+
     bar = progress_bar(total=len(wanted), desc="classify: audio features", unit="video")
     try:
+        todo: list[tuple[str, int, Path]] = []
         for video_id in wanted:
-            bar.update(1)
-            if has_audio is not None and not bool(has_audio.get(video_id, True)):
-                continue
-            row = int(np.flatnonzero(videos.video_id.to_numpy() == video_id)[0])
+            row = int(np.flatnonzero(video_ids == video_id)[0])
             cached = folder / f"{video_id}.npz"
-            stats = AudioStats.load(cached) if cached.exists() else None
-            if stats is None:
+            if has_audio is not None and not bool(has_audio.get(video_id, True)):
+                bar.update(1)
+            elif cached.exists():
+                place(video_id, AudioStats.load(cached))
+                bar.update(1)
+            else:
                 try:
-                    path = _video_path(cfg, run, str(videos.video_path.iat[row]), row)
-                    with AudioDecoder(path) as decoder:
-                        stats = descriptor.window_stats(decoder.blocks(), span)
-                except NoAudio:
-                    continue
+                    todo.append((video_id, row, _video_path(cfg, run, str(videos.video_path.iat[row]), row)))
                 except UnsafePath as error:
                     features.notes.append(f"audio of {videos.video_name.iat[row]}: {error}")
-                    continue
-                except Exception as error:  # an undecodable track: this video has no audio features
-                    features.notes.append(f"audio of {videos.video_name.iat[row]} could not be decoded ({error})")
-                    continue
-                stats.save(cached)
-            mine = np.flatnonzero(samples.video_id.to_numpy() == video_id)
-            for i in mine:
-                level, window = samples.level.iat[i], int(samples.window.iat[i])
-                part = stats.whole() if level == "video" else (
-                    AudioStats(stats.sums[window : window + 1], stats.squares[window : window + 1], stats.counts[window : window + 1])
-                    if window < len(stats.counts) else None)  # fmt: skip
-                if part is not None and part.counts.sum() > 0:
-                    block[i] = part.features()[0]
-                    present[i] = True
+                    bar.update(1)
+        rows = {video_id: row for video_id, row, _ in todo}
+        sources = ((video_id, _decoded(path)) for video_id, _, path in todo)
+        for video_id, stats in descriptor.window_stats_many(sources, span):
+            bar.update(1)
+            if isinstance(stats, NoAudio):
+                continue
+            if isinstance(stats, Exception):  # an undecodable track: this video has no audio features
+                features.notes.append(f"audio of {videos.video_name.iat[rows[video_id]]} could not be decoded ({stats})")
+                continue
+            stats.save(folder / f"{video_id}.npz")
+            place(video_id, stats)
     finally:
         bar.close()
     return block, present
@@ -351,11 +372,19 @@ def build_features(
             features.models["objects"] = model
     if "audio" in channels:
         note = None
-        if audio is None:
-            audio, note = audio_descriptor(options.audio, options.yamnet, None)
+        chosen = audio is None
+        if chosen:
+            audio, note = audio_descriptor(options.audio, options.yamnet, None, options.yamnet_python)
+        try:
+            block, present = _audio_block(cfg, run, videos, samples, audio, window, features)
+        except YamnetWorkerError as error:
+            if not (chosen and options.audio == "auto"):
+                raise
+            log.warning("%s", error)
+            audio, note = LogMelDescriptor(), f"audio features: the weight-free log-mel statistics descriptor ({error})"
+            block, present = _audio_block(cfg, run, videos, samples, audio, window, features)
         if note:
             features.notes.append(note)
-        block, present = _audio_block(cfg, run, videos, samples, audio, window, features)
         if present.any():
             features.blocks["audio"], features.present["audio"] = block, present
             features.models["audio"] = audio.model_id

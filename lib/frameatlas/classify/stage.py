@@ -418,7 +418,9 @@ def predict_run(model: Path | str, target: RunPaths | Path | str) -> pd.DataFram
         if wanted == LOGMEL_ID:
             audio = LogMelDescriptor()
         else:
-            audio, _ = audio_descriptor("auto", settings.get("yamnet", ""), None)
+            audio, _ = audio_descriptor(
+                "auto", settings.get("yamnet", ""), None, cfg.classify.yamnet_python or settings.get("yamnet_python")
+            )
     image_model = spec["modalities"].get("image", spec["modalities"].get("keyframes", {})).get("model")
     features = build_features(cfg, target, image_model=image_model, audio=audio)
     _compare(spec, features.spec(), source, str(target.root))

@@ -6,7 +6,9 @@
 * **Early fusion**: the modalities, each standardised (and reduced to its principal components), joined into
   one vector for one classifier.
 * **Late fusion**: the modalities' probabilities averaged (`late-mean`), or weighted by a logistic
-  regression learned on their out-of-fold probabilities (`late-learned`, stacking).
+  regression learned on their out-of-fold probabilities (`late-learned`, stacking). Its cross-validated
+  score is nested: each test fold's weights are learned by an inner cross-validation on the training
+  videos alone.
 
 Cross-validation is `StratifiedGroupKFold` grouped by video: the windows of one video are never
 on both sides of a split. Every sample gets an out-of-fold prediction; scores are computed from
@@ -220,6 +222,61 @@ def _joined(matrices: dict[str, np.ndarray], modalities: list[str]) -> tuple[np.
     return np.hstack([matrices[m] for m in modalities]), [(int(a), int(b)) for a, b in zip(widths[:-1], widths[1:])]
 
 
+def _nested_late_learned(
+    matrices: dict[str, np.ndarray], labels: np.ndarray, groups: np.ndarray, fold: np.ndarray,
+    outer: dict[str, np.ndarray], classes: np.ndarray, *, classifier: str, folds: int, seed: int,
+) -> np.ndarray:  # fmt: skip
+    """Out-of-fold probabilities of the learned late fusion, nested: for each outer fold, the weights are
+    learned from probabilities an inner grouped cross-validation gives on the training videos only, so
+    neither the test fold's labels nor models that saw them shape its answers.
+
+    With three outer folds or more, the inner folds are the other outer folds (grouped and stratified
+    already): the model fitted without folds j and k gives fold j's inner probabilities when k is the
+    test fold and fold k's when j is, so each pair is fitted once. With two outer folds, the training
+    videos get grouped folds of their own. `outer`: each modality's outer out-of-fold probabilities,
+    which the learned weights combine on the test fold.
+    """
+    modalities = list(matrices)
+    outer_folds = np.unique(fold)
+    learned = np.zeros((len(labels), len(classes)))
+    shared: dict[frozenset, dict[str, np.ndarray]] = {}  # held-out pair of outer folds -> probabilities on their rows
+
+    def fitted_without(rows_out: np.ndarray, rows_fit: np.ndarray) -> dict[str, np.ndarray]:
+        probabilities = {}
+        for m in modalities:
+            if len(np.unique(labels[rows_fit])) < 2:  # too few videos left to learn from: no opinion
+                probabilities[m] = np.full((len(rows_out), len(classes)), 1.0 / len(classes))
+            else:
+                probabilities[m] = _fit_predict(classifier, seed, matrices[m], labels, rows_fit, rows_out, classes)
+        return probabilities
+
+    for k in outer_folds:
+        train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        inner = fold[train] if len(outer_folds) > 2 else grouped_folds(labels[train], groups[train], folds, seed + 1)
+        inner_probabilities = {m: np.zeros((len(train), len(classes))) for m in modalities}
+        for j in np.unique(inner):
+            held = inner == j
+            if len(outer_folds) > 2:
+                key = frozenset((int(j), int(k)))
+                if key not in shared:
+                    rows_out = np.flatnonzero(np.isin(fold, list(key)))
+                    predicted = fitted_without(rows_out, np.flatnonzero(~np.isin(fold, list(key))))
+                    shared[key] = {}
+                    for m, p in predicted.items():
+                        shared[key][m] = np.zeros((len(labels), len(classes)))
+                        shared[key][m][rows_out] = p
+                for m in modalities:
+                    inner_probabilities[m][held] = shared[key][m][train[held]]
+            else:
+                predicted = fitted_without(train[held], train[~held])
+                for m in modalities:
+                    inner_probabilities[m][held] = predicted[m]
+        meta = _stacker().fit(_stack_input(inner_probabilities, modalities), labels[train])
+        test_input = _stack_input({m: outer[m][test] for m in modalities}, modalities)
+        learned[test] = _align(meta.predict_proba(test_input), meta.classes_, classes)
+    return learned
+
+
 @_one_thread
 def cross_validate(
     matrices: dict[str, np.ndarray], labels: np.ndarray, groups: np.ndarray, *, classifier: str = "logreg",
@@ -247,15 +304,9 @@ def cross_validate(
     if len(modalities) > 1:
         result.probabilities["early"] = out["early"]
         result.probabilities["late-mean"] = np.mean([out[m] for m in modalities], axis=0)
-        # learned weights: a logistic regression over the modalities' out-of-fold log-probabilities,
-        # itself cross-validated on the same folds
-        stacked = _stack_input(out, modalities)
-        learned = np.zeros((len(labels), len(classes)))
-        for k in np.unique(fold):
-            train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-            meta = _stacker().fit(stacked[train], labels[train])
-            learned[test] = _align(meta.predict_proba(stacked[test]), meta.classes_, classes)
-        result.probabilities["late-learned"] = learned
+        result.probabilities["late-learned"] = _nested_late_learned(
+            matrices, labels, groups, fold, out, classes, classifier=classifier, folds=folds, seed=seed
+        )
     result.scores = score_table({name: result.classes[np.argmax(p, axis=1)] for name, p in result.probabilities.items()},
                                 labels, classes, classifier=classifier)  # fmt: skip
     return result
