@@ -7,7 +7,9 @@ Timed, each `--runs` times (median and range shown):
 * **add one clip**: the demo's six videos run once (untimed, every stage), then for each run a copy
   of that run folder gets one new 12-second clip (cut from bbb.mp4 at 2:00 and re-encoded, so it
   is a video of its own) and `run_pipeline.py` runs again: wall time, per-stage seconds, and from
-  the manifest each re-executed stage's time outside its own work (`timing.overhead`);
+  the manifest each re-executed stage's time outside its own work (`timing.overhead`, which counts the
+  report's export, made in the background while the next stage runs) and where it went (kernel start,
+  imports, work, report cells, kernel stop, export; the medians);
 * **no change**: `run_pipeline.py` again on the finished six-video run (every stage `unchanged`);
 * **search**: `frameatlas search RUN "<text>"` as a new process, each time a text never searched
   before, with `frameatlas serve RUN` running (after one untimed query that loads its models),
@@ -113,7 +115,8 @@ def run_pipeline(config: Path, source: Path | None) -> dict:
     for name, entry in manifest["stages"].items():
         if entry.get("status") == "done":
             timing = entry.get("timing") or {}
-            stages[name] = {"seconds": entry.get("seconds"), "overhead": timing.get("overhead"), "work": timing.get("work")}
+            stages[name] = {"seconds": entry.get("seconds"), "overhead": timing.get("overhead"), "work": timing.get("work"),
+                            "timing": timing, "kernel": entry.get("kernel")}  # fmt: skip
         elif entry.get("status") == "unchanged":
             stages[name] = {"seconds": entry.get("check_seconds"), "status": "unchanged"}
     return {"wall": wall, "cpu": cpu, "load": [load_before, os.getloadavg()[0]], "stages": stages}
@@ -158,6 +161,14 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+
+
+TIMING_PARTS = ("kernel_start", "imports", "setup", "work", "report_cells", "kernel_stop", "export")
+
+
+def _outside(stage: dict) -> float:
+    """A stage's seconds in the runner's loop minus its own work (its export, in the background, not counted)."""
+    return (stage.get("seconds") or 0.0) - (stage.get("work") or 0.0)
 
 
 def summarize(values: list[float]) -> str:
@@ -282,6 +293,10 @@ def report(results: dict) -> None:
             overhead = [r["stages"][stage].get("overhead") for r in figures["add_clip"] if stage in r["stages"]]
             overhead = [o for o in overhead if o is not None]
             print(f"    {stage:<10} {summarize(seconds)}" + (f", outside its work {summarize(overhead)}" if overhead else ""))
+            parts = [r["stages"][stage].get("timing") for r in figures["add_clip"] if r["stages"].get(stage, {}).get("timing")]
+            if parts:  # medians of where the stage's time went (export runs in the background, during the next stage)
+                print("      " + ", ".join(f"{part} {statistics.median(p.get(part, 0.0) for p in parts):.2f}" for part in TIMING_PARTS)
+                      + f"; on the runner's path outside its work {statistics.median(_outside(r['stages'][stage]) for r in figures['add_clip'] if stage in r['stages']):.2f} s")  # fmt: skip
         print(f"  no-change re-run: {summarize(same)}" + (ratio(same, [r["wall"] for r in other["no_change"]]) if other else ""))
         print(f"  frameatlas search, alone: {summarize(figures['search_alone'])}"
               + (ratio(figures["search_alone"], other["search_alone"]) if other else ""))  # fmt: skip

@@ -26,10 +26,11 @@ from ..lock import child_environment
 from ..progress import PROGRESS_ENV
 from ..store import RunPaths
 from .export import export_html
+from .kernels import KernelPool, PreparedKernel, stop_kernel
 from .notebook import LOG_LEVEL_ENV
 from .registry import Stage
 
-__all__ = ["StageFailed", "execute_stage", "export_html", "notebooks_dir"]
+__all__ = ["KERNEL_ARGUMENTS", "StageFailed", "execute_stage", "export_html", "kernel_pool", "notebooks_dir", "stage_environment"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
@@ -79,6 +80,11 @@ class _StageClock:
     def cancel(self) -> None:
         self._timer.cancel()
 
+    @property
+    def pid(self) -> int | None:
+        """The stage kernel's process id, once known."""
+        return self._pid
+
     def attach(self, pid: int) -> None:
         with self._lock:
             self._pid = pid
@@ -115,6 +121,34 @@ def _kernel_manager_class():
     return StageKernelManager
 
 
+def _engine() -> str:
+    """papermill's nbclient engine, except that a kernel handed over (`km`, started ahead) is stopped
+    and its client closed after the notebook, as nbclient does with a kernel it started itself."""
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine, papermill_engines
+    from papermill.log import logger
+    from papermill.utils import remove_args
+
+    class StageEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(
+            cls, nb_man, kernel_name, log_output=False, stdout_file=None, stderr_file=None, start_timeout=60,
+            execution_timeout=None, **kwargs,
+        ):  # fmt: skip
+            kwargs = remove_args(["input_path", "timeout", "startup_timeout"], **kwargs)
+            client = PapermillNotebookClient(
+                nb_man, kernel_name=kernel_name, log=logger, log_output=log_output, stdout_file=stdout_file,
+                stderr_file=stderr_file, startup_timeout=start_timeout, timeout=execution_timeout, **kwargs,
+            )  # fmt: skip
+            return client.execute(cleanup_kc=True)
+
+    papermill_engines.register(ENGINE, StageEngine)
+    return ENGINE
+
+
+ENGINE = "frameatlas"
+
+
 def _kernel_config(socket_folder: Path):
     from traitlets.config import Config
 
@@ -125,8 +159,50 @@ def _kernel_config(socket_folder: Path):
     return config
 
 
-def execute_stage(stage: Stage, cfg: PipelineConfig, run: RunPaths, force: bool, show_progress: bool) -> Path:
-    """Run `stage`'s notebook into `reports/`; raises `StageFailed` (the partial notebook kept)."""
+def stage_environment(run: RunPaths, show_progress: bool) -> dict[str, str]:
+    """Environment entries of a stage kernel (the same for every stage of one runner invocation)."""
+    # The kernel must be this interpreter (with frameatlas installed), whatever PATH says.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {
+        # Progress and INFO logs go to the runner's terminal and logs/<stage>.log, not into the report
+        # (frameatlas.progress, notebook._log_to_notebook); other libraries' tqdm bars are off.
+        PROGRESS_ENV: "terminal" if show_progress else "log",
+        LOG_LEVEL_ENV: logging.getLevelName(logging.getLogger("frameatlas").getEffectiveLevel()),
+        "TQDM_DISABLE": "1",
+        "PATH": path,
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+        **child_environment(run.root),
+    }
+
+
+#: nbclient starts kernels with an in-memory IPython history (no history.sqlite shared between
+#: kernels); a kernel started ahead gets the same.
+KERNEL_ARGUMENTS = ["--HistoryManager.hist_file=:memory:"]
+
+
+def kernel_pool(run: RunPaths, show_progress: bool, socket_folder: Path) -> KernelPool:
+    """A pool starting stage kernels ahead, as `execute_stage` would start them (same interpreter,
+    environment, working folder, local sockets: one folder per kernel)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    count = iter(range(1 << 30))
+
+    def manager() -> AsyncKernelManager:
+        folder = socket_folder / f"ahead-{next(count)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return AsyncKernelManager(kernel_name="python3", config=_kernel_config(folder))
+
+    env = {**os.environ, **stage_environment(run, show_progress)}
+    return KernelPool(manager, {"cwd": str(run.reports), "env": env, "extra_arguments": list(KERNEL_ARGUMENTS)})
+
+
+def execute_stage(
+    stage: Stage, cfg: PipelineConfig, run: RunPaths, force: bool, show_progress: bool, kernel: PreparedKernel | None = None
+) -> Path:
+    """Run `stage`'s notebook into `reports/`; raises `StageFailed` (the partial notebook kept).
+
+    `kernel`: one started ahead for this stage (`KernelPool`), used instead of starting one, and
+    stopped when the notebook is done."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -137,21 +213,11 @@ def execute_stage(stage: Stage, cfg: PipelineConfig, run: RunPaths, force: bool,
     run.reports.mkdir(parents=True, exist_ok=True)
     run.stage_result(stage.name).unlink(missing_ok=True)
     parameters = {"config": cfg.to_parameters(), "run_dir": str(run.root), "force": force}
-    # The kernel must be this interpreter (with frameatlas installed), whatever PATH says.
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     limit_minutes = cfg.run.stage_timeout_minutes
     clock = _StageClock(limit_minutes * 60)
     failure: StageFailed | None = None
-    env = {
-        # Progress and INFO logs go to the runner's terminal and logs/<stage>.log, not into the report
-        # (frameatlas.progress, notebook._log_to_notebook); other libraries' tqdm bars are off.
-        PROGRESS_ENV: "terminal" if show_progress else "log",
-        LOG_LEVEL_ENV: logging.getLevelName(logging.getLogger("frameatlas").getEffectiveLevel()),
-        "TQDM_DISABLE": "1",
-        "PATH": path,
-        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
-        **child_environment(run.root),
-    }
+    env = stage_environment(run, show_progress)
+    ahead = {"km": kernel.manager} if kernel is not None else {}
     # papermill saves the notebook after every cell: into a temporary file, renamed when the stage
     # ends (done or failed), so the report in place is always a whole notebook.
     with (
@@ -161,12 +227,15 @@ def execute_stage(stage: Stage, cfg: PipelineConfig, run: RunPaths, force: bool,
     ):
         _CLOCK.append(clock)
         clock.start()
+        if kernel is not None and kernel.pid is not None:
+            clock.attach(kernel.pid)
         try:
             papermill.execute_notebook(
                 str(source),
                 str(partial),
                 parameters=parameters,
                 kernel_name="python3",
+                engine_name=_engine(),
                 cwd=str(run.reports),  # relative links written by a notebook resolve from its report
                 progress_bar=False,  # the stage's own bars are on the terminal instead
                 log_output=False,  # the kernel writes its log lines to the terminal itself
@@ -176,12 +245,15 @@ def execute_stage(stage: Stage, cfg: PipelineConfig, run: RunPaths, force: bool,
                 # atomic renames (and SQLite commits), its log lines are flushed. A graceful shutdown
                 # only spends 2-4 s finalising torch, chromadb & co. (manifest: timing.kernel_stop).
                 shutdown_kernel="immediate",
+                **ahead,
             )
         except PapermillExecutionError as error:
             failure = StageFailed(stage.name, f"{error.ename}: {error.evalue}", output)
         except Exception as error:  # kernel died or was stopped, missing kernel...
             failure = StageFailed(stage.name, f"{type(error).__name__}: {error}", output)
         finally:
+            if kernel is not None:  # stopped by the engine, unless papermill failed before starting the notebook
+                stop_kernel(kernel.manager)
             clock.cancel()
             _CLOCK.remove(clock)
         if clock.timed_out:
@@ -194,6 +266,5 @@ def execute_stage(stage: Stage, cfg: PipelineConfig, run: RunPaths, force: bool,
         if failure is not None and not partial.exists():
             raise failure
     if failure is not None:
-        export_html(output, f"{stage.notebook} (failed)")
-        raise failure
+        raise failure  # the partial notebook is in place (the runner exports it)
     return output

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import html
 import io
@@ -26,6 +27,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -368,11 +370,26 @@ def export_html(notebook: Path, title: str = "", banners: Iterable[str] = ()) ->
     return _export(Path(notebook), title, list(banners), refresh=True)
 
 
+@functools.lru_cache(maxsize=1)
+def _html_exporter():
+    """One exporter per process: its template environment (compiled Jinja templates) is reused
+    by every report, where a new exporter compiles them all again (seconds per report)."""
+    from nbconvert import HTMLExporter
+
+    return HTMLExporter(
+        template_name="frameatlas_report",
+        extra_template_basedirs=[str(PACKAGE_DIR / "templates" / "nbconvert")],
+        embed_images=True,
+    )
+
+
+_EXPORTER_LOCK = threading.Lock()  # the runner exports in a background thread; others may too
+
+
 def _export(
     notebook: Path, title: str | None, banners: list[str] | None, *, refresh: bool, planned: bool | None = None
 ) -> Path | None:
     import nbformat
-    from nbconvert import HTMLExporter
 
     if not notebook.exists():
         return None
@@ -410,12 +427,8 @@ def _export(
         context["plotly"] = Path(os.path.relpath(bundle, notebook.parent)).as_posix()
     _light_images(nb, run)
     nb.metadata["title"] = title or notebook.stem
-    exporter = HTMLExporter(
-        template_name="frameatlas_report",
-        extra_template_basedirs=[str(PACKAGE_DIR / "templates" / "nbconvert")],
-        embed_images=True,
-    )
-    body, _ = exporter.from_notebook_node(nb, resources={"frameatlas": context, "frameatlas_title": title})
+    with _EXPORTER_LOCK:
+        body, _ = _html_exporter().from_notebook_node(nb, resources={"frameatlas": context, "frameatlas_title": title})
     if run is not None:
         body = _shared_stylesheet(body, notebook.parent)
     atomic_write_text(target, body)

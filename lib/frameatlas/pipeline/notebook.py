@@ -69,7 +69,8 @@ class StageContext:
         if not base.get("models"):
             base.pop("models", None)
         result = {"stage": self.stage, "seconds": round(time.perf_counter() - self.started, 3), **base, **extra,
-                  "opened_at": self.opened_at, "finished_at": time.time(), "imports": heavy_imports()}  # fmt: skip
+                  "opened_at": self.opened_at, "finished_at": time.time(), "imports": heavy_imports(),
+                  "kernel_pid": os.getpid()}  # fmt: skip
         atomic_write_json(self.run.stage_result(self.stage), result)
         self._result = result
         return result

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,8 +25,9 @@ from ..files import remove_orphan_temps
 from ..lock import RunLocked, acquire_run_lock
 from ..report import model_banners, next_step_lines, write_dashboard
 from ..store import RunPaths
-from .execute import StageFailed, execute_stage, export_html, notebooks_dir
+from .execute import StageFailed, execute_stage, export_html, kernel_pool, notebooks_dir
 from .export import refresh_report_links
+from .kernels import KernelPool
 from .manifest import load_manifest, merge_models, now, package_versions, record_invocation, with_weight_hashes, write_manifest
 from .registry import OPTIONAL_STAGES, STAGE_NAMES, STAGES, Stage
 
@@ -149,6 +151,54 @@ def run_pipeline(
         lock.release()
 
 
+class _ReportExports:
+    """The stages' HTML reports, exported one at a time in a background thread: a report is
+    exported while the next stage runs (nothing later stages read comes from it). The runner
+    waits for them all before it refreshes links and banners and writes the dashboard."""
+
+    def __init__(self, run: RunPaths):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._run = run
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frameatlas-export")
+        self._pending: list[tuple[dict[str, Any], Any]] = []
+
+    def submit(self, entry: dict[str, Any], notebook: Path, title: str, banners: list[str]) -> None:
+        """Export `notebook`; `entry` (its stage's manifest entry) gets `report` and the time taken."""
+
+        def export() -> tuple[Path | None, float]:
+            began = time.time()
+            return export_html(notebook, title, banners), time.time() - began
+
+        self._pending.append((entry, self._worker.submit(export)))
+
+    def collect(self, wait: bool = False) -> None:
+        """Record the exports done (all of them, waiting, with `wait`) in their entries."""
+        still = []
+        for entry, future in self._pending:
+            if not (wait or future.done()):
+                still.append((entry, future))
+                continue
+            try:
+                html, seconds = future.result()
+            except Exception as error:  # a report that cannot be made does not undo the stage's work
+                log.error("cannot export the report of %s: %s", entry.get("notebook"), error)
+                entry["report"], entry["report_error"] = None, f"{type(error).__name__}: {error}"
+                continue
+            entry["report"] = _rel(self._run, html) if html else None
+            timing = entry.get("timing")
+            if timing is not None:  # its time counts for its stage, though the next stage ran meanwhile
+                timing["export"] = round(seconds, 3)
+                for key in ("total", "overhead"):
+                    if key in timing:
+                        timing[key] = round(timing[key] + seconds, 3)
+        self._pending = still
+
+    def close(self) -> None:
+        self.collect(wait=True)
+        self._worker.shutdown()
+
+
 def _run_stages(
     cfg: PipelineConfig, run: RunPaths, selected: list[Stage], forced: set[str], show_progress: bool, started: float,
     started_at: str,
@@ -169,13 +219,22 @@ def _run_stages(
     entries: dict[str, Any] = manifest.setdefault("stages", {})
     exit_code = EXIT_OK
     ran = []
-    for stage in selected:
-        succeeded = _run_stage(stage, cfg, run, manifest, entries, forced, show_progress)
-        if entries.get(stage.name, {}).get("status") in {"done", "failed"}:
-            ran.append(stage.name)
-        if not succeeded:
-            exit_code = EXIT_FAILED
-            break
+    enabled = [stage for stage in selected if stage.enabled(cfg)]
+    exports = _ReportExports(run)
+    with tempfile.TemporaryDirectory(prefix="frameatlas-kernels-") as sockets:
+        pool = kernel_pool(run, show_progress, Path(sockets))
+        try:
+            for stage in selected:
+                later = enabled[enabled.index(stage) + 1 :] if stage in enabled else []
+                succeeded = _run_stage(stage, cfg, run, manifest, entries, forced, show_progress, pool, later[:1], exports)
+                if entries.get(stage.name, {}).get("status") in {"done", "failed"}:
+                    ran.append(stage.name)
+                if not succeeded:
+                    exit_code = EXIT_FAILED
+                    break
+        finally:
+            pool.close()  # kernels started for stages that turned out unchanged
+            exports.close()
     _refresh_report_banners(run, manifest)
     refresh_report_links(run)  # no report links to one this invocation did not make
     if exit_code == EXIT_OK and any(entry.get("skipped") for entry in entries.values()):
@@ -190,9 +249,13 @@ def _run_stages(
 
 def _run_stage(
     stage: Stage, cfg: PipelineConfig, run: RunPaths, manifest: dict[str, Any], entries: dict[str, Any],
-    forced: set[str], show_progress: bool,
+    forced: set[str], show_progress: bool, pool: KernelPool, upcoming: list[Stage], exports: _ReportExports,
 ) -> bool:  # fmt: skip
-    """Run (or reuse) one stage and record it in the manifest; False when it failed."""
+    """Run (or reuse) one stage and record it in the manifest; False when it failed.
+
+    A stage that runs takes the kernel started for it ahead (if any) and has the kernel of the
+    `upcoming` stage started while it works: a stage after one that did work usually has work too
+    (its inputs changed); if not, that kernel is stopped unused."""
     entry = entries.get(stage.name, {})
     if not stage.enabled(cfg):
         if stage.optional and not entry:
@@ -212,32 +275,39 @@ def _run_stage(
     outputs_present = all(run.table(name).exists() for name in stage.outputs)
     unchanged = entry.get("status") in {"done", "unchanged"} and entry.get("fingerprint") == fingerprint
     if unchanged and outputs_present and not is_forced:
+        pool.discard(stage.name)
         entry.update({"status": "unchanged", "checked": now(), "check_seconds": round(time.perf_counter() - stage_started, 3)})
         entries[stage.name] = entry
         log.info("%s: inputs and parameters unchanged, reusing its results", stage.name)
         return True
     log.info("%s: running %s", stage.name, stage.notebook)
     entries[stage.name] = {"status": "running", "started": now(), "fingerprint": None}
+    exports.collect()
     write_manifest(run, manifest)
     try:
         launched = time.time()
-        notebook = execute_stage(stage, cfg, run, is_forced, show_progress)
+        kernel = pool.take(stage.name)
+        for following in upcoming:
+            pool.start(following.name, notebooks_dir() / following.notebook)
+        notebook = execute_stage(stage, cfg, run, is_forced, show_progress, kernel)
         returned = time.time()
         result = _read_stage_result(run, stage)
         if result.get("models") or stage.model_kinds:
             merge_models(manifest, with_weight_hashes(result.get("models", [])), stage.model_kinds)
         banners = model_banners(manifest)
-        html = export_html(notebook, f"{cfg.run.name} · {stage.notebook}", banners)
-        timing = stage_timing(notebook, result, launched, returned, time.time())
+        timing = stage_timing(notebook, result, launched, returned, returned)  # + its export, once done
+        kernel_record = kernel.record(launched) if kernel is not None else {"prestarted": False}
     except StageFailed as error:
         entries[stage.name] = {
             "status": "failed",
             "error": error.error,
             "notebook": _rel(run, error.notebook),
-            "report": _rel(run, error.notebook.with_suffix(".html")),
+            "report": None,
             "seconds": round(time.perf_counter() - stage_started, 3),
             "finished": now(),
         }
+        if error.notebook.exists():  # the partial notebook, up to the cell that failed
+            exports.submit(entries[stage.name], error.notebook, f"{stage.notebook} (failed)", [])
         print(f"\nerror: {error}", file=sys.stderr)
         return False
     entries[stage.name] = {
@@ -250,15 +320,17 @@ def _run_stage(
         "counts": result.get("counts", {}),
         "skipped": result.get("skipped", []),
         "notebook": _rel(run, notebook),
-        "report": _rel(run, html) if html else None,
+        "report": None,  # once exported
         "banners": banners,
         "timing": timing,
+        "kernel": kernel_record,
         **{
             k: v
             for k, v in result.items()
             if k not in {"stage", "seconds", "counts", "skipped", "models", "opened_at", "finished_at"}
         },
     }
+    exports.submit(entries[stage.name], notebook, f"{cfg.run.name} · {stage.notebook}", banners)
     write_manifest(run, manifest)
     return True
 

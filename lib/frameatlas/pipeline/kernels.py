@@ -1,0 +1,211 @@
+"""Stage kernels started ahead of time: while one stage runs, the next stage's kernel starts and
+imports what its notebook imports, so the next stage begins with its first cell, not with seconds
+of interpreter start and imports.
+
+Every notebook still gets a kernel of its own, started for it and stopped after it: the warm-up
+runs silently (nothing in the notebook's history or execution counts), binds no name in the
+notebook's namespace and only imports modules the notebook itself imports at the top of a cell,
+so a notebook sees the same state as in a kernel papermill starts. papermill takes the started
+kernel through its `km` argument (passed on to nbclient's `NotebookClient`).
+
+Example:
+    >>> from frameatlas.pipeline.kernels import notebook_imports
+    >>> from frameatlas.pipeline.execute import notebooks_dir
+    >>> "frameatlas.cluster" in notebook_imports(notebooks_dir() / "04_cluster.ipynb")
+    True
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = ["KernelPool", "PreparedKernel", "notebook_imports", "preload", "stop_kernel"]
+
+WARM_UP_SECONDS = 600  # waiting longer than this for a kernel's imports: start the stage with what is there
+
+
+def notebook_imports(notebook: Path) -> list[str]:
+    """Modules imported by statements at the top level of `notebook`'s code cells (not the
+    parameters cell), in order: `from frameatlas import cluster` gives `frameatlas.cluster`
+    (`preload` skips names that are not modules)."""
+    try:
+        cells = json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError):
+        return []
+    found: list[str] = []
+    for cell in cells:
+        if cell.get("cell_type") != "code" or "parameters" in (cell.get("metadata", {}).get("tags") or []):
+            continue
+        source = "".join(cell.get("source", []))
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:  # IPython magics and the like: this cell's imports are left to the notebook
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                found.extend(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.append(node.module)
+                found.extend(f"{node.module}.{alias.name}" for alias in node.names if alias.name != "*")
+    return list(dict.fromkeys(found))
+
+
+def preload(modules: list[str]) -> list[str]:
+    """Import `modules` (in a kernel waiting for its notebook); returns those imported. A name that
+    is not a module, or fails to import, is passed over: the notebook's own import says why."""
+    from .notebook import exit_with_parent
+
+    exit_with_parent()  # a kernel waiting for its notebook must not outlive the runner either
+    imported = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - e.g. `frameatlas.investigate` is a function, not a module
+            continue
+        imported.append(name)
+    return imported
+
+
+def _warm_up_code(modules: list[str]) -> str:
+    # One expression: it binds no name in the notebook's namespace (`_` is not set by a silent run).
+    return f"__import__('frameatlas.pipeline.kernels', fromlist=['preload']).preload({modules!r})"
+
+
+@dataclass
+class PreparedKernel:
+    """A kernel started for one stage's notebook, and what its warm-up did."""
+
+    stage: str
+    manager: Any  # the jupyter_client kernel manager papermill gets as `km`
+    pid: int | None = None
+    requested: float = field(default_factory=time.time)
+    ready: float | None = None  # wall clock when its imports were done
+    preloaded: list[str] = field(default_factory=list)
+    error: str | None = None
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def record(self, taken: float) -> dict[str, Any]:
+        """For the manifest (`stages.<name>.kernel`)."""
+        return {
+            "prestarted": True,
+            "pid": self.pid,
+            "preloaded": self.preloaded,
+            "ready_seconds": round(self.ready - self.requested, 3) if self.ready else None,
+            "waited_seconds": round(max(0.0, (self.ready or taken) - taken), 3),
+            **({"warm_up_error": self.error} if self.error else {}),
+        }
+
+
+class KernelPool:
+    """Starts the kernel of the stage that comes next while the current one runs.
+
+    `start(stage, notebook)` launches a kernel process (quick) and imports the notebook's modules
+    in it from a background thread; `take(stage)` hands that kernel over (waiting for its imports)
+    or None when none was started for that stage; `close()` stops kernels nobody took.
+    """
+
+    def __init__(self, manager_factory, launch_options: dict[str, Any]):
+        self._factory = manager_factory  # () -> a kernel manager, not started
+        self._launch = launch_options  # start_kernel's keyword arguments: cwd, env
+        self._kernels: dict[str, PreparedKernel] = {}
+
+    def start(self, stage: str, notebook: Path) -> PreparedKernel | None:
+        if stage in self._kernels:
+            return self._kernels[stage]
+        from jupyter_core.utils import run_sync
+
+        manager = self._factory()
+        try:
+            # In this thread: the manager is then used by papermill on this thread's event loop.
+            run_sync(manager.start_kernel)(**self._launch)
+        except Exception as error:  # noqa: BLE001 - the stage starts its own kernel instead
+            log.warning("%s: could not start its kernel ahead (%s); it starts its own", stage, error)
+            return None
+        prepared = PreparedKernel(stage, manager, getattr(getattr(manager.provisioner, "process", None), "pid", None))
+        self._kernels[stage] = prepared
+        modules = notebook_imports(notebook)
+        threading.Thread(target=self._warm_up, args=(prepared, modules), name=f"warm-{stage}", daemon=True).start()
+        log.debug("%s: kernel %s started ahead, importing %s", stage, prepared.pid, ", ".join(modules))
+        return prepared
+
+    def take(self, stage: str) -> PreparedKernel | None:
+        prepared = self._kernels.pop(stage, None)
+        if prepared is None:
+            return None
+        if not prepared._done.wait(WARM_UP_SECONDS):
+            prepared.error = f"its imports took longer than {WARM_UP_SECONDS} s"
+        if not _alive(prepared.manager):
+            log.warning("%s: the kernel started ahead is gone; the stage starts its own", stage)
+            stop_kernel(prepared.manager)
+            return None
+        return prepared
+
+    def discard(self, stage: str) -> None:
+        """Stop the kernel started for `stage`, which will not run after all (its inputs are unchanged)."""
+        prepared = self._kernels.pop(stage, None)
+        if prepared is not None:
+            stop_kernel(prepared.manager)
+
+    def close(self) -> None:
+        """Stop every kernel started and not taken (a stage that turned out unchanged, or a failure)."""
+        for prepared in self._kernels.values():
+            prepared._done.wait(5)
+            stop_kernel(prepared.manager)
+        self._kernels.clear()
+
+    @staticmethod
+    def _warm_up(prepared: PreparedKernel, modules: list[str]) -> None:
+        client = None
+        try:
+            client = prepared.manager.blocking_client()
+            client.start_channels()
+            client.wait_for_ready(timeout=WARM_UP_SECONDS)
+            imported = f"[name for name in {modules!r} if name in __import__('sys').modules]"
+            reply = client.execute_interactive(
+                _warm_up_code(modules), silent=True, store_history=False, user_expressions={"imported": imported},
+                timeout=WARM_UP_SECONDS, output_hook=lambda message: None,
+            )  # fmt: skip
+            content = reply.get("content", {})
+            if content.get("status") != "ok":
+                prepared.error = f"{content.get('ename')}: {content.get('evalue')}"
+            answer = content.get("user_expressions", {}).get("imported", {})
+            if answer.get("status") == "ok":
+                prepared.preloaded = ast.literal_eval(answer["data"]["text/plain"])
+        except Exception as error:  # noqa: BLE001 - recorded; the notebook imports what it needs itself
+            prepared.error = f"{type(error).__name__}: {error}"
+        finally:
+            if client is not None:
+                client.stop_channels()
+            prepared.ready = time.time()
+            prepared._done.set()
+
+
+def _alive(manager: Any) -> bool:
+    from jupyter_core.utils import run_sync
+
+    try:
+        return bool(run_sync(manager.is_alive)())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def stop_kernel(manager: Any) -> None:
+    """Stop a kernel at once (its stage is done or will not run: nothing left to finalise)."""
+    from jupyter_core.utils import run_sync
+
+    if not manager.has_kernel:
+        return
+    try:
+        run_sync(manager.shutdown_kernel)(now=True)
+    except Exception as error:  # noqa: BLE001 - it may be gone already
+        log.debug("stopping a kernel started ahead: %s", error)
