@@ -113,6 +113,9 @@ def test_missing_weights_are_remembered_until_they_could_appear(tmp_path):
 @pytest.mark.slow
 def test_adding_a_video_reruns_later_stages_without_loading_models_they_do_not_need(finished_run, tmp_path):
     config, run = copy_project(finished_run, tmp_path)
+    imported_before = {
+        name: entry.get("imports", []) for name, entry in json.loads((run / "manifest.json").read_text())["stages"].items()
+    }
     videogen.make_video(tmp_path / "videos" / "delta.mp4", seconds=2, fps=10, scene_cuts=[1.0])
     run_pipeline(config)
     manifest = json.loads((run / "manifest.json").read_text())
@@ -152,8 +155,9 @@ def test_adding_a_video_reruns_later_stages_without_loading_models_they_do_not_n
     for name in executed[1:]:
         kernel = stages[name]["kernel"]
         assert kernel["prestarted"] and kernel["pid"] == stages[name]["kernel_pid"] and "warm_up_error" not in kernel
-        assert "frameatlas.pipeline" in kernel["preloaded"]
-        assert set(kernel["preloaded"]) <= set(notebook_imports(notebooks_dir() / Path(stages[name]["notebook"]).name))
+        assert "frameatlas.pipeline" in kernel["preloaded"] and not MODEL_MODULES & set(kernel["preloaded"])
+        notebook = notebooks_dir() / Path(stages[name]["notebook"]).name
+        assert set(kernel["preloaded"]) <= set(notebook_imports(notebook)) | set(imported_before[name])
 
     # the new video is searchable, and its frames are in the clusters
     clusters = pd.read_parquet(run / "tables" / "frames_annotated.parquet")
@@ -218,7 +222,7 @@ def test_each_notebook_gets_a_fresh_kernel_started_ahead_with_only_its_own_impor
         assert first.manager.has_kernel
         ahead = run("ahead", km=first.manager)
         assert not first.manager.has_kernel  # stopped with its notebook
-        second_kernel = pool.start("probe", notebook)
+        second_kernel = pool.start("probe", notebook, also=["colorsys", "torch"])  # imported in its last run, say
         second = run("second", km=pool.take("probe").manager)
         fresh = run("fresh")  # papermill starts this one itself
     finally:
@@ -228,10 +232,35 @@ def test_each_notebook_gets_a_fresh_kernel_started_ahead_with_only_its_own_impor
     assert ahead["preloaded"] and second["preloaded"] and not fresh["preloaded"]
     assert len({ahead["pid"], second["pid"], fresh["pid"]}) == 3 and ahead["pid"] == first.pid == first.record(0)["pid"]
     assert second["pid"] == second_kernel.pid
+    assert second_kernel.preloaded == first.preloaded + ["colorsys"]  # a model library is never imported ahead
     # the same namespace as in a kernel papermill started (nothing from the warm-up, nothing from
     # the notebook run before in the first kernel) and the same execution counts
     assert ahead["names"] == second["names"] == fresh["names"] and "leaked" not in second["names"]
     assert ahead["count"] == second["count"] == fresh["count"]
+
+
+def test_contact_sheets_are_redrawn_only_for_videos_whose_thumbnails_changed(finished_run, tmp_path):
+    from frameatlas.frames import SHEET_KEYS, save_contact_sheets
+    from frameatlas.store import RunPaths
+
+    def file_identity(path: Path) -> tuple[int, int]:  # a sheet written again is a new file (atomic rename)
+        return path.stat().st_ino, path.stat().st_mtime_ns
+
+    run = RunPaths(shutil.copytree(finished_run, tmp_path / "run"))
+    (run.contact_sheet("_").with_name(SHEET_KEYS)).unlink(missing_ok=True)  # unknown origin: every sheet is drawn
+    drawn = {video["video_name"]: file_identity(path) for video, path in save_contact_sheets(run)}
+    assert len(drawn) == 3
+    again = {video["video_name"]: file_identity(path) for video, path in save_contact_sheets(run)}
+    assert again == drawn  # nothing changed: every sheet kept as it was
+
+    frames = pd.read_parquet(run.table("frames"))
+    changed = frames.video_name.iloc[0]
+    thumbnail = run.absolute(frames.thumbnail.iloc[0])
+    thumbnail.write_bytes(thumbnail.read_bytes() + b"\0")  # a thumbnail made again, say
+    redrawn = {video["video_name"]: file_identity(path) for video, path in save_contact_sheets(run)}
+    assert [name for name in drawn if redrawn[name] != drawn[name]] == [changed]
+    four_across = {video["video_name"]: file_identity(path) for video, path in save_contact_sheets(run, columns=4)}
+    assert all(four_across[name] != redrawn[name] for name in drawn)  # other options: every sheet drawn anew
 
 
 # --------------------------------------------------------------------------- search through serve

@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import json
 import logging
@@ -949,10 +950,20 @@ def save_contact_sheets(run: RunPaths | Path | str, **sheet_options) -> list[tup
     run = run if isinstance(run, RunPaths) else RunPaths(run)
     frames = read_table(run.table("frames"))
     videos = read_table(run.table("videos")).sort_values("video_name")
+    keys_file = run.contact_sheet("_").with_name(SHEET_KEYS)
+    try:
+        known = json.loads(keys_file.read_text())
+    except (OSError, ValueError):
+        known = {}
     saved = []
     for video in videos.to_dict("records"):
         video_frames = frames[frames.video_id == video["video_id"]]
-        run.thumbnails(video_frames)  # refuse a crafted path before reading anything
+        thumbnails = run.thumbnails(video_frames)  # refuse a crafted path before reading anything
+        key = _sheet_key(video_frames, thumbnails, sheet_options)
+        target = run.contact_sheet(video["video_id"])
+        if known.get(video["video_id"]) == key and target.is_file():  # the same thumbnails: the same sheet
+            saved.append((video, target))
+            continue
         try:
             sheet = contact_sheet(video_frames, run, **sheet_options)
         except MemoryError:
@@ -960,6 +971,33 @@ def save_contact_sheets(run: RunPaths | Path | str, **sheet_options) -> list[tup
         except Exception as error:  # noqa: BLE001 - one damaged video must not hide the others' sheets
             log.warning("no contact sheet for %s: %s", video["video_name"], failure_reason(error))
             continue
-        path = save_image(sheet, run.contact_sheet(video["video_id"]), format="JPEG", quality=85)
+        path = save_image(sheet, target, format="JPEG", quality=85)
+        known[video["video_id"]] = key
         saved.append((video, path))
+    if saved:
+        atomic_write_json(keys_file, known)
     return saved
+
+
+SHEET_KEYS = "sheets.json"  # beside the sheets: what each was made from, so an unchanged video's sheet is kept
+
+
+def _sheet_key(frames: pd.DataFrame, thumbnails: list[Path], options: dict[str, Any]) -> str:
+    """What a contact sheet is made of: its frames' times and sizes, each thumbnail file's size and
+    modification time, the sheet's options, and the code that draws it."""
+    digest = hashlib.sha256(json.dumps([_drawing_code(), options], sort_keys=True, default=str).encode())
+    for path, row in zip(thumbnails, frames[["timestamp", "width", "height"]].itertuples(index=False)):
+        try:
+            stat = path.stat()
+            digest.update(f"{path}|{row.timestamp}|{row.width}|{row.height}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}|missing\n".encode())
+    return digest.hexdigest()[:24]
+
+
+@functools.lru_cache(maxsize=1)
+def _drawing_code() -> str:
+    """The code that draws a sheet (this module and `plots`): a change there redraws every sheet."""
+    from . import plots
+
+    return hashlib.sha256(Path(__file__).read_bytes() + Path(plots.__file__).read_bytes()).hexdigest()[:16]

@@ -1,12 +1,14 @@
 """Stage kernels started ahead of time: while one stage runs, the next stage's kernel starts and
-imports what its notebook imports, so the next stage begins with its first cell, not with seconds
-of interpreter start and imports.
+imports what its notebook imports (and the libraries the stage imported in its last run, model
+libraries aside), so the next stage begins with its first cell, not with seconds of interpreter
+start and imports.
 
 Every notebook still gets a kernel of its own, started for it and stopped after it: the warm-up
-runs silently (nothing in the notebook's history or execution counts), binds no name in the
-notebook's namespace and only imports modules the notebook itself imports at the top of a cell,
-so a notebook sees the same state as in a kernel papermill starts. papermill takes the started
-kernel through its `km` argument (passed on to nbclient's `NotebookClient`).
+runs silently (nothing in the notebook's history or execution counts) and binds no name in the
+notebook's namespace, so a notebook sees the same state as in a kernel papermill starts, with
+modules already in `sys.modules` (the manifest lists them: `stages.<name>.kernel.preloaded`).
+papermill takes the started kernel through its `km` argument (passed on to nbclient's
+`NotebookClient`).
 
 Example:
     >>> from frameatlas.pipeline.kernels import notebook_imports
@@ -23,14 +25,18 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KernelPool", "PreparedKernel", "notebook_imports", "preload", "stop_kernel"]
+__all__ = ["MODEL_LIBRARIES", "KernelPool", "PreparedKernel", "notebook_imports", "preload", "stop_kernel"]
 
+#: Never imported ahead: a stage imports these only when it loads a model, which it does only when
+#: it has something to encode (a cached stage imports none of them).
+MODEL_LIBRARIES = frozenset({"torch", "torchvision", "open_clip", "sentence_transformers", "transformers", "tensorflow"})
 WARM_UP_SECONDS = 600  # waiting longer than this for a kernel's imports: start the stage with what is there
 
 
@@ -119,7 +125,9 @@ class KernelPool:
         self._launch = launch_options  # start_kernel's keyword arguments: cwd, env
         self._kernels: dict[str, PreparedKernel] = {}
 
-    def start(self, stage: str, notebook: Path) -> PreparedKernel | None:
+    def start(self, stage: str, notebook: Path, also: Iterable[str] = ()) -> PreparedKernel | None:
+        """Start `stage`'s kernel and import its notebook's modules, then `also` (those of them that
+        are not model libraries: see `MODEL_LIBRARIES`)."""
         if stage in self._kernels:
             return self._kernels[stage]
         from jupyter_core.utils import run_sync
@@ -134,6 +142,7 @@ class KernelPool:
         prepared = PreparedKernel(stage, manager, getattr(getattr(manager.provisioner, "process", None), "pid", None))
         self._kernels[stage] = prepared
         modules = notebook_imports(notebook)
+        modules += [name for name in also if name not in modules and name.split(".")[0] not in MODEL_LIBRARIES]
         threading.Thread(target=self._warm_up, args=(prepared, modules), name=f"warm-{stage}", daemon=True).start()
         log.debug("%s: kernel %s started ahead, importing %s", stage, prepared.pid, ", ".join(modules))
         return prepared

@@ -287,8 +287,8 @@ def _run_stage(
     try:
         launched = time.time()
         kernel = pool.take(stage.name)
-        for following in upcoming:
-            pool.start(following.name, notebooks_dir() / following.notebook)
+        for following in upcoming:  # with the libraries it imported last time (model libraries aside)
+            pool.start(following.name, notebooks_dir() / following.notebook, entries.get(following.name, {}).get("imports", []))
         notebook = execute_stage(stage, cfg, run, is_forced, show_progress, kernel)
         returned = time.time()
         result = _read_stage_result(run, stage)
