@@ -5,12 +5,15 @@
 - `notebook`: `open_stage` / `StageContext`, used inside each stage notebook;
 - `execute`: one notebook run by papermill (time limit, atomic save), progress and logs kept
   out of it (they go to the terminal and `logs/<stage>.log`);
+- `kernels`: the next stage's kernel started (and its imports done) while the current stage
+  runs, a fresh kernel per notebook;
 - `export`: its HTML report (summary, links, code behind toggles, light images, the run's plotly.js);
 - `manifest`: `manifest.json`;
 - `runner`: `run_pipeline`, fingerprints, the run's lock, the summary.
 
 The runner injects the run directory and the resolved config, saves the executed notebook
-to `outputs/<run>/reports/`, exports it to standalone HTML, and records timings, counts and
+to `outputs/<run>/reports/`, exports it to standalone HTML (in the background, while the next
+stage runs), and records timings, counts and
 skipped inputs in `manifest.json`. A stage whose parameters, inputs and code are unchanged
 since its last successful execution is not executed again; a failed stage is re-executed on
 the next run while the stages before it are kept. One writer at a time: the runner holds the
