@@ -250,6 +250,7 @@ def _connect(address: str | None):
         ) from None
     if ray.is_initialized():
         return ray, False
+    configured = bool(address)
     address = address or os.environ.get("RAY_ADDRESS") or None
     env_vars = {name: os.environ[name] for name in _WORKER_ENVIRONMENT if name in os.environ}
     env_vars.setdefault("FRAMEATLAS_PROGRESS", "off")
@@ -260,10 +261,11 @@ def _connect(address: str | None):
             ray.init(address=address, **options)
             log.info("Ray: connected to %s (%s CPUs)", address, ray.cluster_resources().get("CPU"))
             return ray, False
-        # a Ray of this machine only, reachable on the loopback address only
+        # a Ray of this machine only, reachable on the loopback address only; "local": a new one, even where
+        # `ray start` left a cluster that ray.init() would otherwise join
         for attempt in (1, 2):  # Ray gives its raylet 30 s to start: a busy machine may need a second try
             try:
-                ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **options)
+                ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **options)
                 break
             except Exception as error:  # noqa: BLE001 - Ray's start-up raises plain Exceptions
                 ray.shutdown()
@@ -273,9 +275,13 @@ def _connect(address: str | None):
         log.info("Ray: started a local Ray for this pass (%s CPUs)", ray.cluster_resources().get("CPU"))
         return ray, True
     except ConnectionError as error:
+        source = "run.ray_address" if configured else "RAY_ADDRESS"
+        cause = f": {error.__cause__}".splitlines()[0] if error.__cause__ else ""
         raise RayUnavailable(
-            f"run.ray_address = {address!r}: no Ray cluster answers there ({error}); start one with "
-            '`ray start --head` (README "Running on a cluster"), fix the address, or set it to null for a local Ray'
+            f"{source} = {address!r}: could not join a Ray cluster there ({error}{cause}); start one with "
+            '`ray start --head` (README "Running on a cluster"), fix the address, or set it to null for a local Ray. '
+            "A cluster with token authentication (`ray start --head` turns it on where ~/.ray/auth_token exists) "
+            "needs RAY_AUTH_MODE=token and the same token here"
         ) from None
 
 
