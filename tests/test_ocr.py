@@ -6,11 +6,13 @@ import sys
 
 import pytest
 import videogen
+from frameatlas.config import ConfigError, config_from_dict
 from frameatlas.embed import embed_text_channels
 from frameatlas.files import UnsafePath, is_temp_name
 from frameatlas.ocr import OCR_COLUMNS, ocr_sample_html, read_frame_text
+from frameatlas.report import _stage_sentence
 from frameatlas.search import SearchError, search
-from frameatlas.store import read_table, write_table
+from frameatlas.store import read_table, read_thumbnail, write_table
 from runs import embedded_run
 
 # One caption per second; frames are sampled every 0.5 s, so two frames show each.
@@ -119,6 +121,88 @@ def test_a_thumbnail_outside_the_run_is_refused(tmp_path):
     frames = read_table(run.table("frames"))
     frames.loc[3, "thumbnail"] = "frames/../../../elsewhere.jpg"
     write_table(frames, run.table("frames"))
-    with pytest.raises(UnsafePath, match=r"tables/frames.parquet row 3, column thumbnail: path 'frames/\.\./\.\./\.\./elsewhere.jpg'"):
+    with pytest.raises(
+        UnsafePath, match=r"tables/frames.parquet row 3, column thumbnail: path 'frames/\.\./\.\./\.\./elsewhere.jpg'"
+    ):
         read_frame_text(cfg, run)
     assert not run.table("ocr").exists()
+
+
+class _CountingEngine:
+    """RapidOCR's engine with its full-size reads counted (the gate's small detection is not one)."""
+
+    def __init__(self, engine):
+        self.engine, self.calls = engine, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.engine(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+def counting_reader(cfg):
+    from frameatlas.models.ocr import OcrReader
+
+    reader = OcrReader(cfg.caption.ocr, cfg.models.threads)
+    reader.engine = _CountingEngine(reader.engine)
+    return reader
+
+
+def test_the_text_gate_skips_blank_frames_and_keeps_every_text(tmp_path):
+    cfg, run = text_run(tmp_path)
+    exact = read_frame_text(cfg, run, reader=(plain := counting_reader(cfg)))
+    assert plain.engine.calls == 8 and exact.gated == 0 and exact.counts["ocr_gate_short_side"] == "off"
+
+    cfg.caption.ocr.gate_short_side = 160
+    reader = counting_reader(cfg)
+    gated = read_frame_text(cfg, run, reader=reader)
+    assert (gated.read, gated.cached) == (8, 0)  # gated texts are never taken from (or given to) the exact cache
+    assert gated.table.text.tolist() == exact.table.text.tolist()
+    assert reader.engine.calls == 6  # the two blank frames (1.0 s, 1.5 s) were not read at full size
+    counts = gated.counts
+    assert (counts["ocr_frames_gated"], counts["ocr_gate_short_side"], counts["ocr_frames_with_text"]) == (2, 160, 6)
+    assert gated.result()["counts"]["ocr_frames_gated"] == 2  # the stage's manifest entry
+    sentence, _ = _stage_sentence("caption", counts)
+    assert "2 frames showed no text candidate" in sentence
+
+    blank = reader.text_probability(read_thumbnail(run.thumbnails(read_table(run.table("frames")))[2]))
+    shown = reader.text_probability(read_thumbnail(run.thumbnails(read_table(run.table("frames")))[0]))
+    assert blank < cfg.caption.ocr.gate_score <= shown
+
+
+def test_the_text_gate_passes_over_every_frame_of_a_video_without_text(tmp_path):
+    videogen.make_text_video(tmp_path / "videos" / "blank.mp4", ["", "", ""])
+    cfg, run = embedded_run(tmp_path, {"name": "fallback"}, name="blank", extract={"thumbnail_long_side": 384},
+                            caption={"ocr": {"enabled": True, "gate_short_side": 128}})  # fmt: skip
+    reader = counting_reader(cfg)
+    summary = read_frame_text(cfg, run, reader=reader)
+    assert (summary.read, summary.gated, reader.engine.calls) == (6, 6, 0)
+    assert (summary.table.text == "").all() and (summary.table.lines == 0).all()
+
+
+@pytest.mark.parametrize(("value", "expected"), [("off", None), (False, None), (None, None), (160, 160)])
+def test_gate_short_side_takes_pixels_or_off(value, expected):
+    assert config_from_dict({"caption": {"ocr": {"gate_short_side": value}}}).caption.ocr.gate_short_side == expected
+
+
+@pytest.mark.parametrize("value", [True, 16, 4096, "small"])
+def test_a_bad_gate_short_side_names_the_key(value):
+    with pytest.raises(ConfigError, match=r"caption\.ocr\.gate_short_side"):
+        config_from_dict({"caption": {"ocr": {"gate_short_side": value}}})
+
+
+def test_threads_that_sleep_instead_of_spinning_read_the_same_text(tmp_path):
+    from frameatlas.models.ocr import OcrReader
+
+    cfg, run = text_run(tmp_path)
+    images = [read_thumbnail(path) for path in run.thumbnails(read_table(run.table("frames")))]
+    spinning = OcrReader(cfg.caption.ocr.model_copy(update={"spin_wait": True}))
+    sleeping = OcrReader(cfg.caption.ocr.model_copy(update={"spin_wait": False}))
+    for session in (sleeping.engine.text_det.infer.session, sleeping.engine.text_rec.session.session):
+        entries = session.get_session_options()
+        assert entries.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert [[line.text for line in sleeping.read(image)] for image in images] == [
+        [line.text for line in spinning.read(image)] for image in images
+    ]

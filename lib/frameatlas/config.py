@@ -182,10 +182,28 @@ class OcrConfig(_Section):
         "the same video in at most this many cells takes that frame's text; null (or off) = read every frame.",
     )  # fmt: skip
 
+    gate_short_side: int | None = Field(
+        None, ge=32, le=2048, description="Text gate: the detector first sees the thumbnail with its short side scaled to "
+        "this; a frame where no pixel reaches gate_score is not read at detect_short_side. null (or off) = no gate.",
+    )  # fmt: skip
+    gate_score: float = Field(
+        0.1, ge=0, le=1, description="Text gate: the text probability a pixel of the small detection must reach for the frame to be read."
+    )  # fmt: skip
+    spin_wait: bool = Field(
+        True, description="ONNX Runtime's idle threads spin (true, its default) or sleep (false: less CPU, the same text)."
+    )
+
     @field_validator("reuse_distance", mode="before")
     @classmethod
     def _reuse_off(cls, value: Any) -> Any:
         return _off_is_none(value)
+
+    @field_validator("gate_short_side", mode="before")
+    @classmethod
+    def _gate_off(cls, value: Any) -> Any:
+        if value is True:
+            raise ValueError("must be a short side in pixels (32-2048), or off/null")
+        return None if value is False else _off_is_none(value)
 
 
 class CaptionConfig(_Section):

@@ -10,6 +10,10 @@ With `caption.ocr.reuse_distance` set, a frame whose perceptual signature (the f
 `signature`) is within that many changed cells of the last frame read in the same video is not read:
 it takes that frame's text, and its `reused_from` names the frame ("" for frames read).
 
+With `caption.ocr.gate_short_side` set, a cheap detection at that size runs first and a frame on
+which it finds no text candidate is not read at full size (`models.ocr.OcrReader`); its text is
+empty. The stage summary counts those frames (`ocr_frames_gated`).
+
 Example:
     >>> from frameatlas.ocr import read_frame_text
     >>> summary = read_frame_text(cfg, "outputs/demo")  # doctest: +SKIP
@@ -49,7 +53,8 @@ class OcrSummary(StageSummary):
     """What the OCR pass did; it goes to the caption stage's manifest entry (`CombinedSummary.of(captions, ocr)`).
 
     `seconds` is the time spent reading text (not counting cached frames); `read` counts the frames
-    done this run, `reused` those of them that took an earlier near-identical frame's text.
+    done this run, `reused` those of them that took an earlier near-identical frame's text, `gated`
+    those the text gate found no text candidate on (not read at full size; their text is empty).
     """
 
     table: pd.DataFrame
@@ -59,6 +64,8 @@ class OcrSummary(StageSummary):
     read: int = 0
     cached: int = 0
     reused: int = 0
+    gate_short_side: int | None = None
+    gated: int = 0
     unread: int = 0  # frames left out this run: thumbnail unreadable or the reader failed on them
 
     @property
@@ -72,6 +79,8 @@ class OcrSummary(StageSummary):
             "ocr_frames_cached": self.cached,
             "ocr_frames_reused": self.reused,
             "ocr_reuse_distance": "off" if self.reuse_distance is None else self.reuse_distance,
+            "ocr_frames_gated": self.gated,
+            "ocr_gate_short_side": "off" if self.gate_short_side is None else self.gate_short_side,
             "ocr_frames_with_text": with_text,
             "ocr_seconds": round(self.seconds, 2),
             "ocr_seconds_per_frame": round(self.seconds / self.read, 4) if self.read else 0.0,
@@ -88,13 +97,16 @@ def _settings_key(cfg: PipelineConfig, engine: str) -> str:
     settings = f"{engine}|{options.min_score}|{options.min_chars}|{options.detect_short_side}"
     if options.reuse_distance is not None:  # reused texts are never mixed with another threshold's (or exact) ones
         settings += f"|reuse {options.reuse_distance}"
+    if options.gate_short_side is not None:  # a gated frame's text is empty without a full read: its own cache
+        settings += f"|gate {options.gate_short_side} {options.gate_score}"
     return hashlib.sha256(settings.encode()).hexdigest()[:12]
 
 
 def _read_group(
     reader: OcrReader, group: pd.DataFrame, thumbnails: list[Path], bar, reuse_distance: int | None = None
-) -> tuple[pd.DataFrame, list[str]]:
-    """The OCR table of one video's frames, and why each frame left out could not be read.
+) -> tuple[pd.DataFrame, list[str], int]:
+    """The OCR table of one video's frames, why each frame left out could not be read, and how many
+    frames the reader's text gate passed over.
 
     Frames go in time order; with `reuse_distance`, a frame near-identical to the last frame read
     takes its text (see the module docstring). A frame whose thumbnail cannot be read, or on which
@@ -106,6 +118,7 @@ def _read_group(
     near = NearDuplicates(reuse_distance)
     found: dict[int, tuple[str, int, float, str]] = {}  # position -> (text, lines, score, reused from)
     problems = []
+    gated_before = reader.gated
     for position in sorted(range(len(group)), key=lambda i: group.timestamp.iat[i]):
         frame_key = keys[position]
         bar.update(1)
@@ -131,18 +144,22 @@ def _read_group(
         "frame_key": rows.frame_key.to_numpy(), "video_id": rows.video_id.to_numpy(), "timestamp": rows.timestamp.to_numpy(),
         "text": texts, "lines": counts, "score": scores, "engine": reader.record.model_id, "reused_from": reused_from,
     })  # fmt: skip
-    return table, problems
+    return table, problems, reader.gated - gated_before
 
 
 def _skipped_frames(group: pd.DataFrame, problems: list[str]) -> SkippedInput:
     """One manifest entry per video whose frames were (partly) left out, with the first reason."""
-    video = str(group.video_path.iloc[0]) if "video_path" in group and str(group.video_path.iloc[0]) else str(group.video_id.iloc[0])
+    video = (
+        str(group.video_path.iloc[0]) if "video_path" in group and str(group.video_path.iloc[0]) else str(group.video_id.iloc[0])
+    )
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     reason = f"on-screen text of {len(problems)} of {len(group)} frames not read: {problems[0]}{more}"
     return SkippedInput(video, reason, stage="caption", status="partial" if len(problems) < len(group) else "skipped")
 
 
-def read_frame_text(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False, reader: OcrReader | None = None) -> OcrSummary:
+def read_frame_text(
+    cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False, reader: OcrReader | None = None
+) -> OcrSummary:
     """Read the on-screen text of every frame into `tables/ocr.parquet` (see the module docstring).
 
     With `caption.ocr.enabled: false` the table is removed, so no stale text outlives the setting.
@@ -167,8 +184,10 @@ def read_frame_text(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: b
             summary.notes.append(f"no on-screen text: {error}")
             table_path.unlink(missing_ok=True)
             return summary
+    reader.follow_gate(cfg.caption.ocr)  # a reader handed in reads with this config's gate, which the cache key names
     summary.record = reader.record
     summary.reuse_distance = cfg.caption.ocr.reuse_distance
+    summary.gate_short_side = cfg.caption.ocr.gate_short_side
     key = _settings_key(cfg, reader.record.model_id)
     tables, todo = frame_shards(frames, run.root / "ocr" / key, force=force)
     tables = [table if "reused_from" in table else table.assign(reused_from="") for table in tables]  # read before reuse existed
@@ -181,7 +200,8 @@ def read_frame_text(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: b
         bar = progress_bar(total=sum(len(g) for _, g in todo), desc="on-screen text", unit="frame")
         try:
             for shard, group in todo:
-                table, problems = _read_group(reader, group, thumbnails[shard], bar, summary.reuse_distance)
+                table, problems, gated = _read_group(reader, group, thumbnails[shard], bar, summary.reuse_distance)
+                summary.gated += gated
                 if problems:  # an incomplete shard is not cached: the video is read again next run
                     summary.unread += len(problems)
                     summary.skipped.append(_skipped_frames(group, problems))
@@ -197,9 +217,10 @@ def read_frame_text(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: b
     table = in_frame_order(tables, frames, OCR_COLUMNS)
     write_table(table, table_path)
     summary.table = table
-    log.info("caption: on-screen text of %d frames (%d read, of which %d reused a near-identical frame's, %d cached), "
-             "%d with text, %.3f s per frame read", summary.frames, summary.read, summary.reused, summary.cached,
-             summary.counts["ocr_frames_with_text"], summary.counts["ocr_seconds_per_frame"])  # fmt: skip
+    log.info("caption: on-screen text of %d frames (%d read, of which %d reused a near-identical frame's and %d had no "
+             "text candidate at the gate, %d cached), %d with text, %.3f s per frame read", summary.frames, summary.read,
+             summary.reused, summary.gated, summary.cached, summary.counts["ocr_frames_with_text"],
+             summary.counts["ocr_seconds_per_frame"])  # fmt: skip
     return summary
 
 
@@ -226,14 +247,15 @@ class _OcrUnit:
     reuse_distance: int | None
 
 
-def _read_on_worker(reader: OcrReader, unit: _OcrUnit) -> tuple[pd.DataFrame | None, list[str]]:
+def _read_on_worker(reader: OcrReader, unit: _OcrUnit) -> tuple[pd.DataFrame | None, list[str], int]:
     """One video's on-screen text on a Ray worker: a whole video's table goes to its shard (None comes
-    back); a video with frames left out is not cached, so its few text rows come back with the reasons."""
-    table, problems = _read_group(reader, unit.group, unit.thumbnails, _Uncounted(), unit.reuse_distance)
+    back); a video with frames left out is not cached, so its few text rows come back with the reasons.
+    The last item counts the frames the text gate passed over."""
+    table, problems, gated = _read_group(reader, unit.group, unit.thumbnails, _Uncounted(), unit.reuse_distance)
     if problems:
-        return table, problems
+        return table, problems, gated
     write_table(table, unit.shard)
-    return None, []
+    return None, [], gated
 
 
 def _read_on_workers(cfg: PipelineConfig, run: RunPaths, reader: OcrReader, todo: list, tables: list,
@@ -258,7 +280,8 @@ def _read_on_workers(cfg: PipelineConfig, run: RunPaths, reader: OcrReader, todo
             summary.skipped.append(SkippedInput(video, f"on-screen text not read: {outcome.reason}", stage="caption"))
             log.warning("caption: %s: %s", summary.skipped[-1].path, summary.skipped[-1].reason)
             continue
-        table, problems = outcome
+        table, problems, gated = outcome
+        summary.gated += gated
         if problems:
             summary.unread += len(problems)
             summary.skipped.append(_skipped_frames(group, problems))

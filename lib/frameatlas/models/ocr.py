@@ -5,6 +5,12 @@ reader detects text lines on the image (scaled so its short side is `detect_shor
 thumbnails are small, and small text needs the upscale), recognises each line, and keeps lines
 at least `min_score` confident and `min_chars` long, in reading order.
 
+With `gate_short_side` set, the detector first looks at the image scaled to that short side (a
+quarter of the pixels at 160 instead of 320); when no pixel of its text-probability map reaches
+`gate_score`, the frame has no text candidate and the full-size pass is skipped (`gated` counts
+those frames). Frames the gate lets through are read exactly as without it. With `spin_wait: false`
+ONNX Runtime's idle threads sleep instead of spinning (less CPU on shared cores, the same results).
+
 Example:
     >>> from frameatlas.config import OcrConfig
     >>> from frameatlas.models.ocr import OcrReader
@@ -65,22 +71,35 @@ class OcrReader:
                 f"install it with `pip install {OCR_PACKAGE}` (Python 3.12 or older), or set caption.ocr.enabled: false"
             ) from None
         self.options = options
+        self.gated = 0  # frames the text gate found no candidate on (not read at full size)
         threads = threads or -1  # -1: onnxruntime's default, every core
         # Upside-down text is rare in video: the angle classifier would cost a third of the time for nothing.
         self.engine = RapidOCR(
             det_limit_side_len=options.detect_short_side, det_limit_type="min", use_cls=False,
             text_score=options.min_score, intra_op_num_threads=threads, inter_op_num_threads=threads,
         )  # fmt: skip
+        if not getattr(options, "spin_wait", True):
+            _stop_spinning(self.engine, threads)
         models = Path(rapidocr_onnxruntime.__file__).parent / "models"
         version = _package_version()
         self.record = ModelRecord(
             kind="ocr", model_id=OCR_MODEL_ID, requested=OCR_MODEL_ID, backend=f"{OCR_PACKAGE} {version}",
             weights=str(models),
         )  # fmt: skip
+        self.follow_gate(options)
+
+    def follow_gate(self, options) -> None:
+        """Take `options`' text gate (`gate_short_side`, `gate_score`): one loaded reader serves any gate setting."""
+        self.options = options
+        self._gate = getattr(options, "gate_short_side", None)
 
     def read(self, image: Image.Image | np.ndarray) -> list[TextLine]:
         """The text lines of one image, top to bottom, after the confidence and length filters."""
-        found, _ = self.engine(image.convert("RGB") if isinstance(image, Image.Image) else image)
+        image = image.convert("RGB") if isinstance(image, Image.Image) else image
+        if self._gate and self.text_probability(image, self._gate) < self.options.gate_score:
+            self.gated += 1
+            return []
+        found, _ = self.engine(image)
         lines = []
         for box, text, score in found or []:
             text = " ".join(str(text).split())
@@ -89,6 +108,43 @@ class OcrReader:
             points = np.asarray(box, np.float32)
             lines.append(TextLine(text, float(score), (*points.min(axis=0).tolist(), *points.max(axis=0).tolist())))
         return lines
+
+    def text_probability(self, image: Image.Image | np.ndarray, short_side: int | None = None) -> float:
+        """The highest text probability the detector gives any pixel of `image` scaled to `short_side`
+        (default `gate_short_side`): the gate's measure, 0 on a blank picture, near 1 on legible text."""
+        import cv2
+
+        short_side = short_side or self._gate
+        if not short_side:
+            raise ValueError("text_probability: give short_side, or set caption.ocr.gate_short_side")
+        pixels = self.engine.load_img(image.convert("RGB") if isinstance(image, Image.Image) else image)
+        height, width = pixels.shape[:2]
+        scale = short_side / min(height, width)  # down or up: the detector's own "min" limit only ever scales up
+        pixels = cv2.resize(pixels, (max(32, round(width * scale)), max(32, round(height * scale))), interpolation=cv2.INTER_AREA)
+        prepared = _det_preprocess(self.engine.text_det, short_side)(pixels)  # normalised, sides rounded to 32
+        return float(self.engine.text_det.infer(prepared)[0].max())
+
+
+def _stop_spinning(engine, threads: int) -> None:
+    """Reopen the detector's and recogniser's ONNX Runtime sessions with RapidOCR's own options, but with idle
+    worker threads sleeping instead of spin-waiting: spinning between RapidOCR's many small recogniser calls
+    burns CPU that other work on shared cores could use. The arithmetic, and so every result, stays the same."""
+    from onnxruntime import InferenceSession
+    from rapidocr_onnxruntime.main import DEFAULT_CFG_PATH
+    from rapidocr_onnxruntime.utils import OrtInferSession, read_yaml, update_model_path
+
+    paths = update_model_path(read_yaml(DEFAULT_CFG_PATH))
+    for holder, section in ((engine.text_det.infer, "Det"), (engine.text_rec.session, "Rec")):
+        options = OrtInferSession._init_sess_opts({"intra_op_num_threads": threads, "inter_op_num_threads": threads})
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        holder.session = InferenceSession(paths[section]["model_path"], sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _det_preprocess(detector, short_side: int):
+    from rapidocr_onnxruntime.ch_ppocr_det.utils import DetPreProcess
+
+    return DetPreProcess(short_side, "min", detector.mean, detector.std)
 
 
 def _package_version() -> str:
