@@ -78,6 +78,17 @@ def test_rendered_videos_play_inline(finished_run, dashboard):
     for src, ready, error, duration, width in states:
         assert error is None and ready >= 1 and width > 0, (src, ready, error)
         assert duration == pytest.approx(durations[src], abs=0.5), src
+    # each player shows its best segment's best frame before it plays (not its title card)
+    segments = pd.read_parquet(finished_run / "tables" / "render_segments.parquet")
+    frames = pd.read_parquet(finished_run / "tables" / "frames.parquet")
+    posters = dict(
+        page.evaluate("[...document.querySelectorAll('video')].map(v => [v.getAttribute('src'), v.getAttribute('poster')])")
+    )
+    for video in rendered.itertuples():
+        best = segments[segments.name == video.name].sort_values("score", ascending=False).iloc[0]
+        own = frames[frames.video_id == best.video_id]
+        nearest = own.iloc[(own.timestamp - best.best_timestamp).abs().to_numpy().argmin()]
+        assert posters[video.path] == nearest.thumbnail, video.name
     first = players.first
     first.evaluate("v => { v.muted = true; return v.play(); }")
     page.wait_for_function("v => v.currentTime > 0.2", arg=first.element_handle(), timeout=20_000)

@@ -296,9 +296,6 @@ def _stage_sentence(name: str, counts: dict[str, Any]) -> tuple[str, list[tuple[
         if any(count for count, _ in reused):  # near-duplicate frames (caption.reuse_distance, caption.ocr.reuse_distance)
             parts.append("Frames nearly identical to an earlier frame of their video took its result instead of being read again: "
                          + ", ".join(f"{count} for the {what}" for count, what in reused if count) + ".")  # fmt: skip
-        if _count(c, "ocr_frames_gated"):  # caption.ocr.gate_short_side
-            parts.append(f"{_count(c, 'ocr_frames_gated')} frames showed no text candidate to a small, quick detection "
-                         "and were not read at full size.")  # fmt: skip
         if "speech_segments" in c:
             transcribed = _count(c, "speech_videos_transcribed") + _count(c, "speech_videos_cached")
             parts.append(f"Transcribed what is said in {transcribed} videos with {c.get('speech_model', 'Whisper')}: "
@@ -446,6 +443,7 @@ def _rendered_videos(run: RunPaths) -> list[dict[str, Any]]:
     path = run.table("render_videos")
     if not path.exists():
         return []
+    posters = _render_posters(run)
     rows = []
     for video in pd.read_parquet(path).to_dict("records"):
         if video.get("path") and (run.root / video["path"]).is_file():
@@ -453,8 +451,34 @@ def _rendered_videos(run: RunPaths) -> list[dict[str, Any]]:
             video["contact_sheet"] = sheet if sheet and (run.root / sheet).is_file() else None
             vtt = (run.root / video["path"]).with_suffix(".vtt")  # the speech heard in it (render stage)
             video["subtitles"] = markupsafe.Markup(subtitle_track(vtt))
+            video["poster"] = posters.get(video.get("name"))
             rows.append(video)
     return rows
+
+
+def _render_posters(run: RunPaths) -> dict[str, str]:
+    """Rendered video name -> the thumbnail of its best-scoring segment's best frame, shown before the video
+    plays (a rendered video opens on its title card, which would leave every player on the page alike)."""
+    segments_path, frames_path = run.table("render_segments"), run.table("frames")
+    if not segments_path.exists() or not frames_path.exists():
+        return {}
+    try:
+        segments = pd.read_parquet(segments_path, columns=["name", "video_id", "score", "best_timestamp"])
+        frames = pd.read_parquet(frames_path, columns=["video_id", "timestamp", "thumbnail"])
+    except Exception as error:  # noqa: BLE001 - players without a poster still play
+        log.warning("dashboard: no posters for the rendered videos: %s", error)
+        return {}
+    frames_by_video = {video_id: group.sort_values("timestamp") for video_id, group in frames.groupby("video_id")}
+    posters = {}
+    for name, group in segments.dropna(subset=["best_timestamp"]).groupby("name"):
+        best = group.sort_values("score", ascending=False, kind="stable").iloc[0]
+        candidates = frames_by_video.get(best.video_id)
+        if candidates is None or not len(candidates):
+            continue
+        nearest = candidates.iloc[int((candidates.timestamp - best.best_timestamp).abs().to_numpy().argmin())]
+        if (run.root / str(nearest.thumbnail)).is_file():
+            posters[str(name)] = str(nearest.thumbnail)
+    return posters
 
 
 def _interactive_pages(run: RunPaths) -> list[dict[str, str]]:
