@@ -296,6 +296,9 @@ def _stage_sentence(name: str, counts: dict[str, Any]) -> tuple[str, list[tuple[
         if any(count for count, _ in reused):  # near-duplicate frames (caption.reuse_distance, caption.ocr.reuse_distance)
             parts.append("Frames nearly identical to an earlier frame of their video took its result instead of being read again: "
                          + ", ".join(f"{count} for the {what}" for count, what in reused if count) + ".")  # fmt: skip
+        if _count(c, "ocr_frames_gated"):  # caption.ocr.gate_short_side
+            parts.append(f"{_count(c, 'ocr_frames_gated')} frames showed no text candidate to a small, quick detection "
+                         "and were not read at full size.")  # fmt: skip
         if "speech_segments" in c:
             transcribed = _count(c, "speech_videos_transcribed") + _count(c, "speech_videos_cached")
             parts.append(f"Transcribed what is said in {transcribed} videos with {c.get('speech_model', 'Whisper')}: "
