@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -183,11 +184,11 @@ KERNEL_ARGUMENTS = ["--HistoryManager.hist_file=:memory:"]
 def kernel_pool(run: RunPaths, show_progress: bool, socket_folder: Path) -> KernelPool:
     """A pool starting stage kernels ahead, as `execute_stage` would start them (same interpreter,
     environment, working folder, local sockets: one folder per kernel)."""
-    from jupyter_client.manager import AsyncKernelManager
+    count = itertools.count()
 
-    count = iter(range(1 << 30))
+    def manager():  # jupyter_client is imported only when a stage runs (not by a run with nothing to do)
+        from jupyter_client.manager import AsyncKernelManager
 
-    def manager() -> AsyncKernelManager:
         folder = socket_folder / f"ahead-{next(count)}"
         folder.mkdir(parents=True, exist_ok=True)
         return AsyncKernelManager(kernel_name="python3", config=_kernel_config(folder))
