@@ -1,7 +1,9 @@
-"""`run.executor: ray`: the per-video passes on a local Ray (one per test session, 2 CPUs) give the
-same tables and index as the local executor; a unit that raises is retried, then its video is
-skipped with the worker's error; a driver killed mid-run leaves finished shards that the next
-run reuses."""
+"""`run.executor: ray` on a Ray cluster started as README "Running on a cluster" says: `ray start
+--head` and a second node `ray start --address HEAD` (1 CPU each, on this machine, one cluster for the
+test session), reached through `run.ray_address` and `RAY_ADDRESS`. The per-video passes give the
+same tables and index as the local executor, with units on both nodes; a unit that raises is
+retried, then its video is skipped with the worker's error; a driver killed mid-run leaves finished
+shards that the next run reuses."""
 
 from __future__ import annotations
 
@@ -27,32 +29,58 @@ from frameatlas.index import _settings, open_index
 from frameatlas.ocr import read_frame_text
 from frameatlas.speech import transcribe_run
 from frameatlas.store import RunPaths, read_table
+from raycluster import RayCluster
 from test_index_server import chroma_url  # noqa: F401  (a fixture: one Chroma server for this module)
 
-os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no usage reports, also from the workers the fixture starts
+# what the README asks of every driver of a cluster: token authentication (the nodes have it on), no usage reports
+DRIVER_ENVIRONMENT = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 @pytest.fixture(scope="session")
-def local_ray():
-    """One local Ray for the session: 2 CPUs, on the loopback address, no dashboard; shut down at the end."""
+def ray_cluster():
+    """The README's cluster on this machine: `ray start --head` and `ray start --address HEAD`, 1 CPU each
+    (the machine's 2 cores; each of the 2 Ray workers of a pass lands on its own node). No dashboard,
+    no usage reports, a temporary folder of its own; every process of it ended at the end."""
+    before = {name: os.environ.get(name) for name in DRIVER_ENVIRONMENT}
+    os.environ.update(DRIVER_ENVIRONMENT)
+    if "ray" in sys.modules:  # Ray reads RAY_AUTH_MODE when imported; a driver that imported it before reads it again
+        from ray._raylet import Config
+
+        Config.initialize("")
+    cluster = RayCluster()
+    try:
+        cluster.start_head(num_cpus=1)
+        cluster.add_node(num_cpus=1)
+        yield cluster
+    finally:
+        if "ray" in sys.modules:
+            sys.modules["ray"].shutdown()  # this driver's connection, not the cluster
+        cluster.stop()
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    assert cluster.processes() == []
+
+
+@pytest.fixture
+def connected_ray(ray_cluster):
+    """Ray, this process connected to the session's cluster as a driver."""
     import ray
     from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this module's work functions travel by value
-    for attempt in (1, 2):  # Ray gives its raylet 30 s to start; a busy machine can need a second try
-        try:
-            ray.init(
-                num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-                logging_level=logging.WARNING,
-                runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "FRAMEATLAS_PROGRESS": "off"}},
-            )  # fmt: skip
-            break
-        except Exception:
-            ray.shutdown()
-            if attempt == 2:
-                raise
-    yield ray
-    ray.shutdown()
+    if not ray.is_initialized():
+        ray.init(address=ray_cluster.address, log_to_driver=False, logging_level=logging.WARNING,
+                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "FRAMEATLAS_PROGRESS": "off"}})  # fmt: skip
+    return ray
+
+
+def test_the_cluster_has_two_nodes_and_no_usage_reports(ray_cluster):
+    assert ray_cluster.nodes() == 2
+    assert "Usage stats collection is disabled." in ray_cluster.outputs[0]  # what `ray start --head` printed
+    assert "Usage stats collection is enabled" not in "".join(ray_cluster.outputs)
 
 
 @pytest.fixture(scope="module")
@@ -108,12 +136,27 @@ def _index_contents(cfg, model_id: str) -> dict[str, tuple[np.ndarray, dict]]:
     return {key: (np.asarray(vector), meta) for key, vector, meta in zip(found["ids"], found["embeddings"], found["metadatas"])}
 
 
+def _node_of_worker(state, item):
+    """A unit of work: the Ray node it ran on."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
 @pytest.mark.slow
-def test_ray_gives_the_tables_and_index_of_a_local_run(local_ray, corpus, local_run, chroma_url):  # noqa: F811
+def test_ray_gives_the_tables_and_index_of_a_local_run(ray_cluster, corpus, local_run, chroma_url, caplog):  # noqa: F811
+    import ray
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.shutdown()  # the passes connect by themselves, to run.ray_address, as a stage does
     local, done_here = local_run
     # the Ray run keeps its index on a Chroma server, as a cluster would (index.url; run-scoped collections)
-    remote = _config(corpus, "ray", "ray", index={"url": chroma_url})
-    done_on_ray = _per_video_passes(remote, force_embed=True)  # force: the embed stage's own pass runs on the workers too
+    remote = _config(corpus, "ray", "ray", index={"url": chroma_url}, run={"ray_address": ray_cluster.address})
+    with caplog.at_level(logging.INFO, logger="frameatlas.executor"):
+        done_on_ray = _per_video_passes(remote, force_embed=True)  # force: the embed stage's own pass runs on the workers too
+    assert f"Ray: connected to {ray_cluster.address} (2.0 CPUs)" in caplog.messages
+    assert ray.get_runtime_context().gcs_address.rsplit(":", 1)[1] == ray_cluster.address.rsplit(":", 1)[1]
 
     for name, stage in done_on_ray.items():
         assert [s.as_dict() for s in stage.skipped] == [s.as_dict() for s in done_here[name].skipped], name
@@ -163,8 +206,17 @@ def _folder_state(folder):
     return lambda threads: folder
 
 
-def test_a_unit_that_raises_is_retried_then_reported_with_the_workers_error(local_ray, tmp_path, caplog):
-    executor = RayExecutor(local_ray, tmp_path, worker_cpus=1, retries=1)
+@pytest.mark.slow
+def test_units_run_on_both_nodes(connected_ray, tmp_path):
+    nodes = {node["NodeID"] for node in connected_ray.nodes() if node["Alive"]}
+    executor = RayExecutor(connected_ray, tmp_path, worker_cpus=1)
+    assert len(nodes) == executor.workers == 2
+    assert set(executor.map(_node_of_worker, [0, 1, 2, 3])) == nodes  # a node of 1 CPU holds one worker of 1 CPU
+
+
+@pytest.mark.slow
+def test_a_unit_that_raises_is_retried_then_reported_with_the_workers_error(connected_ray, tmp_path, caplog):
+    executor = RayExecutor(connected_ray, tmp_path, worker_cpus=1, retries=1)
     assert executor.workers == 2
     finished = []
     results = executor.map(_fails_on_item_two, [0, 1, 2, 3], setup=_folder_state(str(tmp_path)),
@@ -187,7 +239,7 @@ def test_without_ray_the_same_units_run_here_with_the_same_contract(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_video_whose_unit_raises_is_skipped_with_that_error_as_in_a_local_run(local_ray, corpus, tmp_path):
+def test_a_video_whose_unit_raises_is_skipped_with_that_error_as_in_a_local_run(connected_ray, corpus, tmp_path):
     """An error that is not about the video (its shard folder cannot be made) fails the unit on the worker;
     after the retry the video is skipped with that error, the other videos are done, as locally."""
     reasons = {}
@@ -210,8 +262,9 @@ from frameatlas import executor
 from frameatlas.config import config_from_dict
 from frameatlas.embed import extract_and_embed
 from frameatlas.lock import run_lock
-import json
+import json, logging
 
+logging.basicConfig(level=logging.INFO)
 cfg = config_from_dict(json.loads(sys.argv[1]))
 done = []
 real_map = executor.RayExecutor.map
@@ -231,20 +284,22 @@ with run_lock(cfg.run_dir, "killed driver"):
 
 
 @pytest.mark.slow
-def test_a_driver_killed_mid_run_is_resumed_by_the_next_run(local_ray, corpus, local_run):
+def test_a_driver_killed_mid_run_is_resumed_by_the_next_run(ray_cluster, connected_ray, corpus, local_run):
     import json
 
-    cfg = _config(corpus, "killed", "ray", run={"ray_address": local_ray.get_runtime_context().gcs_address})
+    cfg = _config(corpus, "killed", "ray")  # no run.ray_address: the driver finds the cluster in RAY_ADDRESS
     run = RunPaths(cfg.run_dir)
     driver = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLED_DRIVER), json.dumps(cfg.to_parameters())],
-                            capture_output=True, text=True, timeout=300, cwd=REPO)  # fmt: skip
+                            capture_output=True, text=True, timeout=600, cwd=REPO,
+                            env={**os.environ, **DRIVER_ENVIRONMENT, "RAY_ADDRESS": ray_cluster.address})  # fmt: skip
     assert driver.returncode == -9, driver.stderr[-3000:]
     assert "first video done" in driver.stdout
+    assert f"Ray: connected to {ray_cluster.address} (2.0 CPUs)" in driver.stderr  # the cluster RAY_ADDRESS names
     assert not run.table("frames").exists()  # the driver writes the tables last: it never got there
     finished = list(run.frames.glob("*/*/frames.parquet"))
     assert 1 <= len(finished) < 4
 
-    again = _config(corpus, "killed", "ray")  # the session's Ray, as any second run would find one
+    again = _config(corpus, "killed", "ray")  # this process is connected to the cluster: the next run goes there
     summary = extract_and_embed(again, again.run_dir)
     assert summary.cached >= 1 and summary.cached + summary.processed == summary.videos == 4
     expected = _sorted(read_table(RunPaths(local_run[0].run_dir).table("frames")), ["frame_key"])
