@@ -108,7 +108,9 @@ def main() -> None:
     import ray
 
     started = time.perf_counter()
-    context = ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.WARNING)
+    # "local": a Ray of its own, as a pass without an address starts one (not a cluster `ray start` left running)
+    context = ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+                       logging_level=logging.WARNING)  # fmt: skip
     ray_start = time.perf_counter() - started
     variants = args.variants.split(",")
     results: dict[str, list[dict]] = {variant: [] for variant in variants}
