@@ -1,6 +1,7 @@
 """Classify stage speed: feature pooling + grouped cross-validation for 10k windows, and audio features.
 
     python benchmarks/bench_classify.py [--windows 10000] [--repeats 3] [--audio data/demo/bbb.mp4] [--json OUT]
+                                        [--yamnet MODEL --yamnet-python PY [--only-yamnet]]
 
 Both parts run in this process, the models' forward passes excluded (those are the earlier
 stages'): synthetic run tables stand in for them.
@@ -10,10 +11,17 @@ stages'): synthetic run tables stand in for them.
   on-screen text on one frame in ten, 128-d audio statistics per window; five classes, labels per
   video, the class in every modality plus noise. Timed: `make_samples` + one sparse pooling per
   modality (`features.pool`) against a pandas groupby-mean baseline, then `cross_validate` (logistic
-  regression per modality, early and both late fusions, 5 folds grouped by video). Target: under 30 s.
+  regression per modality, early and both late fusions, the learned one nested, 5 folds grouped by video).
+  Target: under 30 s.
 * **Audio features.** The weight-free log-mel descriptor streaming a real soundtrack (`--audio`,
   default the demo's bbb.mp4, else a generated sine track): decode + resample + features, as
   seconds of audio per second of work (target: at least 50x real time).
+
+* **YAMNet's worker process** (with `--yamnet MODEL --yamnet-python PY`, e.g. the tiny SavedModel
+  `tests/tinyyamnet.py` builds and `.venv-tf/bin/python`): what one worker call costs before any audio
+  (process start, TensorFlow import, model load; a 1 s waveform), and the whole `--audio` track through
+  `window_stats_many` in one call, as seconds of audio per second (with a tiny model that is the cost of
+  the files, the process and TensorFlow's calls, not YAMNet's own network).
 
 Each figure is the median of `--repeats` runs, with the min-max spread.
 """
@@ -167,16 +175,66 @@ def bench_audio(path: Path | None, repeats: int) -> dict:
     }  # fmt: skip
 
 
+def bench_yamnet(model: Path, python: str, path: Path | None, repeats: int) -> dict:
+    from frameatlas.classify.audio import YamnetDescriptor
+    from frameatlas.speech import AudioDecoder
+
+    descriptor = YamnetDescriptor(model, str(model), python)
+    second = np.zeros(16000, np.float32)
+    calls = []
+    for _ in range(repeats):
+        descriptor.embeddings(second)
+        calls.append(dict(descriptor.last_call))
+    track = []
+    if path is not None and path.exists():
+        with AudioDecoder(path) as decoder:
+            audio = np.concatenate(list(decoder.blocks()))
+        for _ in range(repeats):
+            started = time.perf_counter()
+            stats = dict(descriptor.window_stats_many([("track", [audio])], 10.0))["track"]
+            elapsed = time.perf_counter() - started
+            track.append({"seconds": elapsed, "call": dict(descriptor.last_call), "windows": int(len(stats.counts))})
+        seconds = len(audio) / 16000
+    else:
+        seconds = 0.0
+    return {
+        "model": str(model), "python": python, "one_second_calls": calls,
+        "median_call_wall_seconds": statistics.median(c["wall_seconds"] for c in calls),
+        "median_load_seconds": statistics.median(c["load_seconds"] for c in calls),
+        "track_audio_seconds": seconds, "track": track,
+        "median_track_times_real_time": seconds / statistics.median(t["seconds"] for t in track) if track else None,
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--windows", type=int, default=10000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--audio", type=Path, default=Path("data/demo/bbb.mp4"))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--yamnet", type=Path, help="a SavedModel with YAMNet's signature: time its worker process")
+    parser.add_argument("--yamnet-python", help="the python that runs the worker (one with tensorflow-hub)")
+    parser.add_argument("--only-yamnet", action="store_true", help="skip pooling, cross-validation and log-mel")
     args = parser.parse_args()
-    report = {"machine": machine(), "pooling_and_cv": bench_pooling(args.windows, args.repeats),
-              "audio": bench_audio(args.audio, args.repeats)}  # fmt: skip
+    report = {"machine": machine()}
+    if not args.only_yamnet:
+        report |= {"pooling_and_cv": bench_pooling(args.windows, args.repeats), "audio": bench_audio(args.audio, args.repeats)}
+    if args.yamnet:
+        report["yamnet"] = y = bench_yamnet(args.yamnet, args.yamnet_python, args.audio, args.repeats)
+        print(f"YAMNet worker ({y['python']}): one call on 1 s of audio {y['median_call_wall_seconds']:.1f} s wall "
+              f"(min {min(c['wall_seconds'] for c in y['one_second_calls']):.1f}, max "
+              f"{max(c['wall_seconds'] for c in y['one_second_calls']):.1f}), of which TensorFlow import + model load "
+              f"{y['median_load_seconds']:.1f} s")  # fmt: skip
+        if y["track"]:
+            print(f"  {y['track_audio_seconds']:.0f} s of audio in one call: {y['median_track_times_real_time']:.0f}x real "
+                  f"time (min {min(y['track_audio_seconds'] / t['seconds'] for t in y['track']):.0f}, max "
+                  f"{max(y['track_audio_seconds'] / t['seconds'] for t in y['track']):.0f})")  # fmt: skip
     report["machine"]["load_average_after"] = os.getloadavg()
+    if args.only_yamnet:
+        print(f"machine: {report['machine']}")
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2, default=float))
+        return
     p, a = report["pooling_and_cv"], report["audio"]
     print(f"pooling + cross-validation, {p['windows']} windows ({p['frames']} frames, {p['videos']} videos):")
     print(f"  pooling {statistics.median(p['pooling_seconds']):.3f} s (min {min(p['pooling_seconds']):.3f}, max "
