@@ -2,6 +2,7 @@
 
     python benchmarks/bench_near_duplicates.py [--repeat 3] [--distance N] [--gate SIDE] [--json OUT]
     python benchmarks/bench_near_duplicates.py --sweep-only      # extraction + reuse rates, no OCR timing
+    python benchmarks/bench_near_duplicates.py --profile         # where one read-every-frame pass spends its CPU
 
 Two corpora, each extracted once (untimed) with the extract section of `pipeline.yaml`:
 
@@ -193,6 +194,45 @@ def bench_corpus(name: str, cfg, run: RunPaths, readers: dict[str, OcrReader], d
     return result
 
 
+def profile(name: str, run: RunPaths, reader: OcrReader, sides=(96, 128, 160, 216), scores=(0.1, 0.3)) -> None:
+    """Where a read-every-frame pass spends its CPU (detection and recognition apart, frames with and without
+    text), and what a text gate at each short side in `sides` would let through and miss."""
+    import pandas as pd
+
+    engine = reader.engine
+    frames = read_table(run.table("frames"))
+    rows = []
+    for key, path in zip(frames.frame_key, run.thumbnails(frames)):
+        image = read_thumbnail(path)
+        pixels = engine.load_img(np.asarray(image))
+        started = time.process_time()
+        scaled, _, _ = engine.preprocess(pixels)
+        boxes, _ = engine.auto_text_det(scaled)
+        detected = time.process_time()
+        texts = engine.text_rec(engine.get_crop_img_list(scaled, boxes), False)[0] if boxes is not None else []
+        recognised = time.process_time()
+        kept = [
+            t for t, score in texts if score >= reader.options.min_score and len("".join(t.split())) >= reader.options.min_chars
+        ]
+        row = {"frame": key, "text": bool(kept), "boxes": 0 if boxes is None else len(boxes),
+               "detect": detected - started, "recognise": recognised - detected}  # fmt: skip
+        for side in sides:
+            started = time.process_time()
+            row[f"gate {side}"] = reader.text_probability(image, side)
+            row[f"gate {side} s"] = time.process_time() - started
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    h, w = engine.text_det.get_preprocess(0).resize(engine.preprocess(pixels)[0]).shape[:2]  # the last frame's
+    print(f"\n== {name}: CPU of one read-every-frame pass by step (detector input {w} x {h}, spinning threads as configured)")
+    print(table.groupby("text")[["boxes", "detect", "recognise"]].agg(["count", "mean", "sum"]).round(3).to_string())
+    for side in sides:
+        for score in scores:
+            passed = table[f"gate {side}"] >= score
+            print(f"gate {side:>4} px at {score}: misses {int((table.text & ~passed).sum())} of {int(table.text.sum())} frames "
+                  f"with text, lets {int((~table.text & passed).sum())} of {int((~table.text).sum())} without through; "
+                  f"{table[f'gate {side} s'].mean():.3f} s CPU per frame")  # fmt: skip
+
+
 def report(name: str, result: dict) -> None:
     print(f"\n== {name}: {result['frames']} frames of {result['videos']} videos; "
           f"signature {result['signature_ms_per_frame']:.2f} ms per frame (made at extraction)")  # fmt: skip
@@ -234,6 +274,8 @@ def main() -> None:
     parser.add_argument("--sweep-only", action="store_true", help="extract and print reuse rates only (no OCR)")
     parser.add_argument("--untimed", action="store_true",
                         help="no timed passes: agreement and sweep from the texts the last passes cached in --work")  # fmt: skip
+    parser.add_argument("--profile", action="store_true",
+                        help="only profile one read-every-frame pass per corpus (detection, recognition, gate sizes)")  # fmt: skip
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
@@ -262,6 +304,10 @@ def main() -> None:
         for label, options in (("off", first.caption.ocr.model_copy(update={"spin_wait": True})), ("reuse", first.caption.ocr)):
             readers[label] = OcrReader(options, first.models.threads)
             readers[label].read(Image.new("RGB", (384, 216), "white"))  # warm-up: onnxruntime allocates on the first call
+    if args.profile:
+        for name, (_, run) in corpora.items():
+            profile(name, run, readers["off"])
+        return
     results = {}
     for name, (cfg, run) in corpora.items():
         results[name] = bench_corpus(name, cfg, run, readers, distance, args.repeat, args.sweep_only, not args.untimed, gate)
