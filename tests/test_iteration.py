@@ -126,6 +126,10 @@ def test_adding_a_video_reruns_later_stages_without_loading_models_they_do_not_n
     # extract has new frames to embed, so it loads CLIP, and also makes the noise check's queries
     new_frames = int((pd.read_parquet(run / "tables" / "frames.parquet").video_name == "delta.mp4").sum())
     assert new_frames >= 4 and stages["extract"]["counts"]["frames_embedded"] == new_frames
+    # work on the new video only: one video decoded, only its frames read by OCR, the others' reused
+    assert (stages["extract"]["counts"]["videos_processed"], stages["extract"]["counts"]["videos_cached"]) == (1, 3)
+    caption = stages["caption"]["counts"]
+    assert (caption["ocr_frames_read"], caption["ocr_frames_cached"]) == (new_frames, caption["frames"] - new_frames)
     assert "open_clip" in stages["extract"]["imports"]
     # embed finds every vector made: it indexes them and runs its checks without loading CLIP again
     assert "open_clip" not in stages["embed"]["imports"] and stages["embed"]["counts"]["frames_embedded"] == 0
