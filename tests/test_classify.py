@@ -183,6 +183,19 @@ def test_late_learned_fusion_is_nested_so_a_fold_is_never_scored_by_its_own_labe
     assert learned["late-learned"] > max(learned["a"], learned["b"]) + 0.2, learned.to_dict()
 
 
+def test_two_videos_per_class_give_late_learned_the_mean_where_no_inner_split_exists():
+    """The demo's shape: two classes of two videos each, so two outer folds whose training side holds one
+    video per class. No weights can be learned there without the test fold: late-learned is late-mean."""
+    rng = np.random.default_rng(5)
+    groups = np.repeat(np.arange(4), 5)
+    labels = np.array(["cat", "dog", "cat", "dog"])[groups]
+    matrices = {name: rng.normal(size=(len(groups), 3)) + (labels == "dog")[:, None] for name in ("a", "b")}
+    result = cross_validate(matrices, labels, groups, folds=5)
+    assert len(set(result.folds)) == 2
+    np.testing.assert_allclose(result.probabilities["late-learned"], result.probabilities["late-mean"])
+    assert set(result.scores.modality) >= {"a", "b", "early", "late-mean", "late-learned"}
+
+
 def test_folds_are_stratified_and_capped_by_the_smallest_class():
     labels = np.array(["a"] * 6 + ["b"] * 4)
     groups = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])  # b: videos 3 and 4 only

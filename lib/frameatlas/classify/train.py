@@ -156,13 +156,17 @@ def grouped_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int 
 
     Uses at most as many folds as the smallest class has videos.
     """
-    per_class = pd.DataFrame({"y": labels, "g": groups}).groupby("y").g.nunique()
+    per_class = _videos_per_class(labels, groups)
     n_splits = int(max(2, min(folds, per_class.min())))
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     fold = np.full(len(labels), -1, np.int64)
     for k, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
         fold[test] = k
     return fold
+
+
+def _videos_per_class(labels: np.ndarray, groups: np.ndarray) -> pd.Series:
+    return pd.DataFrame({"y": labels, "g": groups}).groupby("y").g.nunique()
 
 
 def _align(proba: np.ndarray, model_classes: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -233,7 +237,8 @@ def _nested_late_learned(
     With three outer folds or more, the inner folds are the other outer folds (grouped and stratified
     already): the model fitted without folds j and k gives fold j's inner probabilities when k is the
     test fold and fold k's when j is, so each pair is fitted once. With two outer folds, the training
-    videos get grouped folds of their own. `outer`: each modality's outer out-of-fold probabilities,
+    videos get grouped folds of their own, or, when some class has a single training video, the fold takes
+    the plain mean of the modalities (late-mean). `outer`: each modality's outer out-of-fold probabilities,
     which the learned weights combine on the test fold.
     """
     modalities = list(matrices)
@@ -252,6 +257,11 @@ def _nested_late_learned(
 
     for k in outer_folds:
         train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        if len(outer_folds) == 2 and _videos_per_class(labels[train], groups[train]).min() < 2:
+            # the training videos cannot be split again with every class on both sides (the demo: one video
+            # per class): no weights can be learned without the test fold, so this fold gets the plain mean
+            learned[test] = np.mean([outer[m][test] for m in modalities], axis=0)
+            continue
         inner = fold[train] if len(outer_folds) > 2 else grouped_folds(labels[train], groups[train], folds, seed + 1)
         inner_probabilities = {m: np.zeros((len(train), len(classes))) for m in modalities}
         for j in np.unique(inner):
