@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ import pandas as pd
 import pytest
 import tinyclip
 import videogen
+import yaml
 from conftest import REPO
 from frameatlas.config import ConfigError, config_from_dict
 from frameatlas.corpus import content_hash
@@ -27,6 +29,7 @@ from frameatlas.embed import embed_frames, extract_and_embed
 from frameatlas.executor import Failed, LocalExecutor, RayExecutor
 from frameatlas.index import _settings, open_index
 from frameatlas.ocr import read_frame_text
+from frameatlas.pipeline import EXIT_SKIPPED_INPUTS
 from frameatlas.speech import transcribe_run
 from frameatlas.store import RunPaths, read_table
 from raycluster import RayCluster
@@ -299,9 +302,17 @@ def test_a_driver_killed_mid_run_is_resumed_by_the_next_run(ray_cluster, connect
     finished = list(run.frames.glob("*/*/frames.parquet"))
     assert 1 <= len(finished) < 4
 
+    # the next run, as README "Running on a cluster" has it: RAY_ADDRESS set, `frameatlas run --set run.executor=ray`
+    config_file = corpus["root"] / "killed.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.to_parameters()))
+    rerun = subprocess.run([str(Path(sys.executable).with_name("frameatlas")), "run", str(config_file), "--stages", "extract",
+                            "--set", "run.executor=ray", "--no-progress"], capture_output=True, text=True, timeout=900,
+                           cwd=REPO, env={**os.environ, **DRIVER_ENVIRONMENT, "RAY_ADDRESS": ray_cluster.address})  # fmt: skip
+    assert rerun.returncode == EXIT_SKIPPED_INPUTS, rerun.stdout[-3000:] + rerun.stderr[-3000:]  # broken.mp4, as locally
+    counts = {key: int(value) for key, value in re.findall(r"\b(videos|videos_processed|videos_cached)=(\d+)", rerun.stdout)}
+    assert counts["videos_cached"] >= 1 and counts["videos_cached"] + counts["videos_processed"] == counts["videos"] == 4
+    assert f"Ray: connected to {ray_cluster.address} (2.0 CPUs)" in (Path(cfg.run_dir) / "logs" / "extract.log").read_text()
     again = _config(corpus, "killed", "ray")  # this process is connected to the cluster: the next run goes there
-    summary = extract_and_embed(again, again.run_dir)
-    assert summary.cached >= 1 and summary.cached + summary.processed == summary.videos == 4
     expected = _sorted(read_table(RunPaths(local_run[0].run_dir).table("frames")), ["frame_key"])
     pd.testing.assert_frame_equal(_sorted(read_table(run.table("frames")), ["frame_key"]), expected)
     embedded = embed_frames(again, again.run_dir)
