@@ -80,6 +80,7 @@ def connected_ray(ray_cluster):
     return ray
 
 
+@pytest.mark.slow
 def test_the_cluster_has_two_nodes_and_no_usage_reports(ray_cluster):
     assert ray_cluster.nodes() == 2
     assert "Usage stats collection is disabled." in ray_cluster.outputs[0]  # what `ray start --head` printed
