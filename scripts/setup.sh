@@ -5,18 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-lab}"
-python_bin="${PYTHON:-}"
-if [ -z "$python_bin" ]; then
-  for candidate in python3.11 python3 python; do
-    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-      python_bin="$candidate"; break
-    fi
-  done
-fi
-if [ -z "$python_bin" ]; then
-  echo "frameatlas needs Python 3.11 or newer on PATH (or set PYTHON=/path/to/python3.11)." >&2
-  exit 1
-fi
+. scripts/find_python.sh
+find_python 3 11 "frameatlas"
 if [ ! -x .venv/bin/python ]; then
   echo "Creating .venv with $python_bin ..."
   "$python_bin" -m venv .venv

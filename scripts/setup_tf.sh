@@ -5,18 +5,8 @@
 # nothing is reinstalled while scripts/tf-requirements.txt is unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python_bin="${PYTHON:-}"
-if [ -z "$python_bin" ]; then
-  for candidate in python3.11 python3 python; do
-    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 9))'; then
-      python_bin="$candidate"; break
-    fi
-  done
-fi
-if [ -z "$python_bin" ]; then
-  echo "the TensorFlow environment needs Python 3.9 or newer on PATH (or set PYTHON=/path/to/python3)." >&2
-  exit 1
-fi
+. scripts/find_python.sh
+find_python 3 9 "the TensorFlow environment"
 if [ ! -x .venv-tf/bin/python ]; then
   echo "Creating .venv-tf with $python_bin ..."
   "$python_bin" -m venv .venv-tf
