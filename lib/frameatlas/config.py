@@ -361,6 +361,10 @@ class VisualizeConfig(_Section):
     max_points: int = Field(20000, ge=100, description="Larger corpora are sampled evenly for the maps.")
     timelines: bool = Field(True, description="Similarity-over-time plots for search.queries.")
     seed: int = 0
+    refit_new_fraction: float = Field(
+        0.1, ge=0, le=1, description="Frames added since the last fit up to this share of all frames are placed into the "
+        "kept projections (old points keep their coordinates) instead of fitting them again; 0 = always refit.",
+    )  # fmt: skip
 
 
 class RenderConfig(_Section):
