@@ -60,6 +60,26 @@ def in_fresh_process(code: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def test_processes_skip_the_iri_grammar_and_still_validate_notebooks():
+    """jsonschema's optional `rfc3987_syntax` compiles a grammar at import (over 1 s per process):
+    frameatlas's processes pass it over, and notebooks (papermill, nbformat) still validate."""
+    code = (
+        "import frameatlas, chromadb, nbformat, papermill\n"
+        "from frameatlas.pipeline.execute import notebooks_dir\n"
+        "notebook = nbformat.read(str(notebooks_dir() / '04_cluster.ipynb'), as_version=4)\n"
+        "nbformat.validate(notebook)\n"
+        "notebook.cells[0]['cell_type'] = 'no such type'\n"
+        "try:\n    nbformat.validate(notebook)\n    refused = False\n"
+        "except nbformat.ValidationError:\n    refused = True\n"
+        "result = {'grammar': sys.modules.get('rfc3987_syntax') is not None, 'refused': refused}"
+    )  # fmt: skip
+    found = in_fresh_process(code)
+    assert found["grammar"] is False and found["refused"] is True
+    # a process that imported it before frameatlas keeps it
+    kept = in_fresh_process("import rfc3987_syntax, frameatlas\nresult = {'kept': sys.modules['rfc3987_syntax'] is not None}")
+    assert kept["kept"] is True
+
+
 def test_a_known_clip_model_is_described_without_loading_and_remembers_its_texts(tmp_path):
     import tinyclip
 
