@@ -192,6 +192,10 @@ class OcrConfig(_Section):
     spin_wait: bool = Field(
         True, description="ONNX Runtime's idle threads spin (true, its default) or sleep (false: less CPU, the same text)."
     )
+    workers: int | None = Field(
+        None, ge=1, le=64, description="Frames read at once, each by its own reader with models.threads shared among "
+        "them; null = the CPUs this process may use. The text does not depend on it.",
+    )  # fmt: skip
 
     @field_validator("reuse_distance", mode="before")
     @classmethod
@@ -342,6 +346,10 @@ class ClusterConfig(_Section):
     montage_frames: int = Field(16, ge=1, le=256, description="Representative frames per cluster montage.")
     keyframes_per_video: int = Field(32, ge=1, le=1000, description="Frames nearest each of k centroids, per video.")
     seed: int = 0
+    refit_new_fraction: float = Field(
+        0.1, ge=0, le=1, description="Frames added since the last fit up to this share of all frames are placed into the "
+        "kept k-means clustering (old frames keep their labels, distances and names) instead of fitting again; 0 = always refit.",
+    )  # fmt: skip
 
     @field_validator("k_range")
     @classmethod
