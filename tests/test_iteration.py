@@ -169,16 +169,19 @@ def test_adding_a_video_reruns_later_stages_without_loading_models_they_do_not_n
         assert (run / stages[name]["report"]).is_file()
 
     # every notebook ran in a kernel of its own; each stage after the first had its kernel started
-    # ahead, while the stage before it worked, with the modules its notebook imports
+    # ahead, while the stage two before it worked (the first two: while the first worked), with the
+    # modules its notebook imports
     from frameatlas.pipeline.execute import notebooks_dir
-    from frameatlas.pipeline.kernels import notebook_imports
+    from frameatlas.pipeline.kernels import KERNELS_AHEAD, notebook_imports
 
+    assert KERNELS_AHEAD == 2
     pids = [stages[name]["kernel_pid"] for name in executed]
     assert len(set(pids)) == len(pids)
     assert stages[executed[0]]["kernel"] == {"prestarted": False}
     for name in executed[1:]:
         kernel = stages[name]["kernel"]
         assert kernel["prestarted"] and kernel["pid"] == stages[name]["kernel_pid"] and "warm_up_error" not in kernel
+        assert kernel["started_while"] == executed[max(0, executed.index(name) - KERNELS_AHEAD)]
         assert "frameatlas.pipeline" in kernel["preloaded"] and not MODEL_MODULES & set(kernel["preloaded"])
         notebook = notebooks_dir() / Path(stages[name]["notebook"]).name
         assert set(kernel["preloaded"]) <= set(notebook_imports(notebook)) | set(imported_before[name])

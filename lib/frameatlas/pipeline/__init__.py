@@ -5,7 +5,7 @@
 - `notebook`: `open_stage` / `StageContext`, used inside each stage notebook;
 - `execute`: one notebook run by papermill (time limit, atomic save), progress and logs kept
   out of it (they go to the terminal and `logs/<stage>.log`);
-- `kernels`: the next stage's kernel started (and its imports done) while the current stage
+- `kernels`: the next stages' kernels started (and their imports done) while the current stage
   runs, a fresh kernel per notebook;
 - `export`: its HTML report (summary, links, code behind toggles, light images, the run's plotly.js);
 - `manifest`: `manifest.json`;

@@ -1,7 +1,7 @@
-"""Stage kernels started ahead of time: while one stage runs, the next stage's kernel starts and
-imports what its notebook imports (and the libraries the stage imported in its last run, model
-libraries aside), so the next stage begins with its first cell, not with seconds of interpreter
-start and imports.
+"""Stage kernels started ahead of time: while one stage runs, the kernels of the next stages
+(`KERNELS_AHEAD`) start and import what their notebooks import (and the libraries each stage
+imported in its last run, model libraries aside), so a stage begins with its first cell, not
+with seconds of interpreter start and imports.
 
 Every notebook still gets a kernel of its own, started for it and stopped after it: the warm-up
 runs silently (nothing in the notebook's history or execution counts) and binds no name in the
@@ -32,12 +32,16 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MODEL_LIBRARIES", "KernelPool", "PreparedKernel", "notebook_imports", "preload", "stop_kernel"]
+__all__ = ["KERNELS_AHEAD", "MODEL_LIBRARIES", "KernelPool", "PreparedKernel", "notebook_imports", "preload", "stop_kernel"]
 
 #: Never imported ahead: a stage imports these only when it loads a model, which it does only when
 #: it has something to encode (a cached stage imports none of them).
 MODEL_LIBRARIES = frozenset({"torch", "torchvision", "open_clip", "sentence_transformers", "transformers", "tensorflow"})
 WARM_UP_SECONDS = 600  # waiting longer than this for a kernel's imports: start the stage with what is there
+#: Kernels of this many stages after the running one are started (and warmed up): with one, a short
+#: stage (cluster placing a few new frames, ~1 s) left its successor waiting ~3 s for its imports
+#: (visualize: plotly, umap, numba); a kernel waiting idle costs memory, not CPU.
+KERNELS_AHEAD = 2
 
 
 def notebook_imports(notebook: Path) -> list[str]:
@@ -98,6 +102,7 @@ class PreparedKernel:
     ready: float | None = None  # wall clock when its imports were done
     preloaded: list[str] = field(default_factory=list)
     error: str | None = None
+    started_while: str | None = None  # the stage that was running when this kernel was started
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def record(self, taken: float) -> dict[str, Any]:
@@ -105,6 +110,7 @@ class PreparedKernel:
         return {
             "prestarted": True,
             "pid": self.pid,
+            "started_while": self.started_while,
             "preloaded": self.preloaded,
             "ready_seconds": round(self.ready - self.requested, 3) if self.ready else None,
             "waited_seconds": round(max(0.0, (self.ready or taken) - taken), 3),
@@ -113,7 +119,7 @@ class PreparedKernel:
 
 
 class KernelPool:
-    """Starts the kernel of the stage that comes next while the current one runs.
+    """Starts the kernels of the stages that come next while the current one runs.
 
     `start(stage, notebook)` launches a kernel process (quick) and imports the notebook's modules
     in it from a background thread; `take(stage)` hands that kernel over (waiting for its imports)
@@ -125,9 +131,9 @@ class KernelPool:
         self._launch = launch_options  # start_kernel's keyword arguments: cwd, env
         self._kernels: dict[str, PreparedKernel] = {}
 
-    def start(self, stage: str, notebook: Path, also: Iterable[str] = ()) -> PreparedKernel | None:
+    def start(self, stage: str, notebook: Path, also: Iterable[str] = (), during: str | None = None) -> PreparedKernel | None:
         """Start `stage`'s kernel and import its notebook's modules, then `also` (those of them that
-        are not model libraries: see `MODEL_LIBRARIES`)."""
+        are not model libraries: see `MODEL_LIBRARIES`); `during`: the stage running meanwhile (recorded)."""
         if stage in self._kernels:
             return self._kernels[stage]
         from jupyter_core.utils import run_sync
@@ -139,7 +145,8 @@ class KernelPool:
         except Exception as error:  # noqa: BLE001 - the stage starts its own kernel instead
             log.warning("%s: could not start its kernel ahead (%s); it starts its own", stage, error)
             return None
-        prepared = PreparedKernel(stage, manager, getattr(getattr(manager.provisioner, "process", None), "pid", None))
+        prepared = PreparedKernel(stage, manager, getattr(getattr(manager.provisioner, "process", None), "pid", None),
+                                  started_while=during)  # fmt: skip
         self._kernels[stage] = prepared
         modules = notebook_imports(notebook)
         modules += [name for name in also if name not in modules and name.split(".")[0] not in MODEL_LIBRARIES]

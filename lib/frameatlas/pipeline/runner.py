@@ -27,7 +27,7 @@ from ..report import model_banners, next_step_lines, write_dashboard
 from ..store import RunPaths
 from .execute import StageFailed, execute_stage, export_html, kernel_pool, notebooks_dir
 from .export import refresh_report_links
-from .kernels import KernelPool
+from .kernels import KERNELS_AHEAD, KernelPool
 from .manifest import load_manifest, merge_models, now, package_versions, record_invocation, with_weight_hashes, write_manifest
 from .registry import OPTIONAL_STAGES, STAGE_NAMES, STAGES, Stage
 
@@ -226,7 +226,9 @@ def _run_stages(
         try:
             for stage in selected:
                 later = enabled[enabled.index(stage) + 1 :] if stage in enabled else []
-                succeeded = _run_stage(stage, cfg, run, manifest, entries, forced, show_progress, pool, later[:1], exports)
+                succeeded = _run_stage(
+                    stage, cfg, run, manifest, entries, forced, show_progress, pool, later[:KERNELS_AHEAD], exports
+                )
                 if entries.get(stage.name, {}).get("status") in {"done", "failed"}:
                     ran.append(stage.name)
                 if not succeeded:
@@ -253,9 +255,9 @@ def _run_stage(
 ) -> bool:  # fmt: skip
     """Run (or reuse) one stage and record it in the manifest; False when it failed.
 
-    A stage that runs takes the kernel started for it ahead (if any) and has the kernel of the
-    `upcoming` stage started while it works: a stage after one that did work usually has work too
-    (its inputs changed); if not, that kernel is stopped unused."""
+    A stage that runs takes the kernel started for it ahead (if any) and has the kernels of the
+    `upcoming` stages started while it works: a stage after one that did work usually has work too
+    (its inputs changed); if not, its kernel is stopped unused."""
     entry = entries.get(stage.name, {})
     if not stage.enabled(cfg):
         if stage.optional and not entry:
@@ -288,7 +290,8 @@ def _run_stage(
         launched = time.time()
         kernel = pool.take(stage.name)
         for following in upcoming:  # with the libraries it imported last time (model libraries aside)
-            pool.start(following.name, notebooks_dir() / following.notebook, entries.get(following.name, {}).get("imports", []))
+            imported_before = entries.get(following.name, {}).get("imports", [])
+            pool.start(following.name, notebooks_dir() / following.notebook, imported_before, during=stage.name)
         notebook = execute_stage(stage, cfg, run, is_forced, show_progress, kernel)
         returned = time.time()
         result = _read_stage_result(run, stage)
