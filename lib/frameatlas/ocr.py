@@ -14,6 +14,10 @@ With `caption.ocr.gate_short_side` set, a cheap detection at that size runs firs
 which it finds no text candidate is not read at full size (`models.ocr.OcrReader`); its text is
 empty. The stage summary counts those frames (`ocr_frames_gated`).
 
+`caption.ocr.workers` readers (each with its own ONNX Runtime sessions) read frames at once, from every
+video; which frames are read and which reuse a text is settled per video in time order first, so the
+table is the same with any number of readers.
+
 Example:
     >>> from frameatlas.ocr import read_frame_text
     >>> summary = read_frame_text(cfg, "outputs/demo")  # doctest: +SKIP
@@ -24,7 +28,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import queue
+import threading
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +44,7 @@ from .config import OcrConfig, PipelineConfig
 from .corpus import SkippedInput, failure_reason
 from .executor import Failed, open_executor
 from .models.base import ModelRecord
-from .models.ocr import OcrReader, OcrUnavailable, unavailable_record
+from .models.ocr import OcrReader, OcrUnavailable, TextLine, unavailable_record
 from .progress import progress_bar
 from .signature import NearDuplicates
 from .store import RunPaths, frame_shards, in_frame_order, read_table, read_thumbnail, write_table
@@ -43,7 +52,7 @@ from .summary import StageSummary
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OCR_COLUMNS", "OcrSummary", "ocr_sample_html", "read_frame_text"]
+__all__ = ["OCR_COLUMNS", "OcrSummary", "ocr_sample_html", "ocr_workers", "read_frame_text"]
 
 OCR_COLUMNS = ["frame_key", "video_id", "timestamp", "text", "lines", "score", "engine", "reused_from"]
 
@@ -66,6 +75,7 @@ class OcrSummary(StageSummary):
     reused: int = 0
     gate_short_side: int | None = None
     gated: int = 0
+    workers: int = 0  # readers that read frames at once this run (0: nothing read here)
     unread: int = 0  # frames left out this run: thumbnail unreadable or the reader failed on them
 
     @property
@@ -85,6 +95,7 @@ class OcrSummary(StageSummary):
             "ocr_seconds": round(self.seconds, 2),
             "ocr_seconds_per_frame": round(self.seconds / self.read, 4) if self.read else 0.0,
             "ocr_frames_skipped": self.unread,
+            "ocr_workers": self.workers,
         }
 
     @property
@@ -102,49 +113,149 @@ def _settings_key(cfg: PipelineConfig, engine: str) -> str:
     return hashlib.sha256(settings.encode()).hexdigest()[:12]
 
 
-def _read_group(
-    reader: OcrReader, group: pd.DataFrame, thumbnails: list[Path], bar, reuse_distance: int | None = None
-) -> tuple[pd.DataFrame, list[str], int]:
+class _Readers:
+    """Frames read by one loaded reader per thread: ONNX Runtime releases the GIL while it computes, and
+    RapidOCR's many small recogniser calls keep two single-threaded readers busier than one reader with
+    two threads. One reader reads in the calling thread, one frame after another, as before workers."""
+
+    def __init__(self, readers: Sequence[OcrReader]):
+        self.readers = list(readers)
+        self._free: queue.SimpleQueue[OcrReader] = queue.SimpleQueue()
+        self._local = threading.local()
+        for reader in self.readers:
+            self._free.put(reader)
+        self._pool = ThreadPoolExecutor(len(self.readers), "ocr", self._take_reader) if len(self.readers) > 1 else None
+
+    @property
+    def record(self) -> ModelRecord:
+        return self.readers[0].record
+
+    def _take_reader(self) -> None:
+        self._local.reader = self._free.get_nowait()
+
+    def _read(self, thumbnail: Path) -> tuple[list[TextLine], bool]:
+        reader = getattr(self._local, "reader", None) or self.readers[0]
+        gated_before = reader.gated
+        lines = reader.read(read_thumbnail(thumbnail))
+        return lines, reader.gated > gated_before
+
+    def submit(self, thumbnail: Path) -> Future | _ReadLater:
+        """The frame's (text lines, whether the gate passed over it), or the error reading it raised; one
+        reader reads the frame when its result is asked for."""
+        return self._pool.submit(self._read, thumbnail) if self._pool is not None else _ReadLater(self._read, thumbnail)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _ReadLater:
+    """A read done in the calling thread when its result is first asked for."""
+
+    def __init__(self, read: Callable[[Path], tuple[list[TextLine], bool]], thumbnail: Path):
+        self._read, self._thumbnail = read, thumbnail
+        self._outcome: tuple[list[TextLine], bool] | None = None
+        self._error: Exception | None = None
+
+    def exception(self) -> Exception | None:
+        if self._outcome is None and self._error is None:
+            try:
+                self._outcome = self._read(self._thumbnail)
+            except MemoryError:
+                raise
+            except Exception as error:  # noqa: BLE001 - handed to the caller, as a worker thread's error is
+                self._error = error
+        return self._error
+
+    def result(self) -> tuple[list[TextLine], bool]:
+        if error := self.exception():
+            raise error
+        return self._outcome
+
+
+def _in_time_order(group: pd.DataFrame) -> list[int]:
+    return sorted(range(len(group)), key=lambda i: group.timestamp.iat[i])
+
+
+def _reuse_plan(group: pd.DataFrame, reuse_distance: int | None, failed: set[int]) -> dict[int, int | None]:
+    """Which frame each frame of one video takes its text from (the position of its anchor), or None for
+    frames read: frames in time order, a frame near-identical to the last frame read takes its text (see
+    the module docstring). A frame whose read failed (`failed`) is no anchor, as when frames were read one by
+    one: the plan depends on signatures and failures only, so the reads can run in any order."""
+    signatures = group.signature.tolist() if "signature" in group else [None] * len(group)
+    positions = {key: position for position, key in enumerate(group.frame_key)}
+    near = NearDuplicates(reuse_distance)
+    plan: dict[int, int | None] = {}
+    for position in _in_time_order(group):
+        anchor = near.anchor_for(signatures[position])
+        plan[position] = None if anchor is None else positions[anchor]
+        if anchor is None and position not in failed:
+            near.computed(group.frame_key.iat[position], signatures[position])
+    return plan
+
+
+def _submit_reads(readers: _Readers, group: pd.DataFrame, thumbnails: list[Path], reuse_distance: int | None,
+                  reads: dict[int, Future | _ReadLater] | None = None, failed: frozenset[int] = frozenset()) -> dict[int, Future | _ReadLater]:  # fmt: skip
+    """The reads one video's reuse plan needs (besides those in `reads`), handed to the readers."""
+    reads = {} if reads is None else reads
+    for position, anchor in _reuse_plan(group, reuse_distance, set(failed)).items():
+        if anchor is None and position not in reads:
+            reads[position] = readers.submit(thumbnails[position])
+    return reads
+
+
+def _read_group(readers: _Readers | OcrReader, group: pd.DataFrame, thumbnails: list[Path], bar,
+                reuse_distance: int | None = None, reads: dict[int, Future | _ReadLater] | None = None
+                ) -> tuple[pd.DataFrame, list[str], int]:  # fmt: skip
     """The OCR table of one video's frames, why each frame left out could not be read, and how many
-    frames the reader's text gate passed over.
+    frames the readers' text gate passed over.
 
     Frames go in time order; with `reuse_distance`, a frame near-identical to the last frame read
     takes its text (see the module docstring). A frame whose thumbnail cannot be read, or on which
-    the reader fails, is left out; the rest of the video is still read.
+    the reader fails, is left out; the rest of the video is still read. `reads` holds reads already
+    handed to the readers (`_submit_reads`); a failed read changes the plan after it, and the frames that
+    would have reused the failed frame's text are read themselves, as one reader going frame by frame does.
     """
-    signatures = group.signature.tolist() if "signature" in group else [None] * len(group)
+    readers = readers if isinstance(readers, _Readers) else _Readers([readers])
     keys = group.frame_key.tolist()
-    positions = {key: position for position, key in enumerate(keys)}
-    near = NearDuplicates(reuse_distance)
-    found: dict[int, tuple[str, int, float, str]] = {}  # position -> (text, lines, score, reused from)
+    failed: set[int] = set()
+    outcomes: dict[int, tuple[list[TextLine], bool]] = {}
+    reads = _submit_reads(readers, group, thumbnails, reuse_distance, reads)
+    while len(outcomes) + len(failed) < len(reads):
+        for position in sorted(set(reads) - set(outcomes) - failed, key=lambda i: group.timestamp.iat[i]):
+            try:
+                outcomes[position] = reads[position].result()
+            except MemoryError:
+                raise
+            except Exception as error:  # noqa: BLE001 - one frame's failure must not stop the pass
+                log.debug("caption: on-screen text of %s failed", keys[position], exc_info=error)
+                failed.add(position)
+            bar.update(1)
+        if failed:
+            _submit_reads(readers, group, thumbnails, reuse_distance, reads, frozenset(failed))
     problems = []
-    gated_before = reader.gated
-    for position in sorted(range(len(group)), key=lambda i: group.timestamp.iat[i]):
-        frame_key = keys[position]
-        bar.update(1)
-        anchor = near.anchor_for(signatures[position])
+    found: dict[int, tuple[str, int, float, str]] = {}  # position -> (text, lines, score, reused from)
+    gated = 0
+    for position, anchor in _reuse_plan(group, reuse_distance, failed).items():  # time order: anchors come first
         if anchor is not None:
-            found[position] = (*found[positions[anchor]][:3], anchor)
-            continue
-        try:
-            lines = reader.read(read_thumbnail(thumbnails[position]))
-        except MemoryError:
-            raise
-        except Exception as error:  # noqa: BLE001 - one frame's failure must not stop the pass
-            log.debug("caption: on-screen text of %s failed", frame_key, exc_info=True)
-            problems.append(f"frame {frame_key}: {failure_reason(error)}")
-            continue
-        near.computed(frame_key, signatures[position])
-        score = round(sum(line.score for line in lines) / len(lines), 4) if lines else 0.0
-        found[position] = ("\n".join(line.text for line in lines), len(lines), score, "")
+            found[position] = (*found[anchor][:3], keys[anchor])
+            if position not in reads:
+                bar.update(1)
+        elif position in failed:
+            problems.append(f"frame {keys[position]}: {failure_reason(reads[position].exception())}")
+        else:
+            lines, passed_over = outcomes[position]
+            gated += passed_over
+            score = round(sum(line.score for line in lines) / len(lines), 4) if lines else 0.0
+            found[position] = ("\n".join(line.text for line in lines), len(lines), score, "")
     kept = sorted(found)
     rows = group.iloc[kept]
     texts, counts, scores, reused_from = (list(column) for column in zip(*(found[i] for i in kept))) if kept else ([],) * 4
     table = pd.DataFrame({
         "frame_key": rows.frame_key.to_numpy(), "video_id": rows.video_id.to_numpy(), "timestamp": rows.timestamp.to_numpy(),
-        "text": texts, "lines": counts, "score": scores, "engine": reader.record.model_id, "reused_from": reused_from,
+        "text": texts, "lines": counts, "score": scores, "engine": readers.record.model_id, "reused_from": reused_from,
     })  # fmt: skip
-    return table, problems, reader.gated - gated_before
+    return table, problems, gated
 
 
 def _skipped_frames(group: pd.DataFrame, problems: list[str]) -> SkippedInput:
@@ -157,9 +268,19 @@ def _skipped_frames(group: pd.DataFrame, problems: list[str]) -> SkippedInput:
     return SkippedInput(video, reason, stage="caption", status="partial" if len(problems) < len(group) else "skipped")
 
 
+def ocr_workers(cfg: PipelineConfig) -> tuple[int, int]:
+    """How many readers read frames at once (`caption.ocr.workers`, default the CPUs this process may use) and
+    ONNX Runtime's threads for each (`models.threads` shared among them, at least 1; one reader keeps
+    `models.threads` as it is, 0 = every core)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = cfg.caption.ocr.workers or cpus
+    return workers, cfg.models.threads if workers == 1 else max(1, (cfg.models.threads or cpus) // workers)
+
+
 def read_frame_text(
-    cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False, reader: OcrReader | None = None
-) -> OcrSummary:
+    cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False,
+    reader: OcrReader | Sequence[OcrReader] | None = None,
+) -> OcrSummary:  # fmt: skip
     """Read the on-screen text of every frame into `tables/ocr.parquet` (see the module docstring).
 
     With `caption.ocr.enabled: false` the table is removed, so no stale text outlives the setting.
@@ -167,6 +288,10 @@ def read_frame_text(
     A frame whose thumbnail cannot be read (or that the reader fails on) gets no row and its
     video is listed in `summary.skipped`; its video is read again next run. A thumbnail path
     leading outside the run is refused (`UnsafePath`).
+
+    Frames are read by `caption.ocr.workers` readers at once (`ocr_workers`); `reader` hands in loaded
+    readers instead (one, or one per worker). Which frames are read and which reuse a text does not depend
+    on the number of readers, and each reader gives a frame the same text, so neither does the table.
     """
     run = run if isinstance(run, RunPaths) else RunPaths(run)
     table_path = run.table("ocr")
@@ -175,32 +300,43 @@ def read_frame_text(
         return OcrSummary(table=pd.DataFrame(columns=OCR_COLUMNS))
     frames = read_table(run.table("frames"))
     summary = OcrSummary(table=pd.DataFrame(columns=OCR_COLUMNS), frames=len(frames))
-    if reader is None:
+    workers, threads = ocr_workers(cfg)
+    readers = [reader] if isinstance(reader, OcrReader) else list(reader or [])
+    if not readers:
         try:
-            reader = OcrReader(cfg.caption.ocr, cfg.models.threads)
+            readers = [OcrReader(cfg.caption.ocr, threads)]
         except OcrUnavailable as error:
             log.warning("caption: %s", error)
             summary.record = unavailable_record(str(error))
             summary.notes.append(f"no on-screen text: {error}")
             table_path.unlink(missing_ok=True)
             return summary
-    reader.follow_gate(cfg.caption.ocr)  # a reader handed in reads with this config's gate, which the cache key names
-    summary.record = reader.record
+    for one in readers:
+        one.follow_gate(cfg.caption.ocr)  # a reader handed in reads with this config's gate, which the cache key names
+    summary.record = readers[0].record
     summary.reuse_distance = cfg.caption.ocr.reuse_distance
     summary.gate_short_side = cfg.caption.ocr.gate_short_side
-    key = _settings_key(cfg, reader.record.model_id)
+    key = _settings_key(cfg, summary.record.model_id)
     tables, todo = frame_shards(frames, run.root / "ocr" / key, force=force)
     tables = [table if "reused_from" in table else table.assign(reused_from="") for table in tables]  # read before reuse existed
     summary.cached = sum(map(len, tables))
     if todo and cfg.run.executor == "ray":  # each video read by a Ray worker; what they wrote is gathered here
-        todo = _read_on_workers(cfg, run, reader, todo, tables, summary)
+        todo = _read_on_workers(cfg, run, readers[0], todo, tables, summary)
     if todo:
         started = time.perf_counter()
         thumbnails = {shard: run.thumbnails(group) for shard, group in todo}  # refuse crafted paths first
+        if reader is None:  # the other readers load only when there is work for them
+            wanted = min(workers, sum(len(group) for _, group in todo))
+            readers += [OcrReader(cfg.caption.ocr, threads) for _ in range(wanted - len(readers))]
+        summary.workers = len(readers)
+        pool = _Readers(readers)
         bar = progress_bar(total=sum(len(g) for _, g in todo), desc="on-screen text", unit="frame")
         try:
+            # every video's reads are handed to the readers at once (kept busy from one video to the next); the
+            # results are taken video by video in time order, and each finished video is cached at once
+            reads = {shard: _submit_reads(pool, group, thumbnails[shard], summary.reuse_distance) for shard, group in todo}
             for shard, group in todo:
-                table, problems, gated = _read_group(reader, group, thumbnails[shard], bar, summary.reuse_distance)
+                table, problems, gated = _read_group(pool, group, thumbnails[shard], bar, summary.reuse_distance, reads[shard])
                 summary.gated += gated
                 if problems:  # an incomplete shard is not cached: the video is read again next run
                     summary.unread += len(problems)
@@ -212,15 +348,16 @@ def read_frame_text(
                 summary.read += len(table)
                 summary.reused += int((table.reused_from != "").sum())
         finally:
+            pool.close()
             bar.close()
         summary.seconds = time.perf_counter() - started
     table = in_frame_order(tables, frames, OCR_COLUMNS)
     write_table(table, table_path)
     summary.table = table
     log.info("caption: on-screen text of %d frames (%d read, of which %d reused a near-identical frame's and %d had no "
-             "text candidate at the gate, %d cached), %d with text, %.3f s per frame read", summary.frames, summary.read,
-             summary.reused, summary.gated, summary.cached, summary.counts["ocr_frames_with_text"],
-             summary.counts["ocr_seconds_per_frame"])  # fmt: skip
+             "text candidate at the gate, %d cached), %d with text, %.3f s per frame read, %d readers at once", summary.frames,
+             summary.read, summary.reused, summary.gated, summary.cached, summary.counts["ocr_frames_with_text"],
+             summary.counts["ocr_seconds_per_frame"], summary.workers)  # fmt: skip
     return summary
 
 
