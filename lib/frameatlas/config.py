@@ -196,10 +196,6 @@ class OcrConfig(_Section):
         None, ge=1, le=64, description="Frames read at once, each by its own reader with models.threads shared among "
         "them; null = the CPUs this process may use. The text does not depend on it.",
     )  # fmt: skip
-    workers: int | None = Field(
-        None, ge=1, le=64, description="Frames read at once, each by its own reader with models.threads shared among "
-        "them; null = the CPUs this process may use. The text does not depend on it.",
-    )  # fmt: skip
 
     @field_validator("reuse_distance", mode="before")
     @classmethod
