@@ -31,7 +31,8 @@ from .kernels import KernelPool, PreparedKernel, stop_kernel
 from .notebook import LOG_LEVEL_ENV
 from .registry import Stage
 
-__all__ = ["KERNEL_ARGUMENTS", "StageFailed", "execute_stage", "export_html", "kernel_pool", "notebooks_dir", "stage_environment"]
+__all__ = ["KERNEL_ARGUMENTS", "StageFailed", "execute_stage", "export_html", "kernel_pool", "notebooks_dir", "prepare_execution",
+           "stage_environment"]  # fmt: skip
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
@@ -195,6 +196,12 @@ def kernel_pool(run: RunPaths, show_progress: bool, socket_folder: Path) -> Kern
 
     env = {**os.environ, **stage_environment(run, show_progress)}
     return KernelPool(manager, {"cwd": str(run.reports), "env": env, "extra_arguments": list(KERNEL_ARGUMENTS)})
+
+
+def prepare_execution() -> None:
+    """Import what executing a notebook needs (papermill, nbclient: about 0.6 s), e.g. while a
+    stage's kernel boots."""
+    import papermill  # noqa: F401
 
 
 def execute_stage(

@@ -25,7 +25,7 @@ from ..files import remove_orphan_temps
 from ..lock import RunLocked, acquire_run_lock
 from ..report import model_banners, next_step_lines, write_dashboard
 from ..store import RunPaths
-from .execute import StageFailed, execute_stage, export_html, kernel_pool, notebooks_dir
+from .execute import StageFailed, execute_stage, export_html, kernel_pool, notebooks_dir, prepare_execution
 from .export import refresh_report_links
 from .kernels import KERNELS_AHEAD, KernelPool
 from .manifest import load_manifest, merge_models, now, package_versions, record_invocation, with_weight_hashes, write_manifest
@@ -283,11 +283,15 @@ def _run_stage(
         log.info("%s: inputs and parameters unchanged, reusing its results", stage.name)
         return True
     log.info("%s: running %s", stage.name, stage.notebook)
+    launched = time.time()
+    # No kernel started ahead (the first stage to run): start it now, so that it boots and imports
+    # while this process imports papermill and writes the manifest.
+    pool.start(stage.name, notebooks_dir() / stage.notebook, entry.get("imports", []))
     entries[stage.name] = {"status": "running", "started": now(), "fingerprint": None}
     exports.collect()
     write_manifest(run, manifest)
     try:
-        launched = time.time()
+        prepare_execution()
         kernel = pool.take(stage.name)
         for following in upcoming:  # with the libraries it imported last time (model libraries aside)
             imported_before = entries.get(following.name, {}).get("imports", [])
