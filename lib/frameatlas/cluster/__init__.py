@@ -7,7 +7,11 @@ split by concern:
 * `cluster.algorithms`: arrays in, labels out. `cluster_vectors` runs KMeans (fixed k, or k
   chosen by silhouette over `k_range`) or HDBSCAN (label -1 = noise), optionally after PCA or
   UMAP; centroids always live in the original vector space, so they can be compared with CLIP
-  text vectors and with frames. `video_keyframes` picks the frame nearest each per-video centroid.
+  text vectors and with frames. `place_vectors` puts new vectors into a k-means fit without changing
+  it. `video_keyframes` picks the frame nearest each per-video centroid.
+* `cluster.fitted`: a labelling's k-means fit saved in the run (`cache/cluster/<labelling>.npz`,
+  plain arrays), so a re-run that adds a few frames (at most `cluster.refit_new_fraction`) places
+  them instead of refitting: earlier frames keep their labels, distances and names.
 * `cluster.naming`: `name_clusters` from distinctive caption terms (class-based TF-IDF) when
   captions exist; else the best phrases of a built-in everyday vocabulary by CLIP's text side;
   else (the weight-free descriptor has no text side) the clusters' dominant colours.
@@ -29,8 +33,10 @@ from .algorithms import (
     NOISE,
     ClusterError,
     ClusterLabels,
+    FittedSpace,
     cluster_vectors,
     labelling_id,
+    place_vectors,
     video_keyframes,
 )
 from .naming import COLOUR_NAMES, EVERYDAY_VOCABULARY, NOISE_NAME, distinctive_terms, name_clusters
@@ -58,6 +64,7 @@ __all__ = [
     "ClusterError",
     "ClusterLabels",
     "ClusterSummary",
+    "FittedSpace",
     "cluster_montage",
     "cluster_run",
     "cluster_table",
@@ -66,6 +73,7 @@ __all__ = [
     "labelling_id",
     "labellings",
     "name_clusters",
+    "place_vectors",
     "time_ranges",
     "video_keyframes",
 ]

@@ -30,7 +30,9 @@ __all__ = [
     "ClusterError",
     "ClusterLabels",
     "cluster_vectors",
+    "FittedSpace",
     "labelling_id",
+    "place_vectors",
     "video_keyframes",
 ]
 
@@ -43,6 +45,27 @@ KEYFRAME_COLUMNS = ["video_id", "frame_key", "timestamp", "rank", "represents"]
 
 class ClusterError(ValueError):
     """Clustering that cannot run; the message says what is missing and how to get it."""
+
+
+@dataclass
+class FittedSpace:
+    """What placing new vectors into a k-means clustering needs, as plain arrays (no pickled model).
+
+    Attributes:
+        centres: (m, d) the k-means centres in the space k-means ran in, row = final label.
+        pca_mean: (dim,) the PCA mean, or None when k-means ran on the vectors themselves.
+        pca_components: (d, dim) the PCA axes (no whitening), or None.
+    """
+
+    centres: np.ndarray
+    pca_mean: np.ndarray | None = None
+    pca_components: np.ndarray | None = None
+
+    def transform(self, unit_vectors: np.ndarray) -> np.ndarray:
+        """Unit vectors into the space k-means ran in (what PCA.transform does)."""
+        if self.pca_mean is None or self.pca_components is None:
+            return unit_vectors
+        return (unit_vectors - self.pca_mean) @ self.pca_components.T
 
 
 # --- clustering vectors -----------------------------------------------------------------------
@@ -62,6 +85,8 @@ class ClusterLabels:
         reduction: "none", "pca32", "umap16", ...
         silhouette: silhouette score per k tried (only when k was chosen by silhouette).
         notes: adjustments made to fit the data (k or dims clipped), for people to read.
+        fitted: the reduction and centres new vectors can be placed with (`place_vectors`); None for
+            HDBSCAN and UMAP, whose fitted models cannot be kept as plain arrays.
 
     Example:
         >>> import numpy as np
@@ -78,6 +103,7 @@ class ClusterLabels:
     reduction: str = "none"
     silhouette: dict[int, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    fitted: FittedSpace | None = None
 
     @property
     def n_clusters(self) -> int:
@@ -164,9 +190,10 @@ def cluster_vectors(vectors: np.ndarray, cfg: ClusterConfig | None = None) -> Cl
         raise ClusterError(f"need an (n, dim) array with at least one row to cluster, got shape {data.shape}")
     data = l2_normalise(data)
     notes: list[str] = []
-    space, reduction, reduce_dims = _reduce(data, cfg, notes)
+    space, reduction, reduce_dims, pca = _reduce(data, cfg, notes)
+    model = None
     if cfg.method == "kmeans":
-        raw_labels, params, silhouette = _kmeans(space, cfg, notes)
+        raw_labels, params, silhouette, model = _kmeans(space, cfg, notes)
     else:
         raw_labels, params = _hdbscan(space, cfg, notes)
         silhouette = {}
@@ -174,15 +201,53 @@ def cluster_vectors(vectors: np.ndarray, cfg: ClusterConfig | None = None) -> Cl
     centroids = _centroids(data, labels)
     distances = _distances(data, labels, centroids)
     params.update(reduce=cfg.reduce, reduce_dims=reduce_dims, seed=cfg.seed)
+    fitted = None
+    if model is not None and reduction.startswith(("pca", "none")):
+        fitted = _fitted_space(model, raw_labels, labels, pca)
     for note in notes:
         log.info("cluster: %s", note)
     return ClusterLabels(labels=labels, centroids=centroids, distances=distances, method=cfg.method, params=params,
-                         reduction=reduction, silhouette=silhouette, notes=notes)  # fmt: skip
+                         reduction=reduction, silhouette=silhouette, notes=notes, fitted=fitted)  # fmt: skip
 
 
-def _reduce(data: np.ndarray, cfg: ClusterConfig, notes: list[str]) -> tuple[np.ndarray, str, int | None]:
+def _fitted_space(model: Any, raw_labels: np.ndarray, labels: np.ndarray, pca: Any) -> FittedSpace | None:
+    """The k-means centres in final-label order (centres left without members are dropped, as their numbers are)."""
+    raw_labels = np.asarray(raw_labels, dtype=np.int64)
+    count = int(labels.max()) + 1 if len(labels) else 0
+    centres = np.zeros((count, model.cluster_centers_.shape[1]), dtype=np.float64)
+    for raw, final in {int(r): int(f) for r, f in zip(raw_labels, labels)}.items():
+        centres[final] = model.cluster_centers_[raw]
+    if pca is None:
+        return FittedSpace(centres=centres)
+    return FittedSpace(centres=centres, pca_mean=np.asarray(pca.mean_, dtype=np.float64),
+                       pca_components=np.asarray(pca.components_, dtype=np.float64))  # fmt: skip
+
+
+def place_vectors(vectors: np.ndarray, fitted: FittedSpace, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and cosine distances of new vectors in an existing k-means clustering, which stays as it is.
+
+    Each vector goes to its nearest k-means centre in the space k-means ran in (what `KMeans.predict`
+    does, after the same PCA); its distance is to that cluster's centroid in the original space, as
+    for the fitted vectors.
+
+    Example:
+        >>> clusters = cluster_vectors(np.eye(4)[[0, 0, 1, 1]] + 0.01, ClusterConfig(k=2, reduce="none"))
+        >>> place_vectors(np.eye(4)[[1]], clusters.fitted, clusters.centroids)[0].tolist() == [clusters.labels[2]]
+        True
+    """
+    data = l2_normalise(np.asarray(vectors, dtype=np.float32))
+    if data.ndim != 2 or data.shape[1] != centroids.shape[1]:
+        raise ClusterError(f"cannot place vectors of shape {data.shape} into a clustering of {centroids.shape[1]}-dim vectors")
+    space = fitted.transform(data.astype(np.float64))
+    squared = ((space[:, None, :] - fitted.centres[None, :, :]) ** 2).sum(axis=2)
+    labels = squared.argmin(axis=1).astype(np.int64)
+    return labels, _distances(data, labels, centroids)
+
+
+def _reduce(data: np.ndarray, cfg: ClusterConfig, notes: list[str]) -> tuple[np.ndarray, str, int | None, Any]:
+    """(the space to cluster in, its name, its dims, the fitted PCA or None)."""
     if cfg.reduce == "none":
-        return data, "none", None
+        return data, "none", None, None
     n, dim = data.shape
     # More components than points-1 (or than the vectors have) carry no information.
     dims = min(cfg.reduce_dims, dim, n - 1)
@@ -190,13 +255,14 @@ def _reduce(data: np.ndarray, cfg: ClusterConfig, notes: list[str]) -> tuple[np.
         dims = min(dims, n - 2)  # UMAP's spectral initialisation needs n_components < n - 1
     if dims < 2 or (cfg.reduce == "pca" and dims >= dim):
         notes.append(f"{cfg.reduce} to {cfg.reduce_dims} dims skipped: {n} vectors of {dim} dims are too few to reduce")
-        return data, "none", None
+        return data, "none", None, None
     if dims < cfg.reduce_dims:
         notes.append(f"{cfg.reduce} to {dims} dims instead of {cfg.reduce_dims}: only {n} vectors of {dim} dims")
     if cfg.reduce == "pca":
         from sklearn.decomposition import PCA
 
-        return PCA(n_components=dims, random_state=cfg.seed).fit_transform(data), f"pca{dims}", dims
+        pca = PCA(n_components=dims, random_state=cfg.seed)
+        return pca.fit_transform(data), f"pca{dims}", dims, pca
     # Imported only here: umap's numba compilation costs tens of seconds on first use.
     import umap
 
@@ -204,7 +270,7 @@ def _reduce(data: np.ndarray, cfg: ClusterConfig, notes: list[str]) -> tuple[np.
         n_components=dims, n_neighbors=max(2, min(15, n - 1)), min_dist=0.0, metric="cosine",
         random_state=cfg.seed, n_jobs=1,  # a seed makes UMAP single-threaded anyway; saying so avoids its warning
     )  # fmt: skip
-    return np.asarray(reducer.fit_transform(data), dtype=np.float32), f"umap{dims}", dims
+    return np.asarray(reducer.fit_transform(data), dtype=np.float32), f"umap{dims}", dims, None
 
 
 def _fit_kmeans(space: np.ndarray, k: int, seed: int, n_init: int = KMEANS_N_INIT):
@@ -218,13 +284,15 @@ def _fit_kmeans(space: np.ndarray, k: int, seed: int, n_init: int = KMEANS_N_INI
         return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(space)
 
 
-def _kmeans(space: np.ndarray, cfg: ClusterConfig, notes: list[str]) -> tuple[np.ndarray, dict, dict[int, float]]:
+def _kmeans(space: np.ndarray, cfg: ClusterConfig, notes: list[str]) -> tuple[np.ndarray, dict, dict[int, float], Any]:
+    """(labels, params, silhouette per k, the fitted KMeans or None)."""
     n = len(space)
     if cfg.k is not None:
         k = min(cfg.k, n)
         if k < cfg.k:
             notes.append(f"k={cfg.k} is more than the {n} vectors; using k={k}")
-        return _fit_kmeans(space, k, cfg.seed).labels_, {"k": k, "k_chosen_by": "config", "n_init": KMEANS_N_INIT}, {}
+        model = _fit_kmeans(space, k, cfg.seed)
+        return model.labels_, {"k": k, "k_chosen_by": "config", "n_init": KMEANS_N_INIT}, {}, model
 
     from sklearn.metrics import silhouette_score
 
@@ -234,24 +302,25 @@ def _kmeans(space: np.ndarray, cfg: ClusterConfig, notes: list[str]) -> tuple[np
     if not candidates:
         k = max(1, min(low, n))
         notes.append(f"k_range {low}-{high} does not fit {n} vectors; using k={k} without silhouette")
-        return _fit_kmeans(space, k, cfg.seed).labels_, {**params, "k": k, "k_chosen_by": "fallback"}, {}
+        model = _fit_kmeans(space, k, cfg.seed)
+        return model.labels_, {**params, "k": k, "k_chosen_by": "fallback"}, {}, model
     if candidates[-1] < high:
         notes.append(f"k_range {low}-{high} clipped to {candidates[0]}-{candidates[-1]} for {n} vectors")
     # The same random sample for every k keeps the scores comparable.
     sample = SILHOUETTE_SAMPLE if n > SILHOUETTE_SAMPLE else None
     scores: dict[int, float] = {}
-    best_k, best_labels = None, None
+    best_k, best_model = None, None
     for k in candidates:
-        labels = _fit_kmeans(space, k, cfg.seed).labels_
-        if len(np.unique(labels)) < 2:
+        model = _fit_kmeans(space, k, cfg.seed)
+        if len(np.unique(model.labels_)) < 2:
             continue
-        scores[k] = float(silhouette_score(space, labels, sample_size=sample, random_state=cfg.seed))
+        scores[k] = float(silhouette_score(space, model.labels_, sample_size=sample, random_state=cfg.seed))
         if best_k is None or scores[k] > scores[best_k]:
-            best_k, best_labels = k, labels
+            best_k, best_model = k, model
     if best_k is None:  # every fit collapsed to one cluster (all vectors identical)
         notes.append("all vectors are identical; one cluster")
-        return np.zeros(n, dtype=np.int64), {**params, "k": 1, "k_chosen_by": "fallback"}, scores
-    return best_labels, {**params, "k": best_k}, scores
+        return np.zeros(n, dtype=np.int64), {**params, "k": 1, "k_chosen_by": "fallback"}, scores, None
+    return best_model.labels_, {**params, "k": best_k}, scores, best_model
 
 
 def _hdbscan(space: np.ndarray, cfg: ClusterConfig, notes: list[str]) -> tuple[np.ndarray, dict]:

@@ -35,7 +35,8 @@ from ..files import atomic_write_text, save_image
 from ..plots import Tile, format_time, image_grid
 from ..store import RunPaths, read_table, write_table
 from ..summary import StageSummary
-from .algorithms import NOISE, ClusterError, ClusterLabels, cluster_vectors, labelling_id, video_keyframes
+from .algorithms import NOISE, ClusterError, ClusterLabels, cluster_vectors, labelling_id, place_vectors, video_keyframes
+from .fitted import FitUnreadable, SavedFit, fit_parameters, fit_path, load_fit, save_fit, vectors_digest
 from .naming import NOISE_NAME, name_clusters
 
 log = logging.getLogger(__name__)
@@ -199,10 +200,15 @@ class ClusterSummary(StageSummary):
     vectors: str
     montages: dict[int, Path] = field(default_factory=dict)
     keyframe_strips: dict[str, Path] = field(default_factory=dict)
+    fit: str = "fitted"  # "fitted" (no earlier fit), "refitted", or "placed" (new frames placed into the saved fit)
+    placed: int = 0  # frames placed into the saved fit by this run
+    fit_reason: str = ""  # why it refitted or placed, for people to read (also in `notes`)
 
     @property
     def counts(self) -> dict[str, float | int | str]:
         counts: dict[str, float | int | str] = {
+            "fit": self.fit,
+            "placed_frames": self.placed,
             "frames": len(self.assignments),
             "clusters": self.clusters.n_clusters,
             "noise": self.clusters.noise,
@@ -304,14 +310,23 @@ def _montage_path(run: RunPaths, labelling: str, label: int) -> Path:
     return run.root / "plots" / "clusters" / labelling / f"cluster_{label}.jpg"
 
 
-def cluster_run(cfg: PipelineConfig, run: RunPaths | Path | str, *, encoder: Any = None) -> ClusterSummary:
-    """The cluster stage: cluster, name, and write tables, montages and keyframes.
+def cluster_run(cfg: PipelineConfig, run: RunPaths | Path | str, *, encoder: Any = None, force: bool = False) -> ClusterSummary:
+    """The cluster stage: cluster (or place new frames into the saved clustering), name, and write
+    tables, montages and keyframes.
+
+    When the frames added since the labelling was fitted are at most `cluster.refit_new_fraction`
+    of all its frames, and its settings, the vectors' model and the fitted frames (none removed,
+    vectors unchanged) are as they were, the new frames are placed into the saved k-means fit
+    (`place_vectors`): every earlier frame keeps its label, distance and cluster name, and only
+    the montages and keyframe strips that change are drawn. Otherwise (or with `force`) it fits
+    anew. `ClusterSummary.fit` and a note say which happened and why.
 
     Args:
         cfg: the pipeline config; `cfg.cluster` holds the settings.
         run: the run folder (`outputs/<run>`), with frames and vectors from earlier stages.
         encoder: the image encoder the frames were embedded with (loaded from `cfg.models` when
             needed and not given); only used to name clusters when there are no captions.
+        force: fit anew even when new frames could be placed (`--force cluster`).
 
     Writes:
         * ``tables/clusters.parquet``: frame_key, labelling, method, params, label, name,
@@ -321,11 +336,12 @@ def cluster_run(cfg: PipelineConfig, run: RunPaths | Path | str, *, encoder: Any
           (nullable int; -1 = noise) and cluster_name of this labelling.
         * ``tables/keyframes.parquet``: video_id, frame_key, timestamp, rank, represents.
         * ``plots/clusters/<labelling>/cluster_<label>.jpg`` and ``plots/keyframes/<video>.png``.
+        * ``cache/cluster/<labelling>.npz``: the k-means fit new frames can be placed into.
 
     Example:
         >>> summary = cluster_run(cfg, "outputs/demo")  # doctest: +SKIP
         >>> summary.counts  # doctest: +SKIP
-        {'frames': 2400, 'clusters': 15, 'noise': 0, 'labelling': 'kmeans-k15-pca32', ...}
+        {'fit': 'fitted', 'placed_frames': 0, 'frames': 2400, 'clusters': 15, 'noise': 0, ...}
     """
     started = time.perf_counter()
     run = run if isinstance(run, RunPaths) else RunPaths(run)
@@ -339,18 +355,21 @@ def cluster_run(cfg: PipelineConfig, run: RunPaths | Path | str, *, encoder: Any
         raise ClusterError("no frame of the frames table has a vector; re-run the embed stage")
     vectors = vectors[position.loc[wanted.to_numpy()].to_numpy()]
     members = frames.loc[wanted.index]  # frames-table order and row numbers
-
-    clusters = cluster_vectors(vectors, options)
     labelling = labelling_id(options)
-    notes = list(clusters.notes)
 
-    captions = _load_captions(run)
-    caption_texts = None if captions is None else [captions.get(key) for key in members.frame_key]
-    uncaptioned = caption_texts is None or any(
-        not any(caption_texts[i] for i in clusters.members(label)) for label in range(clusters.n_clusters)
-    )
-    naming_encoder = _naming_encoder(cfg, encoder, model_id, notes) if uncaptioned and options.vectors == "image" else None
-    names = name_clusters(clusters, captions=caption_texts, encoder=naming_encoder, thumbnails=_Thumbnails(run, members))
+    placement = _placement(run, labelling, options, model_id, members, vectors, force)
+    if isinstance(placement, _Placement):
+        clusters, names, previous_labels = placement.clusters, placement.names, placement.previous
+        fit, placed, reason = "placed", placement.new_count, placement.reason
+        notes = [reason]
+    else:
+        reason = placement
+        clusters = cluster_vectors(vectors, options)
+        notes = list(clusters.notes)
+        fit, placed, previous_labels = ("fitted" if reason.startswith("fitted") else "refitted"), 0, None
+        notes.append(reason)
+        names = _names(cfg, run, clusters, members, model_id, encoder, notes)
+    log.info("cluster: %s", reason)
     name_of = dict(zip(names.label, names.name))
     source_of = dict(zip(names.label, names.name_source))
 
@@ -360,7 +379,14 @@ def cluster_run(cfg: PipelineConfig, run: RunPaths | Path | str, *, encoder: Any
         "name": [name_of[label] for label in clusters.labels], "name_source": [source_of[label] for label in clusters.labels],
         "distance": clusters.distances.astype(np.float64),
     })  # fmt: skip
+    if previous_labels is not None:  # earlier frames keep their stored rows exactly (distances included)
+        stored = previous_labels.reindex(assignments.frame_key)
+        old = stored.label.notna().to_numpy()
+        for column in ("label", "name", "name_source", "distance"):
+            assignments.loc[old, column] = stored[column].to_numpy()[old]
+        assignments = assignments.astype({"label": "int64", "distance": "float64"})
     _write_assignments(run, labelling, assignments)
+    _save_state(run, labelling, options, model_id, members, vectors, clusters, placement)
 
     annotated = frames.copy()
     by_key = assignments.set_index("frame_key")
@@ -369,23 +395,193 @@ def cluster_run(cfg: PipelineConfig, run: RunPaths | Path | str, *, encoder: Any
     write_table(annotated, run.table("frames_annotated"))
     atomic_write_text(run.tables / "frames_annotated.csv", annotated.to_csv(index=False))
 
-    montages = _write_montages(run, labelling, clusters, members, options.montage_frames)
+    drawn = _drawing_settings(options)
+    same_drawing = isinstance(placement, _Placement) and placement.saved.description.get("drawing") == drawn
+    if same_drawing:
+        montages = _update_montages(run, labelling, clusters, members, options.montage_frames, placement.old)
+    else:
+        montages = _write_montages(run, labelling, clusters, members, options.montage_frames)
     with_distance = annotated.assign(distance=annotated.frame_key.map(by_key.distance))
     table = _summarise(with_distance, names, run, labelling, options.montage_frames)
 
-    keyframes = video_keyframes(members, vectors, per_video=options.keyframes_per_video, seed=options.seed)
+    keyframes, changed_videos = _keyframes(run, members, vectors, options, reuse=same_drawing)
     write_table(keyframes, run.table("keyframes"))
-    strips = _write_keyframe_strips(run, frames, keyframes)
+    strips = _write_keyframe_strips(run, frames, keyframes, changed_videos)
 
     summary = ClusterSummary(
         labelling=labelling, clusters=clusters, names=names, table=table, assignments=assignments, keyframes=keyframes,
         model_id=model_id, vectors=options.vectors, montages=montages, keyframe_strips=strips, notes=notes,
-        seconds=time.perf_counter() - started,
+        fit=fit, placed=placed, fit_reason=reason, seconds=time.perf_counter() - started,
     )  # fmt: skip
     log.info("cluster: %d frames into %d clusters (%s, %d noise) in %.1f s; names from %s",
              len(assignments), clusters.n_clusters, clusters.description, clusters.noise, summary.seconds,
              summary.counts["name_source"])  # fmt: skip
     return summary
+
+
+def _names(cfg: PipelineConfig, run: RunPaths, clusters: ClusterLabels, members: pd.DataFrame, model_id: str,
+           encoder: Any, notes: list[str]) -> pd.DataFrame:  # fmt: skip
+    """Name a new clustering: from captions, else CLIP's vocabulary, else colours."""
+    captions = _load_captions(run)
+    caption_texts = None if captions is None else [captions.get(key) for key in members.frame_key]
+    uncaptioned = caption_texts is None or any(
+        not any(caption_texts[i] for i in clusters.members(label)) for label in range(clusters.n_clusters)
+    )
+    vectors_kind = cfg.cluster.vectors
+    naming_encoder = _naming_encoder(cfg, encoder, model_id, notes) if uncaptioned and vectors_kind == "image" else None
+    return name_clusters(clusters, captions=caption_texts, encoder=naming_encoder, thumbnails=_Thumbnails(run, members))
+
+
+# --- placing new frames into the saved fit ----------------------------------------------------------
+
+
+@dataclass
+class _Placement:
+    """New frames placed into a saved fit: the whole labelling, its names, and the earlier frames' stored rows."""
+
+    clusters: ClusterLabels
+    names: pd.DataFrame
+    previous: pd.DataFrame  # this labelling's stored rows, by frame_key
+    old: np.ndarray  # (n,) bool: members labelled before this run
+    saved: SavedFit
+    new_count: int
+    reason: str
+
+
+def _placement(run: RunPaths, labelling: str, options: Any, model_id: str, members: pd.DataFrame, vectors: np.ndarray,
+               force: bool) -> _Placement | str:  # fmt: skip
+    """The placement of new frames into the saved fit when the rule allows it, else why it fits anew."""
+    total = len(members)
+    fraction = options.refit_new_fraction
+    if force:
+        return f"refitted on {total} frames: forced (--force cluster)"
+    if options.method != "kmeans" or options.reduce == "umap":
+        return (f"refitted on {total} frames: {options.method} with reduce={options.reduce} is fitted anew on every run "
+                "(new frames are placed only into k-means on PCA or unreduced vectors)")  # fmt: skip
+    try:
+        saved = load_fit(run, labelling)
+    except FitUnreadable as error:
+        log.warning("cluster: the saved clustering is unusable, fitting anew: %s", error)
+        return f"refitted on {total} frames: the saved clustering is unusable ({error})"
+    if saved is None:
+        return f"fitted on {total} frames (no saved clustering {labelling})"
+    if fraction <= 0:
+        return f"refitted on {total} frames: cluster.refit_new_fraction is 0"
+    if saved.parameters != fit_parameters(options):
+        changed = sorted(k for k in set(saved.parameters) | set(fit_parameters(options))
+                         if saved.parameters.get(k) != fit_parameters(options).get(k))  # fmt: skip
+        return f"refitted on {total} frames: cluster settings changed since the fit ({', '.join(changed)})"
+    if saved.model_id != model_id:
+        return f"refitted on {total} frames: the vectors come from {model_id}, the saved clustering from {saved.model_id}"
+    current = pd.Index(members.frame_key.astype(str))
+    gone = ~pd.Index(saved.keys).isin(current)
+    if gone.any():
+        return f"refitted on {total} frames: {int(gone.sum())} frame(s) of the saved clustering are gone"
+    old = current.isin(saved.keys)
+    new_count = int((~old).sum())
+    share = (saved.placed_frames + new_count) / total
+    if share > fraction:
+        return (f"refitted on {total} frames: {share:.0%} of frames new since the fit on {saved.fit_frames} "
+                f"(above cluster.refit_new_fraction {fraction:g})")  # fmt: skip
+    order = pd.Series(np.arange(total), index=current)
+    if vectors_digest(saved.keys, vectors[order.loc[saved.keys].to_numpy()]) != saved.digest:
+        return f"refitted on {total} frames: the vectors of frames in the saved clustering changed"
+    previous = _stored_rows(run, labelling)
+    if previous is None or not pd.Index(saved.keys).isin(previous.index).all():
+        return f"refitted on {total} frames: {run.relative(run.table('clusters'))} lacks frames of the saved clustering"
+    labels = np.full(total, NOISE, dtype=np.int64)
+    distances = np.full(total, np.nan, dtype=np.float32)
+    labels[old] = previous.label.reindex(current[old]).to_numpy(dtype=np.int64)
+    distances[old] = previous.distance.reindex(current[old]).to_numpy(dtype=np.float32)
+    if new_count:
+        try:
+            labels[~old], distances[~old] = place_vectors(vectors[~old], saved.fitted, saved.centroids)
+        except ClusterError as error:
+            return f"refitted on {total} frames: the new frames cannot be placed ({error})"
+    n_clusters = len(saved.centroids)
+    names = previous.drop_duplicates("label")[["label", "name", "name_source"]]
+    if labels.min() < 0 or labels.max() >= n_clusters or set(names.label) != set(range(n_clusters)):
+        return f"refitted on {total} frames: the stored cluster labels do not match the saved clustering"
+    names = names.sort_values("label").reset_index(drop=True).astype({"label": "int64"})
+    description = saved.description
+    clusters = ClusterLabels(
+        labels=labels, centroids=saved.centroids, distances=distances, method="kmeans",
+        params=dict(description.get("params") or {}), reduction=str(description.get("reduction", "none")),
+        silhouette={int(k): float(v) for k, v in (description.get("silhouette") or {}).items()}, fitted=saved.fitted,
+    )  # fmt: skip
+    reason = (f"placed {new_count} new frame{'s' * (new_count != 1)} into the clustering fitted on {saved.fit_frames} frames"
+              + (f" ({saved.placed_frames} placed earlier)" if saved.placed_frames else ""))  # fmt: skip
+    return _Placement(clusters, names, previous, np.asarray(old), saved, new_count, reason)
+
+
+def _drawing_settings(options: Any) -> dict[str, int]:
+    """The settings montages and keyframes were made with: when they change, all are made anew."""
+    return {"montage_frames": options.montage_frames, "keyframes_per_video": options.keyframes_per_video,
+            "seed": options.seed}  # fmt: skip
+
+
+def _stored_rows(run: RunPaths, labelling: str) -> pd.DataFrame | None:
+    """This labelling's rows of tables/clusters.parquet, by frame_key (None if unreadable)."""
+    path = run.table("clusters")
+    try:
+        table = read_table(path)
+        rows = table[table.labelling == labelling]
+        return rows.drop_duplicates("frame_key", keep="last").set_index("frame_key")[["label", "name", "name_source", "distance"]]
+    except (OSError, ValueError, KeyError, AttributeError) as error:
+        log.warning("cluster: %s cannot be read (%s); fitting anew", run.relative(path), error)
+        return None
+
+
+def _save_state(run: RunPaths, labelling: str, options: Any, model_id: str, members: pd.DataFrame, vectors: np.ndarray,
+                clusters: ClusterLabels, placement: _Placement | str) -> None:  # fmt: skip
+    """Keep the fit (or the fit plus the frames placed into it) for the next run; a clustering that cannot
+    place frames leaves no saved fit behind."""
+    keys = members.frame_key.astype(str).to_numpy()
+    if isinstance(placement, _Placement):
+        saved = placement.saved
+        fit_keys = set(saved.keys.tolist())
+        ordered = np.concatenate([saved.keys, keys[~np.isin(keys, list(fit_keys))]])
+        fit_frames = saved.fit_frames
+    elif clusters.fitted is not None:
+        ordered, fit_frames = keys, len(keys)
+    else:
+        fit_path(run, labelling).unlink(missing_ok=True)
+        return
+    order = pd.Series(np.arange(len(keys)), index=keys)
+    digest = vectors_digest(ordered, vectors[order.loc[ordered].to_numpy()])
+    description = {"params": clusters.params, "reduction": clusters.reduction, "drawing": _drawing_settings(options),
+                   "silhouette": {str(k): v for k, v in clusters.silhouette.items()}}  # fmt: skip
+    save_fit(run, SavedFit(labelling=labelling, model_id=model_id, parameters=fit_parameters(options), fitted=clusters.fitted,
+                           centroids=clusters.centroids, keys=ordered, fit_frames=fit_frames, digest=digest,
+                           description=description))  # fmt: skip
+
+
+def _keyframes(run: RunPaths, members: pd.DataFrame, vectors: np.ndarray, options: Any, *, reuse: bool
+               ) -> tuple[pd.DataFrame, set[str] | None]:  # fmt: skip
+    """The keyframes table, and the videos whose keyframes were computed (None = every video).
+
+    With `reuse`, a video whose frames all have stored keyframe rows' video (its frame set unchanged since the
+    stored table was made) keeps its rows; only videos with new frames are computed."""
+    if reuse and run.table("keyframes").exists():
+        try:
+            stored = read_table(run.table("keyframes"))
+        except (OSError, ValueError) as error:
+            log.warning("cluster: %s cannot be read (%s); computing every video's keyframes",
+                        run.relative(run.table("keyframes")), error)  # fmt: skip
+            stored = None
+        annotated = run.table("frames_annotated")
+        if stored is not None and annotated.exists():
+            before = read_table(annotated)  # the frames of the last run (this run rewrites it after the keyframes)
+            before_keys = before.groupby("video_id").frame_key.agg(frozenset)
+            now_keys = members.groupby("video_id").frame_key.agg(frozenset)
+            kept = {str(v) for v, ks in now_keys.items() if before_keys.get(v) == ks and v in set(stored.video_id)}
+            changed = members[~members.video_id.astype(str).isin(kept)]
+            fresh = video_keyframes(changed, vectors[members.index.get_indexer(changed.index)],
+                                    per_video=options.keyframes_per_video, seed=options.seed)  # fmt: skip
+            table = pd.concat([stored[stored.video_id.astype(str).isin(kept)], fresh], ignore_index=True)
+            table = table.sort_values(["video_id", "timestamp"], kind="stable").reset_index(drop=True)
+            return table.astype({"rank": "int64", "represents": "int64"}), set(changed.video_id.astype(str))
+    return video_keyframes(members, vectors, per_video=options.keyframes_per_video, seed=options.seed), None
 
 
 def _write_assignments(run: RunPaths, labelling: str, assignments: pd.DataFrame) -> None:
@@ -417,17 +613,38 @@ def _write_montages(
     return montages
 
 
-def _write_keyframe_strips(run: RunPaths, frames: pd.DataFrame, keyframes: pd.DataFrame) -> dict[str, Path]:
+def _update_montages(run: RunPaths, labelling: str, clusters: ClusterLabels, members: pd.DataFrame, montage_frames: int,
+                     old: np.ndarray) -> dict[int, Path]:  # fmt: skip
+    """Redraw only the montages whose frames changed: a placed frame among a cluster's nearest, or a missing file."""
+    montages = {}
+    keys = members.frame_key.to_numpy()
+    earlier = ClusterLabels(labels=np.where(old, clusters.labels, _UNCLUSTERED), centroids=clusters.centroids,
+                            distances=clusters.distances, method=clusters.method)  # fmt: skip
+    for label in range(clusters.n_clusters):
+        nearest = clusters.members(label)[:montage_frames]
+        path = _montage_path(run, labelling, label)
+        if not path.exists() or list(keys[nearest]) != list(keys[earlier.members(label)[:montage_frames]]):
+            save_image(cluster_montage(members.iloc[nearest], run), path, "JPEG", quality=MONTAGE_JPEG_QUALITY)
+        montages[label] = path
+    return montages
+
+
+def _write_keyframe_strips(run: RunPaths, frames: pd.DataFrame, keyframes: pd.DataFrame,
+                           changed: set[str] | None = None) -> dict[str, Path]:  # fmt: skip
+    """A strip per video; with `changed`, the other videos' strips are kept when they exist."""
     folder = run.root / "plots" / "keyframes"
     row_of = pd.Series(np.arange(len(frames)), index=frames.frame_key.to_numpy())
     strips: dict[str, Path] = {}
     for video_id, group in keyframes.groupby("video_id", sort=True):
         rows = frames.iloc[row_of.loc[group.frame_key.to_numpy()].to_numpy()]  # keeps the frames-table row numbers
         video_name = str(rows.video_name.iloc[0]) if "video_name" in rows.columns else str(video_id)
+        path = folder / f"{_safe_name(Path(video_name).stem)}-{video_id}.png"
+        if changed is not None and str(video_id) not in changed and path.exists():
+            strips[str(video_id)] = path
+            continue
         labels = [f"#{rank} {format_time(t)}" for rank, t in zip(group["rank"], group.timestamp)]
         image = cluster_montage(rows, run, columns=min(len(rows), KEYFRAME_COLUMNS_PER_ROW), tile_width=KEYFRAME_TILE_WIDTH,
                                 labels=labels)  # fmt: skip
-        path = folder / f"{_safe_name(Path(video_name).stem)}-{video_id}.png"
         save_image(image, path, "PNG")
         strips[str(video_id)] = path
     written = set(strips.values())
