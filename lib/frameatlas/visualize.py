@@ -46,8 +46,7 @@ from .files import atomic_write_text
 from .investigator.pages import write_investigator_pages
 from .plots import format_time, plotly_bundle
 from .progress import progress_bar
-from .project import STATS as PROJECTION_STATS
-from .project import even_sample, project
+from .project import ProjectionFit, fit_or_place
 from .store import RunPaths, load_vectors, read_table, write_table
 from .summary import StageSummary
 
@@ -501,6 +500,7 @@ class VisualizeSummary(StageSummary):
     map_files: dict[str, Path] = field(default_factory=dict)
     projection_seconds: dict[str, float] = field(default_factory=dict)
     projections_cached: int = 0
+    projection_fits: dict[str, ProjectionFit] = field(default_factory=dict)  # method -> fitted, placed or kept, and why
     timelines: Timelines | None = None
     timeline_files: dict[str, Path] = field(default_factory=dict)  # video_id -> file
     investigator_files: dict[str, Path] = field(default_factory=dict)  # video_id -> plots/investigate_<video>.html
@@ -522,6 +522,9 @@ class VisualizeSummary(StageSummary):
             "map_points": self.points,
             "projections": ",".join(self.maps),
             "projections_cached": self.projections_cached,
+            "projections_fitted": ",".join(m for m, fit in self.projection_fits.items() if fit.mode == "fitted"),
+            "projections_placed": ",".join(m for m, fit in self.projection_fits.items() if fit.mode == "placed"),
+            "frames_placed": max((fit.placed for fit in self.projection_fits.values()), default=0),
             "projection_seconds": round(sum(self.projection_seconds.values()), 2),
             "color_by": self.color_by,
             "clusters": self.clusters,
@@ -543,13 +546,15 @@ def _remove_stale(folder: Path, pattern: str, keep: set[Path]) -> None:
             old.unlink(missing_ok=True)
 
 
-def write_visualizations(cfg: PipelineConfig, run: RunPaths | Path | str) -> VisualizeSummary:
+def write_visualizations(cfg: PipelineConfig, run: RunPaths | Path | str, *, force: bool = False) -> VisualizeSummary:
     """Run the visualize stage.
 
     Writes `plots/map_<method>.html` for every `visualize.projections`, `tables/projections.parquet`
     (frame_key, method, x, y, z), and, when `visualize.timelines`, `plots/timeline_<video>.html`
-    plus `tables/timelines.parquet`. Projections are cached under `cache/projections/`. Plot files
-    of an earlier run of the stage that are no longer produced are removed.
+    plus `tables/timelines.parquet`. Projections are cached under `cache/projections/`, and each
+    one's fit is kept in `cache/projection_fits/<method>.npz`: a re-run that adds at most
+    `visualize.refit_new_fraction` of the frames places them into it (`frameatlas.project.fit_or_place`)
+    unless `force`. Plot files of an earlier run of the stage that are no longer produced are removed.
     """
     started = time.perf_counter()
     run = _run(run)
@@ -562,13 +567,6 @@ def write_visualizations(cfg: PipelineConfig, run: RunPaths | Path | str) -> Vis
     written: set[Path] = set()
 
     if len(frames):
-        sample = even_sample(len(frames), options.max_points, options.seed)
-        if len(sample) < len(frames):
-            summary.notes.append(f"maps show {len(sample)} of {len(frames)} frames, sampled evenly (visualize.max_points)")
-        mapped, mapped_vectors = frames.iloc[sample].reset_index(drop=True), vectors[sample]
-        summary.points = len(mapped)
-        if "cluster" in mapped.columns:
-            summary.clusters = int(mapped.cluster[mapped.cluster >= 0].nunique())
         projections = []
         methods = list(dict.fromkeys(options.projections))
         bar = progress_bar(total=len(methods), desc="visualize: projections", unit="map")
@@ -576,14 +574,26 @@ def write_visualizations(cfg: PipelineConfig, run: RunPaths | Path | str) -> Vis
             for method in methods:
                 bar.set_postfix_str(method)
                 t0 = time.perf_counter()
-                hits_before = PROJECTION_STATS["cache_hits"]
-                points = project(
-                    mapped_vectors, method, dims=3, seed=options.seed, perplexity=options.perplexity,
-                    neighbors=options.umap_neighbors, cache_dir=run.cache / "projections",
+                label = METHOD_LABELS[method]
+                fit = fit_or_place(
+                    frames.frame_key, vectors, method, fit_path=run.cache / "projection_fits" / f"{method}.npz", dims=3,
+                    seed=options.seed, perplexity=options.perplexity, neighbors=options.umap_neighbors,
+                    max_points=options.max_points, refit_new_fraction=options.refit_new_fraction, force=force,
+                    cache_dir=run.cache / "projections", identity={"model": model_id}, label=label,
                 )  # fmt: skip
                 summary.projection_seconds[method] = time.perf_counter() - t0
-                summary.projections_cached += PROJECTION_STATS["cache_hits"] - hits_before
-                label = METHOD_LABELS[method]
+                summary.projection_fits[method] = fit
+                summary.projections_cached += fit.cached
+                summary.notes.append(fit.message)
+                points, mapped = fit.points, frames.iloc[fit.rows].reset_index(drop=True)
+                if not summary.points:
+                    summary.points = len(mapped)
+                    if len(mapped) < len(frames):
+                        summary.notes.append(
+                            f"maps show {len(mapped)} of {len(frames)} frames, sampled evenly (visualize.max_points)"
+                        )
+                    if "cluster" in mapped.columns:
+                        summary.clusters = int(mapped.cluster[mapped.cluster >= 0].nunique())
                 fig = map_3d(points, mapped, color_by=options.color_by, title=f"Frames in 3D: {label} of {model_id} vectors")
                 summary.maps[method] = fig
                 summary.map_files[method] = write_standalone_html(fig, plots / f"map_{method}.html", run,
