@@ -186,6 +186,12 @@ def test_adding_a_video_reruns_later_stages_without_loading_models_they_do_not_n
         notebook = notebooks_dir() / Path(stages[name]["notebook"]).name
         assert set(kernel["preloaded"]) <= set(notebook_imports(notebook)) | set(imported_before[name])
 
+    # each stage's kernel recorded the modules it loaded, for its next kernel to import ahead
+    from frameatlas.pipeline.kernels import modules_file
+
+    recorded = json.loads(modules_file(run / "cache", "visualize").read_text())
+    assert "plotly.graph_objs" in recorded and not {name.partition(".")[0] for name in recorded} & MODEL_MODULES
+
     # the new video is searchable, and its frames are in the clusters
     clusters = pd.read_parquet(run / "tables" / "frames_annotated.parquet")
     assert (clusters.video_name == "delta.mp4").sum() == new_frames and clusters.cluster.notna().all()
@@ -264,6 +270,42 @@ def test_each_notebook_gets_a_fresh_kernel_started_ahead_with_only_its_own_impor
     # the notebook run before in the first kernel) and the same execution counts
     assert ahead["names"] == second["names"] == fresh["names"] and "leaked" not in second["names"]
     assert ahead["count"] == second["count"] == fresh["count"]
+
+
+def test_a_kernel_started_ahead_imports_the_modules_its_stage_loaded_last_time_but_no_model_library(tmp_path):
+    import papermill
+    from frameatlas.pipeline import execute
+    from frameatlas.pipeline.kernels import KernelPool, modules_file
+
+    cache = tmp_path / "cache"
+    modules_file(cache, "probe").parent.mkdir(parents=True)
+    # recorded by the stage's last kernel: a submodule loaded on first use, a model library, and
+    # names outside the warm packages (a module of the notebook's own, a stdlib one)
+    modules_file(cache, "probe").write_text(json.dumps(["PIL", "PIL.ImageMorph", "torch", "torch.nn", "colorsys"]))
+    probe = (
+        "import json, sys\n"
+        "print(json.dumps({name: name in sys.modules for name in ('PIL.ImageMorph', 'torch', 'colorsys')}))"
+    )  # fmt: skip
+    notebook = make_notebook(tmp_path / "probe.ipynb", probe)
+
+    def manager():
+        from jupyter_client.manager import AsyncKernelManager
+
+        return AsyncKernelManager(kernel_name="python3", config=execute._kernel_config(Path(tempfile.mkdtemp(dir=tmp_path))))
+
+    launch = {"cwd": str(tmp_path), "env": dict(os.environ), "extra_arguments": execute.KERNEL_ARGUMENTS}
+    pool = KernelPool(manager, launch, cache)
+    try:
+        pool.start("probe", notebook)
+        kernel = pool.take("probe")
+        output = tmp_path / "ran.ipynb"
+        papermill.execute_notebook(str(notebook), str(output), kernel_name="python3", engine_name=execute._engine(),
+                                   progress_bar=False, cwd=str(tmp_path), km=kernel.manager,
+                                   config=execute._kernel_config(Path(tempfile.mkdtemp(dir=tmp_path))))  # fmt: skip
+    finally:
+        pool.close()
+    assert kernel.error is None
+    assert executed_state(output) == {"PIL.ImageMorph": True, "torch": False, "colorsys": False}
 
 
 def test_contact_sheets_are_redrawn_only_for_videos_whose_thumbnails_changed(finished_run, tmp_path):

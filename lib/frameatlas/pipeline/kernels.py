@@ -23,6 +23,7 @@ import ast
 import importlib
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -32,12 +33,18 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KERNELS_AHEAD", "MODEL_LIBRARIES", "KernelPool", "PreparedKernel", "notebook_imports", "preload", "stop_kernel"]
+__all__ = ["KERNELS_AHEAD", "MODEL_LIBRARIES", "WARM_PACKAGES", "KernelPool", "PreparedKernel", "loaded_modules", "modules_file",
+           "notebook_imports", "preload", "stop_kernel"]  # fmt: skip
 
 #: Never imported ahead: a stage imports these only when it loads a model, which it does only when
 #: it has something to encode (a cached stage imports none of them).
 MODEL_LIBRARIES = frozenset({"torch", "torchvision", "open_clip", "sentence_transformers", "transformers", "tensorflow"})
 WARM_UP_SECONDS = 600  # waiting longer than this for a kernel's imports: start the stage with what is there
+#: Packages whose submodules a stage's kernel imports ahead when the stage imported them in its
+#: last run: they load parts on first use (plotly's figure classes and validators, chromadb's
+#: client, sklearn's estimators), 0.3-0.6 s per stage. Model libraries are never among them.
+WARM_PACKAGES = frozenset({"plotly", "chromadb", "sklearn", "scipy", "umap", "pynndescent", "numba", "hdbscan", "pandas",
+                           "numpy", "pyarrow", "PIL", "av", "cv2", "onnxruntime", "rapidocr_onnxruntime"})  # fmt: skip
 #: Kernels of this many stages after the running one are started (and warmed up): with one, a short
 #: stage (cluster placing a few new frames, ~1 s) left its successor waiting ~3 s for its imports
 #: (visualize: plotly, umap, numba); a kernel waiting idle costs memory, not CPU.
@@ -70,25 +77,54 @@ def notebook_imports(notebook: Path) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def preload(modules: list[str]) -> list[str]:
-    """Import `modules` (in a kernel waiting for its notebook); returns those imported. A name that
-    is not a module, or fails to import, is passed over: the notebook's own import says why."""
+def loaded_modules() -> list[str]:
+    """The modules of `WARM_PACKAGES` this process has imported, in import order: what a stage
+    imported by its end (submodules plotly, chromadb or sklearn import on first use included) is
+    what its kernel imports ahead next time (`modules_file`)."""
+    return [name for name, module in list(sys.modules.items())
+            if module is not None and name.partition(".")[0] in WARM_PACKAGES]  # fmt: skip
+
+
+def modules_file(cache: Path, stage: str) -> Path:
+    """Where a stage's kernel records `loaded_modules()` (in the run's cache folder)."""
+    return Path(cache) / "kernels" / f"{stage}-modules.json"
+
+
+def preload(modules: list[str], recorded: str | None = None) -> list[str]:
+    """Import `modules` (in a kernel waiting for its notebook), then the modules listed in the file
+    `recorded` (`modules_file`, if it can be read); returns those of `modules` imported. A name
+    that is not a module, or fails to import, is passed over: the notebook's own import says why."""
     from .notebook import exit_with_parent
 
     exit_with_parent()  # a kernel waiting for its notebook must not outlive the runner either
-    imported = []
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - e.g. `frameatlas.investigate` is a function, not a module
+    imported = [name for name in modules if _import(name)]
+    try:
+        more = json.loads(Path(recorded).read_text()) if recorded else []
+    except (OSError, ValueError):
+        more = []
+    models_before = MODEL_LIBRARIES & sys.modules.keys()
+    for name in more if isinstance(more, list) else []:
+        if not isinstance(name, str) or name.partition(".")[0] not in WARM_PACKAGES:
             continue
-        imported.append(name)
+        _import(name)
+        if MODEL_LIBRARIES & sys.modules.keys() - models_before:  # a module that brings torch & co. along
+            log.warning("%s imported a model library; the rest of the recorded modules are left", name)
+            break
     return imported
 
 
-def _warm_up_code(modules: list[str]) -> str:
+def _import(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - e.g. `frameatlas.investigate` is a function, not a module
+        return False
+    return True
+
+
+def _warm_up_code(modules: list[str], recorded: Path | None) -> str:
     # One expression: it binds no name in the notebook's namespace (`_` is not set by a silent run).
-    return f"__import__('frameatlas.pipeline.kernels', fromlist=['preload']).preload({modules!r})"
+    path = str(recorded) if recorded is not None else None
+    return f"__import__('frameatlas.pipeline.kernels', fromlist=['preload']).preload({modules!r}, {path!r})"
 
 
 @dataclass
@@ -122,13 +158,15 @@ class KernelPool:
     """Starts the kernels of the stages that come next while the current one runs.
 
     `start(stage, notebook)` launches a kernel process (quick) and imports the notebook's modules
-    in it from a background thread; `take(stage)` hands that kernel over (waiting for its imports)
-    or None when none was started for that stage; `close()` stops kernels nobody took.
+    in it from a background thread, then those the stage recorded in `cache` in its last run
+    (`modules_file`); `take(stage)` hands that kernel over (waiting for its imports) or None when
+    none was started for that stage; `close()` stops kernels nobody took.
     """
 
-    def __init__(self, manager_factory, launch_options: dict[str, Any]):
+    def __init__(self, manager_factory, launch_options: dict[str, Any], cache: Path | None = None):
         self._factory = manager_factory  # () -> a kernel manager, not started
         self._launch = launch_options  # start_kernel's keyword arguments: cwd, env
+        self._cache = cache
         self._kernels: dict[str, PreparedKernel] = {}
 
     def start(self, stage: str, notebook: Path, also: Iterable[str] = (), during: str | None = None) -> PreparedKernel | None:
@@ -150,7 +188,9 @@ class KernelPool:
         self._kernels[stage] = prepared
         modules = notebook_imports(notebook)
         modules += [name for name in also if name not in modules and name.split(".")[0] not in MODEL_LIBRARIES]
-        threading.Thread(target=self._warm_up, args=(prepared, modules), name=f"warm-{stage}", daemon=True).start()
+        recorded = modules_file(self._cache, stage) if self._cache is not None else None
+        recorded = recorded if recorded is not None and recorded.is_file() else None
+        threading.Thread(target=self._warm_up, args=(prepared, modules, recorded), name=f"warm-{stage}", daemon=True).start()
         log.debug("%s: kernel %s started ahead, importing %s", stage, prepared.pid, ", ".join(modules))
         return prepared
 
@@ -180,7 +220,7 @@ class KernelPool:
         self._kernels.clear()
 
     @staticmethod
-    def _warm_up(prepared: PreparedKernel, modules: list[str]) -> None:
+    def _warm_up(prepared: PreparedKernel, modules: list[str], recorded: Path | None) -> None:
         client = None
         try:
             client = prepared.manager.blocking_client()
@@ -188,7 +228,7 @@ class KernelPool:
             client.wait_for_ready(timeout=WARM_UP_SECONDS)
             imported = f"[name for name in {modules!r} if name in __import__('sys').modules]"
             reply = client.execute_interactive(
-                _warm_up_code(modules), silent=True, store_history=False, user_expressions={"imported": imported},
+                _warm_up_code(modules, recorded), silent=True, store_history=False, user_expressions={"imported": imported},
                 timeout=WARM_UP_SECONDS, output_hook=lambda message: None,
             )  # fmt: skip
             content = reply.get("content", {})

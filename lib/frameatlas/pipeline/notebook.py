@@ -62,6 +62,7 @@ class StageContext:
     started: float = field(default_factory=time.perf_counter)
     opened_at: float = field(default_factory=time.time)  # wall clock, to place the stage's work in the kernel's time
     _result: dict[str, Any] | None = field(default=None, repr=False)
+    _modules: list[str] | None = field(default=None, repr=False)
 
     def finish(self, summary: StageSummary, **extra: Any) -> dict[str, Any]:
         """Record the stage's result (its summary, plus `extra` keys) for the runner's manifest."""
@@ -73,13 +74,24 @@ class StageContext:
                   "kernel_pid": os.getpid()}  # fmt: skip
         atomic_write_json(self.run.stage_result(self.stage), result)
         self._result = result
+        self._record_modules()
         return result
+
+    def _record_modules(self) -> None:
+        """Keep the modules imported so far for this stage's next kernel (`kernels.modules_file`)."""
+        from .kernels import loaded_modules, modules_file
+
+        modules = loaded_modules()
+        if modules != self._modules:
+            atomic_write_json(modules_file(self.run.cache, self.stage), modules)
+            self._modules = modules
 
     def after_cell(self, *_: Any) -> None:
         """After each cell (an IPython `post_run_cell` hook): the heavy modules imported since the
         stage finished (the report's last cells, its quality checks) join its recorded result."""
         if self._result is None or self.lock is None:
             return
+        self._record_modules()
         imports = heavy_imports()
         if imports != self._result.get("imports"):
             self._result["imports"] = imports
