@@ -322,7 +322,9 @@ def _stage_sentence(name: str, counts: dict[str, Any]) -> tuple[str, list[tuple[
     if name == "visualize":
         projections = c.get("projections") or "—"
         timelines = _count(c, "timeline_videos")
-        sentence = (f"Drew {_count(c, 'map_points')} frames in 3D ({projections})"
+        placed = c.get("projections_placed")  # new frames put into kept fits instead of refitting (visualize.refit_new_fraction)
+        sentence = (f"Drew {_count(c, 'map_points')} frames in 3D ({projections}"
+                    + (f"; {_count(c, 'frames_placed')} new frames placed into the kept {placed} fits" if placed else "") + ")"
                     + (f" and similarity timelines for {timelines} videos." if timelines else "; no timelines (see below)."))  # fmt: skip
         return sentence, [("maps", str(len(str(projections).split(",")) if c.get("projections") else 0)),
                           ("timelines", str(timelines))]  # fmt: skip
