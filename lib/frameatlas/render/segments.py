@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-__all__ = ["FRAMES_TABLE", "RenderJob", "Segment", "hit_segments", "replace_segment", "select_segments", "slug"]
+__all__ = ["FRAMES_TABLE", "RenderJob", "Segment", "frame_spans", "hit_segments", "replace_segment", "select_segments", "slug"]
 
 # Where segments' sources and thumbnails are read from; errors name it with the row.
 FRAMES_TABLE = "tables/frames.parquet"
@@ -83,9 +83,17 @@ def _frame_spans(frames: pd.DataFrame, videos: pd.DataFrame) -> pd.DataFrame:
     return frames.assign(span_end=following.fillna(last_end).astype(float), duration=duration.astype(float))
 
 
+def frame_spans(frames: pd.DataFrame, videos: pd.DataFrame) -> pd.DataFrame:
+    """The frames table with each frame's span (`span_end`), its video's `duration` and its `position` in the video:
+    what `hit_segments` needs, computed once for many jobs over the same frames."""
+    spans = _frame_spans(frames, videos)
+    spans["position"] = spans.groupby("video_id", sort=False).cumcount()
+    return spans
+
+
 def hit_segments(
     hits: pd.DataFrame, frames: pd.DataFrame, videos: pd.DataFrame, *, padding_before: float = 0.5,
-    padding_after: float = 0.5, slideshow: bool = False,
+    padding_after: float = 0.5, slideshow: bool = False, spans: pd.DataFrame | None = None,
 ) -> list[Segment]:  # fmt: skip
     """Turn scored hits into segments of their source videos.
 
@@ -97,6 +105,7 @@ def hit_segments(
         videos: the run's videos table (for each video's `duration`).
         padding_before / padding_after: seconds added around each run of adjacent hits.
         slideshow: one still segment per hit instead (no merging, no padding).
+        spans: `frame_spans(frames, videos)`, when already computed (many jobs over the same frames).
 
     Returns:
         Segments in (video name, start) order; their score is their best hit's.
@@ -106,8 +115,7 @@ def hit_segments(
     """
     if hits.empty:
         return []
-    spans = _frame_spans(frames, videos)
-    spans["position"] = spans.groupby("video_id", sort=False).cumcount()
+    spans = frame_spans(frames, videos) if spans is None else spans
     unique = hits.drop_duplicates("frame_key").set_index("frame_key")
     scores = unique.score
     chosen = spans[spans.frame_key.isin(scores.index)].assign(score=lambda t: t.frame_key.map(scores).astype(float))
@@ -239,7 +247,10 @@ class RenderJob:
     def subtitle(self) -> str:
         sources = len({s.video_id for s in self.segments})
         seconds = sum(s.duration for s in self.segments if not s.still)
-        parts = [f"{self.frames} frame{'s' * (self.frames != 1)}", f"{len(self.segments)} segment{'s' * (len(self.segments) != 1)}"]
+        parts = [
+            f"{self.frames} frame{'s' * (self.frames != 1)}",
+            f"{len(self.segments)} segment{'s' * (len(self.segments) != 1)}",
+        ]
         if self.candidates > len(self.segments):
             parts[-1] += f" (best of {self.candidates})"
         parts.append(f"{sources} video{'s' * (sources != 1)}")

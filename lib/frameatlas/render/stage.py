@@ -26,7 +26,7 @@ from ..progress import progress_bar
 from ..store import RunPaths, read_table, write_table
 from ..summary import StageSummary
 from .errors import RenderError
-from .segments import RenderJob, hit_segments, select_segments, slug
+from .segments import RenderJob, frame_spans, hit_segments, select_segments, slug
 from .video import SEGMENT_COLUMNS, RenderedVideo, is_render_metadata, render_job
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,10 @@ def _frames_with_paths(run: RunPaths) -> tuple[pd.DataFrame, pd.DataFrame]:
     return frames, videos
 
 
-def _make_job(kind, name, title, hits, frames, videos, options: RenderConfig, **extra) -> RenderJob:
+def _make_job(kind, name, title, hits, frames, videos, options: RenderConfig, spans=None, **extra) -> RenderJob:
     slideshow = options.mode == "slideshow"
     candidates = hit_segments(hits, frames, videos, padding_before=options.padding_before,
-                              padding_after=options.padding_after, slideshow=slideshow)  # fmt: skip
+                              padding_after=options.padding_after, slideshow=slideshow, spans=spans)  # fmt: skip
     chosen = select_segments(candidates, max_total_seconds=options.max_total_seconds,
                              max_segments_per_video=options.max_segments_per_video, order=options.order,
                              still_seconds=options.slideshow_seconds, max_segment_seconds=options.max_segment_seconds)  # fmt: skip
@@ -85,12 +85,13 @@ def cluster_jobs(run: RunPaths | Path | str, options: RenderConfig) -> list[Rend
     latest = clusters[clusters.labelling == clusters.labelling.iloc[-1]]
     frames, videos = _frames_with_paths(run)
     latest = latest[latest.frame_key.isin(frames.frame_key) & (latest.label != NOISE)]
+    spans = frame_spans(frames, videos)  # once for every cluster
     jobs = []
     for label, group in latest.groupby("label", sort=True):
         name = str(group["name"].iloc[0])
         hits = pd.DataFrame({"frame_key": group.frame_key, "score": 1.0 - group.distance.fillna(1.0)})
         jobs.append(_make_job("cluster", f"cluster_{int(label):02d}_{slug(name)}", f"Cluster {int(label)} · {name}",
-                              hits, frames, videos, options, label=int(label)))  # fmt: skip
+                              hits, frames, videos, options, spans=spans, label=int(label)))  # fmt: skip
     return jobs
 
 
