@@ -152,3 +152,33 @@ def test_the_caption_model_reuses_captions_of_near_identical_frames(tmp_path):
     computed = table.reused_from == ""
     assert table.caption[computed].tolist() == exact.table.caption[computed].tolist()
     assert np.all(table.prompt == table.caption)  # the fallback image model ranks no terms: the prompt is the caption
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_reuse_with_readers_at_once_stays_within_a_video_and_a_failed_anchor_is_read_around(tmp_path, workers):
+    videos = tmp_path / "videos"
+    videogen.make_static_scene_video(videos / "street.mp4", seconds=6, signs=SIGNS)
+    videogen.make_static_scene_video(videos / "again.mp4", seconds=6, signs=SIGNS, seed=1)  # the same scene, other noise
+    cfg, run = static_run(tmp_path, f"workers{workers}", reuse_distance=8, workers=workers)
+    whole = read_frame_text(cfg, run)
+    assert whole.workers == workers and (whole.read, whole.reused) == (24, 18)
+    for _, video in whole.table.groupby("video_id"):
+        assert video[video.reused_from == ""].timestamp.tolist() == [0.0, 3.0, 4.5]  # each video reads its own
+        assert set(video.reused_from) - {""} <= set(video.frame_key)
+
+    # The frame at 3.0 s (CLOSED NOW, the anchor of 3.5 and 4.0) cannot be read: as when frames are read one by
+    # one, 3.5 s is then compared with 0.0 s (another sign), read, and 4.0 s takes 3.5 s's text.
+    frames = read_table(run.table("frames"))
+    broken = frames[(frames.timestamp == 3.0) & frames.video_path.str.endswith("street.mp4")].index[0]
+    run.absolute(frames.thumbnail[broken]).write_bytes(b"not a picture")
+    summary = read_frame_text(cfg, run, force=True)
+    [skipped] = summary.skipped
+    assert skipped.path == frames.video_path[broken] and skipped.status == "partial"
+    assert skipped.reason.startswith(f"on-screen text of 1 of 12 frames not read: frame {frames.frame_key[broken]}: ")
+    street_rows = summary.table[summary.table.video_id == frames.video_id[broken]]
+    assert 3.0 not in street_rows.timestamp.tolist()
+    assert street_rows[street_rows.reused_from == ""].timestamp.tolist() == [0.0, 3.5, 4.5]
+    by_time = street_rows.set_index("timestamp")
+    assert by_time.reused_from[4.0] == by_time.frame_key[3.5] and by_time.text[4.0] == by_time.text[3.5]
+    assert "".join(by_time.text[3.5].split()) == "CLOSEDNOW"
+    assert summary.table.text.tolist() == whole.table.drop(index=broken).text.tolist()

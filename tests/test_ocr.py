@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -142,10 +143,10 @@ class _CountingEngine:
         return getattr(self.engine, name)
 
 
-def counting_reader(cfg):
+def counting_reader(cfg, threads: int | None = None):
     from frameatlas.models.ocr import OcrReader
 
-    reader = OcrReader(cfg.caption.ocr, cfg.models.threads)
+    reader = OcrReader(cfg.caption.ocr, cfg.models.threads if threads is None else threads)
     reader.engine = _CountingEngine(reader.engine)
     return reader
 
@@ -206,3 +207,37 @@ def test_threads_that_sleep_instead_of_spinning_read_the_same_text(tmp_path):
     assert [[line.text for line in sleeping.read(image)] for image in images] == [
         [line.text for line in spinning.read(image)] for image in images
     ]
+
+
+def test_two_readers_at_once_give_exactly_the_texts_of_one_reader(tmp_path):
+    from frameatlas.ocr import ocr_workers
+
+    captions = ["FRAME ATLAS", "RED CAR PARKING", "", "OPEN MOVIE", "SALE TODAY", "SALE TODAV"]
+    videogen.make_text_video(tmp_path / "videos" / "signs.mp4", captions)
+    cfg, run = embedded_run(tmp_path, {"name": "fallback"}, name="workers", extract={"thumbnail_long_side": 384},
+                            caption={"ocr": {"enabled": True, "workers": 1}})  # fmt: skip
+    assert ocr_workers(cfg) == (1, 0)  # one reader keeps models.threads: 0 = every core
+    one = read_frame_text(cfg, run)
+    assert one.counts["ocr_workers"] == 1 and one.counts["ocr_frames_with_text"] == 10
+    assert [squeeze(text) for text in one.table.text] == [squeeze(captions[int(t)]) for t in one.table.timestamp]
+
+    cfg.caption.ocr.workers = 2
+    assert ocr_workers(cfg) == (2, 1)  # the cores shared among the readers, at least one thread each
+    readers = [counting_reader(cfg, threads=1) for _ in range(2)]
+    two = read_frame_text(cfg, run, force=True, reader=readers)
+    assert two.counts["ocr_workers"] == 2 and (two.read, two.cached) == (12, 0)
+    calls = [reader.engine.calls for reader in readers]
+    assert sum(calls) == 12 and min(calls) > 0  # both readers read frames
+    assert two.table.equals(one.table)  # texts, line counts and scores, frame for frame
+    assert read_table(run.table("ocr")).equals(one.table)
+
+    cfg.caption.ocr.workers = None  # the default: one reader per CPU this process may use
+    assert ocr_workers(cfg)[0] == len(os.sched_getaffinity(0))
+    default = read_frame_text(cfg, run, force=True)
+    assert default.workers == min(len(os.sched_getaffinity(0)), 12) and default.table.equals(one.table)
+
+
+@pytest.mark.parametrize("value", [0, -1, "many", True])
+def test_a_bad_workers_value_names_the_key(value):
+    with pytest.raises(ConfigError, match=r"caption\.ocr\.workers"):
+        config_from_dict({"caption": {"ocr": {"workers": value}}})

@@ -72,6 +72,10 @@ class RunConfig(_Section):
     ray_worker_cpus: int = Field(
         1, ge=1, le=256, description="CPUs each Ray worker gets (its model's threads); one worker per this many CPUs."
     )
+    ray_unit_seconds: float = Field(
+        60.0, ge=0, le=86400, description="Ray: a video longer than 1.5 x this is extracted in time ranges of about "
+        "this length, each a unit of work (interval and fps sampling; same frames as whole); 0 = one unit per video.",
+    )  # fmt: skip
 
     @field_validator("name")
     @classmethod
@@ -208,6 +212,13 @@ class OcrConfig(_Section):
         if value is True:
             raise ValueError("must be a short side in pixels (32-2048), or off/null")
         return None if value is False else _off_is_none(value)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers_count(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a number of readers (1-64), or null for one per CPU")
+        return value
 
 
 class CaptionConfig(_Section):
