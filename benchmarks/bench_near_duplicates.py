@@ -10,10 +10,12 @@ Two corpora, each extracted once (untimed) with the extract section of `pipeline
 * static: a generated fixed-camera street (`tests/videogen.make_static_scene_video`): the same
   scene with sensor noise, a small figure crossing it, and a sign whose text changes every 20 s.
 
-For each corpus the OCR stage (`frameatlas.ocr.read_frame_text`, forced, one loaded reader shared
-by every pass) runs alternately with `caption.ocr.reuse_distance` off (the baseline: every frame
-read) and at `--distance` with the text gate at `--gate` (`caption.ocr.gate_short_side`; `--gate off`
-for reuse alone), `--repeat` times each. Printed: wall and CPU seconds (median, min-max),
+For each corpus the OCR stage (`frameatlas.ocr.read_frame_text`, forced, readers loaded once for
+every pass) runs alternately as before these options (the baseline: every frame read by one reader with
+ONNX Runtime's threads at every core, spinning; reuse off, no gate) and as configured: reuse at
+`--distance`, the text gate at `--gate` (`caption.ocr.gate_short_side`; `--gate off` for reuse alone),
+threads as `caption.ocr.spin_wait` says, and `--workers` readers at once (`caption.ocr.workers`; null =
+one per CPU, `models.threads` shared among them), `--repeat` times each. Printed: wall and CPU seconds (median, min-max),
 the speedup baseline / reuse, frames reused and gated, and the agreement on frames that have text:
 
 * frames that have text: frames on which the baseline (reading every frame) found text;
@@ -49,7 +51,7 @@ import videogen  # noqa: E402
 from frameatlas.config import config_from_dict, load_config  # noqa: E402
 from frameatlas.frames import extract_corpus  # noqa: E402
 from frameatlas.models.ocr import OcrReader  # noqa: E402
-from frameatlas.ocr import read_frame_text  # noqa: E402
+from frameatlas.ocr import ocr_workers, read_frame_text  # noqa: E402
 from frameatlas.signature import NearDuplicates, frame_signature  # noqa: E402
 from frameatlas.store import RunPaths, read_table, read_thumbnail  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -132,7 +134,7 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
 
-def bench_corpus(name: str, cfg, run: RunPaths, readers: dict[str, OcrReader], distance: int, repeat: int, sweep_only: bool,
+def bench_corpus(name: str, cfg, run: RunPaths, readers: dict[str, list[OcrReader]], distance: int, repeat: int, sweep_only: bool,
                  timed: bool = True, gate: int | None = None) -> dict:  # fmt: skip
     frames = read_table(run.table("frames"))
     result: dict = {"frames": len(frames), "videos": int(frames.video_id.nunique()), "distance": distance, "gate": gate,
@@ -269,6 +271,8 @@ def main() -> None:
     parser.add_argument("--distance", type=int, default=None, help="reuse threshold; default: caption.ocr.reuse_distance")
     parser.add_argument("--gate", default=None,
                         help="text gate short side (px) for the reuse passes, or off; default: caption.ocr.gate_short_side")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=None,
+                        help="readers at once in the reuse passes; default: caption.ocr.workers (null: the CPUs available)")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=3, help="timed passes of each kind per corpus")
     parser.add_argument("--corpora", default="demo,static", help="which corpora: demo, static")
     parser.add_argument("--sweep-only", action="store_true", help="extract and print reuse rates only (no OCR)")
@@ -298,15 +302,21 @@ def main() -> None:
             corpora[name] = prepare("static", videos, work)
         else:
             parser.error(f"--corpora: unknown corpus {name!r} (demo, static)")
-    readers = {}
-    if not args.sweep_only:  # the baseline reads as before these options (threads spin); the other as configured
+    readers: dict[str, list[OcrReader]] = {}
+    if not args.sweep_only:  # the baseline reads as before these options (one reader, threads spin); the other as configured
         first = next(iter(corpora.values()))[0]
-        for label, options in (("off", first.caption.ocr.model_copy(update={"spin_wait": True})), ("reuse", first.caption.ocr)):
-            readers[label] = OcrReader(options, first.models.threads)
-            readers[label].read(Image.new("RGB", (384, 216), "white"))  # warm-up: onnxruntime allocates on the first call
+        if args.workers is not None:
+            first.caption.ocr.workers = args.workers
+        workers, threads = ocr_workers(first)
+        info |= {"workers": workers, "threads_per_worker": threads}
+        spinning = first.caption.ocr.model_copy(update={"spin_wait": True})
+        readers["off"] = [OcrReader(spinning, first.models.threads)]
+        readers["reuse"] = [OcrReader(first.caption.ocr, threads) for _ in range(workers)]
+        for reader in readers["off"] + readers["reuse"]:
+            reader.read(Image.new("RGB", (384, 216), "white"))  # warm-up: onnxruntime allocates on the first call
     if args.profile:
         for name, (_, run) in corpora.items():
-            profile(name, run, readers["off"])
+            profile(name, run, readers["off"][0])
         return
     results = {}
     for name, (cfg, run) in corpora.items():
