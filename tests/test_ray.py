@@ -320,6 +320,116 @@ def test_a_driver_killed_mid_run_is_resumed_by_the_next_run(ray_cluster, connect
     assert embedded.cached + embedded.embedded == len(expected)
 
 
+# --- long videos in time ranges (`run.ray_unit_seconds`) ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def long_corpus(tmp_path_factory) -> dict:
+    """A 30 s video (12 fps, a keyframe every second, B-frames, scene cuts) that Ray samples in ranges, and a short one."""
+    root = tmp_path_factory.mktemp("ray-long")
+    videos = root / "videos"
+    videogen.make_video(videos / "long.mp4", seconds=30, fps=12, scene_cuts=[4.0, 11.5, 17.9, 25.0])
+    videogen.make_video(videos / "short.mp4", seconds=3, fps=10, scene_cuts=[1.0])
+    return {"root": root, "videos": videos, "clip": tinyclip.save_tiny_local_dir(root / "tiny-clip")}
+
+
+def _long_config(corpus: dict, name: str, executor: str, **run):
+    # batches of 8 targets: ranges of 16 targets (8 s at 0.5 s), 4 of them in the 30 s video
+    return _config(corpus, name, executor, run={"ray_unit_seconds": 8, **run}, speech={"enabled": False},
+                   caption={"ocr": {"enabled": False}}, models={"image": {"name": f"local-dir:{corpus['clip']}", "pretrained": None,
+                                                                          "on_missing_weights": "error", "batch_size": 8}})  # fmt: skip
+
+
+def test_time_ranges_keep_the_frames_of_a_whole_pass(long_corpus):
+    """The ranges planned for a long video, each decoded from the keyframe before it, keep exactly the frames
+    (timestamps, frame indices, pixels) that one pass over the whole video keeps; a short video is not split."""
+    from frameatlas.corpus import VideoFile
+    from frameatlas.frames import _ExtractUnit, _plan_ranges, iter_samples
+
+    cfg = _long_config(long_corpus, "plan", "ray")
+
+    def unit(name):
+        path = long_corpus["videos"] / name
+        return _ExtractUnit(
+            VideoFile(path, path.stat().st_size, path.stat().st_mtime_ns), name, cfg.extract, str(cfg.run_dir), False
+        )
+
+    seconds, ranges = _plan_ranges(unit("long.mp4"), cfg, RunPaths(cfg.run_dir), cfg.run.ray_unit_seconds)
+    assert seconds == pytest.approx(30, abs=0.1)
+    assert [(r.time_range.start_target, r.time_range.end_target) for r in ranges] == [(0, 16), (16, 32), (32, 48), (48, None)]
+    assert ranges[0].time_range.seek_pts is None and all(r.time_range.seek_pts is not None for r in ranges[1:])
+    assert _plan_ranges(unit("short.mp4"), cfg, RunPaths(cfg.run_dir), cfg.run.ray_unit_seconds)[1] == []
+
+    def kept(samples):
+        return [(s.timestamp, s.frame_index, s.frame.to_ndarray().tobytes()) for s in samples]
+
+    whole = kept(iter_samples(long_corpus["videos"] / "long.mp4", cfg.extract))
+    parts = [kept(iter_samples(long_corpus["videos"] / "long.mp4", cfg.extract, r.time_range)) for r in ranges]
+    assert [len(part) for part in parts] == [16, 16, 16, 12] and len(whole) == 60
+    assert [frame for part in parts for frame in part] == whole
+
+
+@pytest.mark.slow
+def test_a_long_video_in_ranges_on_ray_gives_the_tables_of_a_local_run(connected_ray, long_corpus, caplog):
+    """extract + embed on the cluster with the long video in 4 ranges (on both nodes): the same frames, videos
+    and vectors (made while decoding) as the local executor's whole pass, and nothing of the ranges left behind."""
+    local, remote = _long_config(long_corpus, "whole", "local"), _long_config(long_corpus, "ranges", "ray")
+    done_here = extract_and_embed(local, local.run_dir)
+    with caplog.at_level(logging.INFO, logger="frameatlas.frames"):
+        done_there = extract_and_embed(remote, remote.run_dir)
+    assert done_there.counts["video_ranges"] == 4 and "video_ranges" not in done_here.counts
+    assert not [r for r in caplog.records if "sampled whole" in r.getMessage()]
+    assert done_there.frames == done_here.frames == 60 + 6 and done_there.skipped == done_here.skipped == []
+    assert done_there.counts["frames_embedded"] == done_here.counts["frames_embedded"] == 66
+    here, there = RunPaths(local.run_dir), RunPaths(remote.run_dir)
+    for table, key in {"frames": ["frame_key"], "videos": ["video_id"]}.items():
+        pd.testing.assert_frame_equal(
+            _sorted(read_table(there.table(table)), key), _sorted(read_table(here.table(table)), key), obj=table
+        )
+    assert not list(there.frames.glob("*/*.parts")) and not list((there.root / "vectors").glob("*/*/*.part-*"))
+    shards = {run: sorted((run.root / "vectors").glob("*/*/*.parquet")) for run in (here, there)}
+    assert [p.relative_to(there.root) for p in shards[there]] == [p.relative_to(here.root) for p in shards[here]]
+    for mine, theirs in zip(shards[here], shards[there]):
+        expected, got = pd.read_parquet(mine), pd.read_parquet(theirs)
+        pd.testing.assert_frame_equal(got.drop(columns="vector"), expected.drop(columns="vector"))  # same frames, same order
+        np.testing.assert_allclose(np.stack(got.vector), np.stack(expected.vector), atol=1e-5)
+    embedded = embed_frames(remote, remote.run_dir)  # the embed stage finds every vector made while extracting
+    assert embedded.cached == 66 and embedded.embedded == 0
+
+
+class _FailsOnOneRange:
+    """A worker state (extract's `worker_sink`) that raises when the range starting at target 16 asks for its sink."""
+
+    error = None
+
+    def __call__(self, threads):
+        return self
+
+    def new_sink(self, part=None):
+        if part == "000000016":
+            raise OSError(f"range {part} cannot be written here (pid {os.getpid()})")
+        return None
+
+
+@pytest.mark.slow
+def test_a_failing_range_skips_its_video_with_the_workers_error(connected_ray, long_corpus):
+    """One range raises on its worker (and again when retried): the whole video is skipped with the worker's
+    error, its unfinished shard and parts are removed, the other video is done; the next run samples it anew."""
+    from frameatlas.frames import extract_corpus
+
+    cfg = _long_config(long_corpus, "one-range-fails", "ray")
+    summary = extract_corpus(cfg, cfg.run_dir, worker_sink=_FailsOnOneRange())
+    assert [Path(s.path).name for s in summary.skipped] == ["long.mp4"]
+    reason = summary.skipped[0].reason
+    assert reason.startswith("OSError: range 000000016 cannot be written here (pid ") and f"(pid {os.getpid()})" not in reason
+    run = RunPaths(cfg.run_dir)
+    assert list(read_table(run.table("frames")).video_name.unique()) == ["short.mp4"]
+    long_id = content_hash(long_corpus["videos"] / "long.mp4")
+    assert not (run.frames / long_id).exists() or not any((run.frames / long_id).iterdir())
+    again = extract_corpus(cfg, cfg.run_dir)  # without the failing sink
+    assert again.skipped == [] and again.counts["video_ranges"] == 4 and again.cached == 1 and again.processed == 1
+
+
 @pytest.mark.parametrize(
     "address, accepted",
     [

@@ -188,9 +188,13 @@ class FrameEmbedder:
 
     def __init__(
         self, encoder: ImageEncoder, run: RunPaths, *, batch_size: int = 32, queue_batches: int = 2,
-        strict: bool = False, on_batch=None,
+        strict: bool = False, on_batch=None, part: str | None = None,
     ):  # fmt: skip
         self.encoder, self.run, self.batch_size, self.strict, self.on_batch = encoder, run, batch_size, strict, on_batch
+        # a part of a video (a time range a Ray worker extracted): its vectors go to `vector_part` of the
+        # video's shard, which the driver joins once every part is there (`frames._join_ranges`)
+        self.part = part
+        self.written: list[Path] = []
         self.model_input = frame_input(encoder)
         if self.model_input is None:
             raise ValueError(f"{encoder.record.model_id} does not take full frames (no input_size)")
@@ -297,9 +301,15 @@ class FrameEmbedder:
              "vector": [found[key] for key in frames.frame_key]}
         )  # fmt: skip
         video_id, sampling = str(frames.video_id.iloc[0]), str(frames.sampling.iloc[0])
-        write_table(table, _shard_path(self.run, model_id, video_id, sampling, self.model_input))
+        path = _shard_path(self.run, model_id, video_id, sampling, self.model_input)
+        self.written.append(write_table(table, vector_part(path, self.part) if self.part else path))
         self.tables.append(table)
         self.embedded += len(table)
+
+
+def vector_part(shard: Path, part: str) -> Path:
+    """Where the vectors of one part of a video go, beside the video's vector shard `shard`."""
+    return shard.with_name(f"{shard.name}.part-{part}")
 
 
 def _frame_source(cfg: PipelineConfig, run: RunPaths, group: pd.DataFrame, hashes) -> Path | None:
@@ -598,21 +608,25 @@ class _WorkerEmbedding:
         self.recipe, self.encoder, self.error = recipe, None, None
         try:
             encoder = recipe.model(threads)
+            if callable(getattr(encoder, "load", None)):  # now, while the driver prepares the units (a lazy model)
+                encoder.load()
         except Exception as error:  # noqa: BLE001 - the embed stage reports a model that cannot load
             self.error = f"the image model cannot be loaded ({error})"
         else:
             self.encoder = encoder if frame_input(encoder) else None
 
-    def new_sink(self) -> FrameEmbedder | None:
+    def new_sink(self, part: str | None = None) -> FrameEmbedder | None:
+        """A sink for one video, or for one `part` of it (a time range; see `FrameEmbedder`)."""
         if self.encoder is None:
             return None
         return FrameEmbedder(self.encoder, RunPaths(self.recipe.run_root), batch_size=self.recipe.batch_size,
-                             queue_batches=self.recipe.queue_batches)  # fmt: skip
+                             queue_batches=self.recipe.queue_batches, part=part)  # fmt: skip
 
     def close_sink(self, sink: FrameEmbedder) -> dict[str, Any]:
+        """The sink's counts; `vector_files`: the files it wrote (a part's, for the driver to join)."""
         sink.close()
         return {"frames_embedded": sink.embedded, "embed_model": self.encoder.record.model_id,
-                "embed_model_seconds": sink.model_seconds}  # fmt: skip
+                "embed_model_seconds": sink.model_seconds, "vector_files": [str(path) for path in sink.written]}  # fmt: skip
 
 
 def embed_frames(

@@ -71,6 +71,9 @@ class LocalExecutor:
     def describe(self) -> str:
         return "this process"
 
+    def start(self, setup=None, units: int | None = None) -> None:
+        """Nothing to start ahead here (`RayExecutor.start`)."""
+
     def map(self, work, items, *, setup=None, on_done=None, retries: int = RETRIES) -> list[Any]:
         state = setup(0) if setup is not None else None  # 0: every core, as the local executor's models use
         results: list[Any] = []
@@ -107,7 +110,11 @@ def worker_threads() -> int:
 class _Worker:
     """A Ray actor: the state `setup(threads)` made (a loaded model), then one unit after another."""
 
-    def __init__(self, setup: Callable[[int], Any] | None, run_root: str, lock_token: str | None):
+    def __init__(self, environment: dict[str, str], run_root: str, lock_token: str | None):
+        # the driver's offline and progress settings, before anything that reads them is imported (the
+        # state is made by `setup`); passed here, not as the job's runtime_env: a job with a runtime_env
+        # cannot use the workers Ray keeps started, and waits seconds for new ones
+        os.environ.update(environment)
         threads = worker_threads() or 1
         # numpy/BLAS, ONNX Runtime and FFmpeg read these; torch is set below once imported
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -115,11 +122,26 @@ class _Worker:
         os.environ.setdefault("FRAMEATLAS_PROGRESS", "off")
         self.threads = threads
         self.run_root, self.lock_token = run_root, lock_token
-        self.state = setup(threads) if setup is not None else None
+        self.state: Any = None
+
+    def setup(self, pickled_setup: bytes | None) -> int:
+        """Makes the worker's state (loads its model): `setup(threads)`, unpickled only now, after __init__
+        set the environment (its modules are imported by unpickling)."""
+        if pickled_setup is not None:
+            from ray import cloudpickle
+
+            try:
+                self.state = cloudpickle.loads(pickled_setup)(self.threads)
+            except Exception as error:  # every unit on this worker then fails with it (tried again elsewhere, then reported)
+                self.setup_error: BaseException | None = error
+                raise
         if "torch" in sys.modules:  # not imported for nothing: OCR and speech workers run without torch
-            sys.modules["torch"].set_num_threads(threads)
+            sys.modules["torch"].set_num_threads(self.threads)
+        return self.threads
 
     def run(self, work: Callable[[Any, Any], Any], item: Any) -> Any:
+        if getattr(self, "setup_error", None) is not None:
+            raise self.setup_error
         if self.lock_token is not None:
             holder = lock_holder(self.run_root)
             if holder is None or holder.token != self.lock_token:
@@ -146,9 +168,30 @@ class RayExecutor:
             self.lock_token = None
         cpus = float(ray_module.cluster_resources().get("CPU", 1))
         self.workers = max(1, int(cpus // worker_cpus))
+        self._environment = worker_environment()
+        self._actor_class = None
+        self._pool: _Pool | None = None
 
     def describe(self) -> str:
         return f"ray ({self.workers} workers x {self.worker_cpus} CPU)"
+
+    def start(self, setup: Callable[[int], Any] | None = None, units: int | None = None) -> None:
+        """Starts the workers of the next `map` with this `setup` now, so that their processes start and their
+        models load while the driver still prepares the units (`units`: at most that many workers)."""
+        if self._pool is not None:
+            return
+        ray = self._ray
+        if self._actor_class is None:
+            self._actor_class = ray.remote(num_cpus=self.worker_cpus, max_restarts=0)(_Worker)
+        from ray import cloudpickle
+
+        pickled = cloudpickle.dumps(setup) if setup is not None else None
+        self._pool = _Pool(setup, [self._new_actor(pickled) for _ in range(min(self.workers, units or self.workers))], pickled)
+
+    def _new_actor(self, pickled_setup: bytes | None):
+        actor = self._actor_class.remote(self._environment, self.run_root, self.lock_token)
+        actor.setup.remote(pickled_setup)  # runs before any unit sent to this actor (an actor's calls run in order)
+        return actor
 
     def map(
         self,
@@ -163,20 +206,23 @@ class RayExecutor:
         `setup(threads)` runs once per worker and makes its `state` (a loaded model); `work` and
         `setup` must be picklable (module-level functions, or `functools.partial` of them). A unit
         that raised on every try gives a `Failed` in its place. `on_done(i, result)` is called here
-        as each unit finishes (progress bars).
+        as each unit finishes (progress bars). Items are handed out in their order: put the longest first.
+        Workers started by `start` with the same `setup` are used; the workers end with the pass.
         """
         results: list[Any] = [None] * len(items)
+        pool, self._pool = self._pool, None
         if not items:
+            if pool is not None:
+                pool.end(self._ray)
             return results
+        if pool is not None and pool.setup is not setup:  # started for another pass: not these workers
+            pool.end(self._ray)
+            pool = None
+        if pool is None:
+            self.start(setup, len(items))
+            pool, self._pool = self._pool, None
         ray = self._ray
-        actor_class = ray.remote(num_cpus=self.worker_cpus, max_restarts=0)(_Worker)
-        count = min(self.workers, len(items))
-        setup_ref = ray.put(setup)
-
-        def new_actor():
-            return actor_class.remote(setup_ref, self.run_root, self.lock_token)
-
-        idle = [new_actor() for _ in range(count)]
+        idle = list(pool.actors)
         pending = list(range(len(items)))[::-1]  # popped from the end: in order
         attempts = [0] * len(items)
         running: dict[Any, tuple[Any, int]] = {}
@@ -203,7 +249,7 @@ class RayExecutor:
                     reason = _worker_error(error)
                     log.warning("a Ray worker died while on item %d (%s); starting another", index, reason)
                     ray.kill(actor, no_restart=True)
-                    actor = new_actor()
+                    actor = self._new_actor(pool.pickled_setup)
                     self._retry_or_fail(index, attempts, reason, pending, finish)
                 except ray.exceptions.RayError as error:
                     reason = _worker_error(error)
@@ -212,9 +258,14 @@ class RayExecutor:
                     finish(index, result)
                 idle.append(actor)
         finally:  # also on an interrupt: the workers (and what they are doing) go with the pass
-            for actor in idle + [busy for busy, _ in running.values()]:
-                ray.kill(actor, no_restart=True)
+            _Pool(setup, idle + [busy for busy, _ in running.values()], None).end(ray)
         return results
+
+    def close(self) -> None:
+        """Ends workers started for a pass that never came."""
+        if self._pool is not None:
+            self._pool.end(self._ray)
+            self._pool = None
 
     def _retry_or_fail(self, index: int, attempts: list[int], reason: str, pending: list[int], finish) -> None:
         if attempts[index] <= self.retries:
@@ -222,6 +273,26 @@ class RayExecutor:
             pending.append(index)
         else:
             finish(index, Failed(reason, attempts[index]))
+
+
+@dataclass
+class _Pool:
+    """Workers started for a pass (`RayExecutor.start`): the setup they were started with, and its pickle."""
+
+    setup: Any
+    actors: list[Any]
+    pickled_setup: bytes | None
+
+    def end(self, ray) -> None:
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+
+
+def worker_environment() -> dict[str, str]:
+    """What a Ray worker takes from the driver's environment: offline model hubs, no progress bars."""
+    environment = {name: os.environ[name] for name in _WORKER_ENVIRONMENT if name in os.environ}
+    environment.setdefault("FRAMEATLAS_PROGRESS", "off")
+    return environment
 
 
 def _worker_error(error: BaseException) -> str:
@@ -252,10 +323,8 @@ def _connect(address: str | None):
         return ray, False
     configured = bool(address)
     address = address or os.environ.get("RAY_ADDRESS") or None
-    env_vars = {name: os.environ[name] for name in _WORKER_ENVIRONMENT if name in os.environ}
-    env_vars.setdefault("FRAMEATLAS_PROGRESS", "off")
-    options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
-                               "runtime_env": {"env_vars": env_vars}}  # fmt: skip
+    # no runtime_env: the workers get the driver's settings from `worker_environment` (see `_Worker`)
+    options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     try:
         if address:
             ray.init(address=address, **options)
@@ -303,8 +372,10 @@ def open_executor(run_cfg, run_root: Path | str) -> Iterator[LocalExecutor | Ray
         log.warning("Ray could not start on this machine (%s); this pass runs in this process instead", error)
         yield LocalExecutor()
         return
+    executor = RayExecutor(ray, run_root, run_cfg.ray_worker_cpus)
     try:
-        yield RayExecutor(ray, run_root, run_cfg.ray_worker_cpus)
+        yield executor
     finally:
+        executor.close()
         if started_here:
             ray.shutdown()

@@ -226,17 +226,65 @@ def _video_stream(path: Path, decode_threads: int) -> Iterator[tuple[av.containe
         yield container, stream
 
 
-def iter_samples(path: Path | str, cfg: ExtractConfig) -> Iterator[Sample]:
+def iter_samples(path: Path | str, cfg: ExtractConfig, time_range: TimeRange | None = None) -> Iterator[Sample]:
     """Decode `path` once, yielding the frames the sampling mode keeps, in time order.
 
     Raises `VideoError` if the file cannot be opened; a decode error after some frames were
     yielded ends the iteration with `VideoError` as well (the caller keeps what it got).
+    With `time_range` (interval and fps modes), only the frames a whole pass keeps for the range's
+    targets, decoded from the keyframe before it (see `TimeRange`).
     """
     path = Path(path)
+    if time_range is not None and (cfg.mode not in ("interval", "fps") or not cfg.interval_seconds):
+        raise ValueError(f"time ranges need interval or fps sampling, not {cfg.mode}")
     with _video_stream(path, cfg.decode_threads) as (container, stream):
         if cfg.mode == "keyframes":
             stream.codec_context.skip_frame = "NONKEY"
-        yield from _sample_stream(path, container, stream, cfg)
+        yield from _sample_stream(path, container, stream, cfg, time_range)
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """A part of a video for range extraction: the sample targets `start_target` <= k < `end_target`
+    (k * interval seconds; `end_target` None: to the video's end).
+
+    A range keeps exactly the frames a whole pass keeps for its targets (the frame on screen at each
+    target, each frame once, where its first target lies), with the same timestamps and frame indices:
+    it decodes from the keyframe at `seek_pts` (the last at or before its first target; None: from the
+    start), and numbers frames by their rank among all the stream's packets (`packet_pts`, sorted, from
+    `scan_packets`). Anything a range cannot do exactly (a frame without a timestamp, a stream that ends
+    early, a decoding error) raises `VideoError`: the video is then sampled whole.
+    """
+
+    start_target: int
+    end_target: int | None
+    seek_pts: int | None
+    packet_pts: tuple[int, ...]
+    first_pts: int  # the stream's first frame: every target up to it is the first range's
+
+    @property
+    def label(self) -> str:
+        return f"{self.start_target:09d}"
+
+
+def scan_packets(path: Path | str) -> tuple[tuple[int, ...], tuple[int, ...], int | None, Fraction]:
+    """(Every video packet's PTS, sorted; the keyframes' PTS; the stream's start time; its time base) of
+    `path`, read without decoding (demuxing only; about 0.3 s for ten minutes of 720p H.264)."""
+    path = Path(path)
+    pts: list[int] = []
+    keyframes: list[int] = []
+    with _video_stream(path, 1) as (container, stream):
+        for packet in container.demux(stream):
+            if packet.pts is None:
+                continue
+            pts.append(packet.pts)
+            if packet.is_keyframe:
+                keyframes.append(packet.pts)
+        return tuple(sorted(pts)), tuple(sorted(keyframes)), stream.start_time, Fraction(stream.time_base or Fraction(1, 90000))
+
+
+class _RangeInexact(VideoError):
+    """A time range that cannot be sampled exactly as a whole pass would: sample the video whole."""
 
 
 class _DecodingStopped(Exception):
@@ -245,7 +293,10 @@ class _DecodingStopped(Exception):
 
 
 def _decode(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, needed: Callable[[av.Packet], bool] | None = None
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    needed: Callable[[av.Packet], bool] | None = None,
+    packet_pts: Sequence[int] | None = None,
 ) -> Iterator[tuple[av.VideoFrame, int | None]]:
     """Frames in presentation order, each with its frame index (its rank among all the
     stream's packets by PTS, so it stays exact when frames are skipped).
@@ -254,9 +305,11 @@ def _decode(
     other frames never depend on them, so this is lossless and saves most of the work on
     streams with B-frames. On a read or decode error (a truncated or damaged file) the frames
     still inside the decoder are flushed out first, then `_DecodingStopped` is raised.
+    `packet_pts`: every packet's PTS, sorted, known beforehand (a decode that starts mid-stream).
     """
     context = stream.codec_context
-    packet_pts: list[int] = []
+    known = packet_pts is not None
+    packet_pts = packet_pts if known else []
 
     def indexed(frames: list[av.VideoFrame]) -> Iterator[tuple[av.VideoFrame, int | None]]:
         for frame in frames:
@@ -264,7 +317,7 @@ def _decode(
 
     try:
         for packet in container.demux(stream):
-            if packet.pts is not None:
+            if packet.pts is not None and not known:
                 bisect.insort(packet_pts, packet.pts)
             if needed is not None:
                 context.skip_frame = "DEFAULT" if packet.size == 0 or needed(packet) else "NONREF"
@@ -292,13 +345,22 @@ def _covers_a_target(origin: int, time_base: Fraction, step: Fraction) -> Callab
 
 
 def _sample_stream(
-    path: Path, container: av.container.InputContainer, stream: av.video.stream.VideoStream, cfg: ExtractConfig
-) -> Iterator[Sample]:
+    path: Path, container: av.container.InputContainer, stream: av.video.stream.VideoStream, cfg: ExtractConfig,
+    time_range: TimeRange | None = None,
+) -> Iterator[Sample]:  # fmt: skip
     time_base = stream.time_base or Fraction(1, 90000)
     origin = stream.start_time
     rate = stream.average_rate or stream.guessed_rate
     step = _interval_fraction(cfg.interval_seconds) if cfg.interval_seconds else None
     next_target = Fraction(0)
+    end: Fraction | None = None  # a range's end: the first target of the next range
+    if time_range is not None:
+        if origin is None or step is None:
+            raise _RangeInexact(path, "no stream start time: sampled whole")
+        next_target = range_start = time_range.start_target * step
+        end = time_range.end_target * step if time_range.end_target is not None else None
+        if time_range.seek_pts is not None:
+            container.seek(time_range.seek_pts, stream=stream, backward=True)
     detector = _ShotDetector(cfg, rate, time_base) if cfg.mode == "shots" else None
     shot_id = 0 if detector else None
     held: Sample | None = None  # the previous frame: it is on screen until this one
@@ -310,7 +372,9 @@ def _sample_stream(
     # Non-reference frames that no sample needs are not decoded (interval and fps modes).
     needed = _covers_a_target(origin, time_base, step) if step is not None and detector is None and origin is not None else None
     try:
-        for frame, packet_index in _decode(container, stream, needed):
+        for frame, packet_index in _decode(container, stream, needed, time_range.packet_pts if time_range is not None else None):
+            if frame.pts is None and time_range is not None:
+                raise _RangeInexact(path, "a frame without a timestamp: sampled whole")
             if frame.pts is None:  # rare; assume the nominal rate
                 t = t + (1 / Fraction(rate) if rate else Fraction(1, 25)) if decoded else Fraction(0)
             else:
@@ -324,6 +388,12 @@ def _sample_stream(
             if cfg.mode == "keyframes":
                 yield Sample(float(t), index, frame)
                 continue
+            if end is not None and t >= end:  # the next range's: the held frame may still cover targets of this one
+                if held is None:
+                    raise _RangeInexact(path, f"no frame before {float(end):.2f} s: sampled whole")
+                if not held_emitted and next_target < end:
+                    yield held
+                return
 
             # Targets before this frame were on screen while the held frame was.
             while step is not None and held is not None and next_target < t:
@@ -336,7 +406,16 @@ def _sample_stream(
             if is_cut:
                 shot_id += 1  # type: ignore[operator]
             current = Sample(float(t), index, frame, shot_id, is_cut)
-            if held is None and step is not None:
+            earlier_range = False  # a frame that a range before this one keeps, or that no target of this one needs
+            if time_range is not None and time_range.start_target > 0:
+                earlier_range = frame.pts == time_range.first_pts or t <= range_start - step
+            if held is None and time_range is not None and time_range.start_target > 0:
+                if t > next_target and not earlier_range:  # the seek landed after the frame on screen at the first target
+                    raise _RangeInexact(path, f"decoding from the keyframe before {float(next_target):.2f} s started later")
+                emit = t == next_target and not earlier_range
+                while next_target <= t:
+                    next_target += step
+            elif held is None and step is not None:
                 emit = True  # targets up to the first frame map to the first frame
                 while next_target <= t:
                     next_target += step
@@ -347,7 +426,9 @@ def _sample_stream(
                 emit = is_cut
             if emit:
                 yield current
-            held, held_emitted, held_time = current, emit, t
+            held, held_emitted, held_time = current, emit or earlier_range, t
+        if end is not None:
+            raise _RangeInexact(path, f"the stream ended before {float(end):.2f} s: sampled whole")
         # The last frame stays on screen for its duration: it also covers targets in that span.
         if step is not None and held is not None:
             span = held.frame.duration * time_base if held.frame.duration else (1 / Fraction(rate) if rate else 0)
@@ -622,30 +703,7 @@ def _sample_into_shard(
     input_size = sink.input_size(info.width, info.height) if sink is not None else None
     try:
         for sample in iter_samples(video.path, cfg):
-            image = thumbnail(sample.frame, cfg.thumbnail_long_side, info.rotation)
-            millis = int(round(sample.timestamp * 1000))
-            if input_size is not None:  # one decode, two outputs: the model's input from the full picture
-                sink.add(video_id, f"{video_id}:{millis}", model_input(sample.frame, input_size, info.rotation))
-            thumb_path = shard / f"t{millis:010d}.jpg"
-            # One folder fsync for the whole shard, before its table commits it (below).
-            save_image(image, thumb_path, format="JPEG", quality=cfg.jpeg_quality, sync_folder=False)
-            rows.append(
-                {
-                    "frame_key": f"{video_id}:{millis}",
-                    "video_id": video_id,
-                    "video_name": video.path.name,
-                    "video_path": str(video.path),
-                    "timestamp": sample.timestamp,
-                    "frame_index": sample.frame_index,
-                    "thumbnail": run.relative(thumb_path),
-                    "width": image.width,
-                    "height": image.height,
-                    "shot_id": sample.shot_id,
-                    "is_shot_start": sample.is_shot_start,
-                    "sampling": key,
-                    "signature": frame_signature(image),  # near-duplicate frames reuse per-frame results
-                }
-            )
+            rows.append(_keep_sample(sample, video, video_id, cfg, run, info, shard, key, sink, input_size))
             bar.update(round(sample.timestamp - done_seconds, 1))
             done_seconds = round(sample.timestamp, 1)
     except VideoError as error:
@@ -666,6 +724,35 @@ def _sample_into_shard(
     )
 
 
+def _keep_sample(
+    sample: Sample, video: VideoFile, video_id: str, cfg: ExtractConfig, run: RunPaths, info: VideoInfo, shard: Path, key: str,
+    sink: SampleSink | None, input_size: tuple[int, int] | None,
+) -> dict:  # fmt: skip
+    """A kept frame's thumbnail saved into `shard` (and its model input given to `sink`); its frames table row."""
+    image = thumbnail(sample.frame, cfg.thumbnail_long_side, info.rotation)
+    millis = int(round(sample.timestamp * 1000))
+    if input_size is not None:  # one decode, two outputs: the model's input from the full picture
+        sink.add(video_id, f"{video_id}:{millis}", model_input(sample.frame, input_size, info.rotation))  # type: ignore[union-attr]
+    thumb_path = shard / f"t{millis:010d}.jpg"
+    # One folder fsync for the whole shard, before its table commits it.
+    save_image(image, thumb_path, format="JPEG", quality=cfg.jpeg_quality, sync_folder=False)
+    return {
+        "frame_key": f"{video_id}:{millis}",
+        "video_id": video_id,
+        "video_name": video.path.name,
+        "video_path": str(video.path),
+        "timestamp": sample.timestamp,
+        "frame_index": sample.frame_index,
+        "thumbnail": run.relative(thumb_path),
+        "width": image.width,
+        "height": image.height,
+        "shot_id": sample.shot_id,
+        "is_shot_start": sample.is_shot_start,
+        "sampling": key,
+        "signature": frame_signature(image),  # near-duplicate frames reuse per-frame results
+    }
+
+
 # --- the stage ------------------------------------------------------------------------------
 
 
@@ -680,6 +767,7 @@ class ExtractSummary(StageSummary):
     video_seconds: float = 0.0
     decode_seconds: float = 0.0
     embedded: dict[str, float | int | str] = field(default_factory=dict)  # the embed pass fed while decoding
+    ranges: int = 0  # time ranges sampled as units of their own (Ray: long videos split, `run.ray_unit_seconds`)
 
     @property
     def counts(self) -> dict[str, float | int | str]:
@@ -692,6 +780,7 @@ class ExtractSummary(StageSummary):
             "skipped_inputs": len(self.skipped),
             "video_seconds": round(self.video_seconds, 2),
             "decode_seconds": round(self.decode_seconds, 2),
+            **({"video_ranges": self.ranges} if self.ranges else {}),
         }
 
 
@@ -818,13 +907,116 @@ def _extract_on_worker(state: Any, unit: _ExtractUnit) -> dict[str, Any]:
             "sink_error": getattr(state, "error", None)}  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _RangeUnit:
+    """A time range of a long video for a Ray worker (`_extract_range_on_worker`); the driver joins the ranges."""
+
+    unit: _ExtractUnit
+    time_range: TimeRange
+    info: VideoInfo
+
+    @property
+    def video_id(self) -> str:
+        return self.unit.video_id
+
+
+def _parts_dir(run: RunPaths, video_id: str, key: str) -> Path:
+    """Where the ranges of a video being sampled in parts put their frames tables (beside its shard)."""
+    return run.frames / video_id / f"{key}.parts"
+
+
+def _extract_range_on_worker(state: Any, item: _RangeUnit) -> dict[str, Any]:
+    """Sample one time range of a video on a Ray worker: its thumbnails into the video's shard folder (the driver
+    made it), its rows into a part table, its vectors (when the worker's `state` makes sinks) into a vector part.
+    Returns counts; `inexact`: why the range cannot match a whole pass (the driver then samples the video whole).
+    Other errors propagate: the executor tries the range again, then the video is skipped with the error."""
+    unit, time_range = item.unit, item.time_range
+    cfg = unit.cfg
+    if not cfg.decode_threads:
+        cfg = cfg.model_copy(update={"decode_threads": worker_threads() or 1})
+    run, key = RunPaths(unit.run_root), sampling_key(cfg)
+    shard = _shard_dir(run, unit.video_id, key)
+    sink = state.new_sink(part=time_range.label) if state is not None else None
+    input_size = sink.input_size(item.info.width, item.info.height) if sink is not None else None
+    started = time.perf_counter()
+    rows: list[dict] = []
+    try:
+        for sample in iter_samples(unit.video.path, cfg, time_range):
+            rows.append(_keep_sample(sample, unit.video, unit.video_id, cfg, run, item.info, shard, key, sink, input_size))
+        frames = pd.DataFrame(rows, columns=FRAME_COLUMNS).astype({"shot_id": "Int64"})
+        write_table(
+            frames.drop(columns=["video_path", "video_name"]), _parts_dir(run, unit.video_id, key) / f"{time_range.label}.parquet"
+        )
+        if input_size is not None and len(frames):
+            sink.video_done(unit.video_id, frames)  # type: ignore[union-attr]
+    except VideoError as error:
+        if sink is not None:
+            sink.video_failed(unit.video_id)
+            state.close_sink(sink)
+        return {"inexact": error.reason}
+    except BaseException:
+        if sink is not None:
+            sink.video_failed(unit.video_id)
+            state.close_sink(sink)
+        raise
+    embedded = state.close_sink(sink) if sink is not None else {}
+    return {"frames": len(rows), "decoded_seconds": time.perf_counter() - started, "embedded": embedded,
+            "sink_error": getattr(state, "error", None)}  # fmt: skip
+
+
+def _plan_ranges(unit: _ExtractUnit, cfg: PipelineConfig, run: RunPaths, unit_seconds: float) -> tuple[float, list[_RangeUnit]]:
+    """(The video's duration, its time ranges) for a video to sample on Ray workers: no ranges (one unit) when
+    it is short, already sampled, not sampled by interval or fps, or cannot be split exactly. Ranges hold a
+    multiple of the image model's batch of targets, so the embedding batches are those of a whole pass."""
+    extract = cfg.extract
+    try:
+        info = probe_video(unit.video.path)
+    except Exception:  # noqa: BLE001 - the worker reports why (as a whole unit)
+        return 0.0, []
+    shard = _shard_dir(run, unit.video_id, sampling_key(extract))
+    step = _interval_fraction(extract.interval_seconds) if extract.interval_seconds else None
+    if (not unit_seconds or step is None or extract.mode not in ("interval", "fps") or info.duration < 1.5 * unit_seconds
+            or (not unit.force and (shard / "frames.parquet").exists())):  # fmt: skip
+        return info.duration, []
+    batch = cfg.models.image.batch_size
+    targets = max(batch, round(unit_seconds / step / batch) * batch)  # per range
+    try:
+        packet_pts, keyframes, origin, time_base = scan_packets(unit.video.path)
+    except Exception:  # noqa: BLE001 - sampled whole; the worker reports any problem
+        return info.duration, []
+    if origin is None or not packet_pts or not keyframes:
+        return info.duration, []
+    first_pts = min((pts for pts in packet_pts if pts >= origin), default=None)
+    last = int(Fraction(info.duration) / step)  # the last target within the header's duration
+    starts = list(range(0, last + 1, targets))
+    if len(starts) > 1 and last - starts[-1] < targets // 2:
+        starts.pop()  # a short tail joins the range before it
+    if len(starts) < 2 or first_pts is None:
+        return info.duration, []
+    ranges = []
+    for start, following in zip(starts, [*starts[1:], None]):
+        seek = None
+        if start:
+            target_pts = origin + int(start * step / time_base)
+            seek = keyframes[max(0, bisect.bisect_right(keyframes, target_pts) - 1)]
+        ranges.append(_RangeUnit(unit, TimeRange(start, following, seek, packet_pts, first_pts), info))
+    return info.duration, ranges
+
+
 def _extract_on_workers(
     executor, cfg: PipelineConfig, run: RunPaths, videos: list[VideoFile], hashes: HashCache, summary: ExtractSummary,
     force: bool, worker_sink: Callable[[int], Any] | None,
 ) -> dict[str, VideoResult | str]:  # fmt: skip
     """Every video's shard made by Ray workers; by video id, its result (read back from the shard it
     wrote) or the reason it is skipped. Workers return counts only, never frames. The embedding
-    counts of `worker_sink` go to `summary.embedded`."""
+    counts of `worker_sink` go to `summary.embedded`.
+
+    A video longer than 1.5 x `run.ray_unit_seconds` is sampled in time ranges of about that length
+    (interval and fps sampling), each a unit, so that a few long videos still keep every worker busy; the
+    driver joins the ranges into the video's shard (and their vectors into its vector shard). A range that
+    fails skips its video with the worker's error; one that cannot match a whole pass exactly (a damaged
+    stream) has the video sampled whole instead. Units go out longest first."""
+    executor.start(worker_sink)  # the workers start and load their models while the videos are hashed and split
     units: dict[str, _ExtractUnit] = {}
     for video in videos:
         try:
@@ -833,40 +1025,154 @@ def _extract_on_workers(
             continue
         units.setdefault(video_id, _ExtractUnit(video, video_id, cfg.extract, str(run.root), force))
     hashes.save()
-    work = list(units.values())
-    bar = progress_bar(total=len(work), desc=f"extract on {executor.describe()}"[:40], unit="video", position=0)
-    try:
-        outcomes = executor.map(_extract_on_worker, work, setup=worker_sink, on_done=lambda i, result: bar.update(1))
-    finally:
-        bar.close()
-    results: dict[str, VideoResult | str] = {}
-    embedded = {"frames_embedded": 0, "embed_model_seconds": 0.0}
-    sink_errors = set()
     key = sampling_key(cfg.extract)
-    for unit, outcome in zip(work, outcomes):
-        if isinstance(outcome, Failed):
-            results[unit.video_id] = outcome.reason
+    planned: list[tuple[float, Any]] = []
+    for unit in units.values():
+        seconds, ranges = _plan_ranges(unit, cfg, run, cfg.run.ray_unit_seconds)
+        if not ranges:
+            planned.append((seconds, unit))
             continue
-        if outcome.get("skipped"):
-            results[unit.video_id] = outcome["skipped"]
-            continue
+        _clear_parts(run, unit.video_id, key)
         shard = _shard_dir(run, unit.video_id, key)
-        result = _cached_result(unit.video, unit.video_id, shard / "frames.parquet", shard / "video.json", run)
-        if result is None:
-            results[unit.video_id] = f"the shard a Ray worker wrote in {shard} cannot be read"
+        if shard.exists():
+            shutil.rmtree(shard)  # leftovers of an interrupted run
+        shard.mkdir(parents=True)
+        _parts_dir(run, unit.video_id, key).mkdir()
+        step = cfg.extract.interval_seconds
+        for item in ranges:
+            end = item.time_range.end_target * step if item.time_range.end_target is not None else seconds
+            planned.append((end - item.time_range.start_target * step, item))
+    planned.sort(key=lambda pair: -pair[0])  # longest first: the last units to finish are short ones
+    work = [item for _, item in planned]
+    results: dict[str, VideoResult | str] = {}
+    embedded: dict[str, Any] = {"frames_embedded": 0, "embed_model_seconds": 0.0}
+    sink_errors: set[str] = set()
+    whole_again: list[_ExtractUnit] = []
+    outcomes = _map_units(executor, work, worker_sink)
+    by_video: dict[str, list[tuple[_RangeUnit, Any]]] = {}
+    for item, outcome in zip(work, outcomes):
+        if isinstance(item, _RangeUnit):
+            by_video.setdefault(item.video_id, []).append((item, outcome))
+        else:
+            _whole_outcome(item, outcome, run, key, results, embedded, sink_errors)
+    for video_id, parts in by_video.items():
+        parts.sort(key=lambda pair: pair[0].time_range.start_target)
+        unit = parts[0][0].unit
+        failed = next((outcome for _, outcome in parts if isinstance(outcome, Failed)), None)
+        inexact = next(
+            (outcome["inexact"] for _, outcome in parts if not isinstance(outcome, Failed) and outcome.get("inexact")), None
+        )
+        if failed is not None or inexact is not None:
+            _clear_parts(
+                run,
+                video_id,
+                key,
+                vectors=[p for _, o in parts if isinstance(o, dict) for p in o.get("embedded", {}).get("vector_files", [])],
+            )
+            shutil.rmtree(_shard_dir(run, video_id, key), ignore_errors=True)  # never a shard that looks started
+            if failed is not None:
+                results[video_id] = failed.reason
+            else:
+                log.info("extract: %s is sampled whole (%s)", unit.video.path.name, inexact)
+                whole_again.append(unit)
             continue
-        result.cached, result.decoded_seconds = outcome["cached"], outcome["decoded_seconds"]
-        results[unit.video_id] = result
-        if outcome["sink_error"]:
-            sink_errors.add(outcome["sink_error"])
-        for name, value in outcome["embedded"].items():
-            embedded[name] = embedded.get(name, 0) + value if name != "embed_model" else value
+        result = _join_ranges(run, unit, key, parts, embedded, sink_errors)
+        summary.ranges += len(parts)
+        results[video_id] = (
+            result if result is not None else f"the ranges Ray workers sampled of {unit.video.path} cannot be joined"
+        )
+    if whole_again:
+        for unit, outcome in zip(whole_again, _map_units(executor, whole_again, worker_sink)):
+            _whole_outcome(unit, outcome, run, key, results, embedded, sink_errors)
     for error in sorted(sink_errors):
         log.warning("extract: not embedding while decoding on the Ray workers: %s", error)
     if worker_sink is not None and "embed_model" in embedded:
         embedded["embed_model_seconds"] = round(embedded["embed_model_seconds"], 2)
         summary.embedded = embedded
     return results
+
+
+def _map_units(executor, work: list, worker_sink) -> list[Any]:
+    """The units (whole videos, time ranges) on the workers, with a progress bar."""
+    bar = progress_bar(total=len(work), desc=f"extract on {executor.describe()}"[:40], unit="unit", position=0)
+    try:
+        return executor.map(_extract_unit_on_worker, work, setup=worker_sink, on_done=lambda i, result: bar.update(1))
+    finally:
+        bar.close()
+
+
+def _extract_unit_on_worker(state: Any, item: _ExtractUnit | _RangeUnit) -> dict[str, Any]:
+    """A whole video (`_extract_on_worker`) or a time range of one (`_extract_range_on_worker`)."""
+    if isinstance(item, _RangeUnit):
+        return _extract_range_on_worker(state, item)
+    return _extract_on_worker(state, item)
+
+
+def _add_embedded(embedded: dict[str, Any], counts: dict[str, Any]) -> None:
+    for name, value in counts.items():
+        if name == "vector_files":
+            continue
+        embedded[name] = embedded.get(name, 0) + value if name != "embed_model" else value
+
+
+def _whole_outcome(
+    unit: _ExtractUnit, outcome: Any, run: RunPaths, key: str, results: dict, embedded: dict, sink_errors: set
+) -> None:
+    """A whole video's outcome on a worker: its result read back from its shard, or why it is skipped."""
+    if isinstance(outcome, Failed):
+        results[unit.video_id] = outcome.reason
+        return
+    if outcome.get("skipped"):
+        results[unit.video_id] = outcome["skipped"]
+        return
+    shard = _shard_dir(run, unit.video_id, key)
+    result = _cached_result(unit.video, unit.video_id, shard / "frames.parquet", shard / "video.json", run)
+    if result is None:
+        results[unit.video_id] = f"the shard a Ray worker wrote in {shard} cannot be read"
+        return
+    result.cached, result.decoded_seconds = outcome["cached"], outcome["decoded_seconds"]
+    results[unit.video_id] = result
+    if outcome["sink_error"]:
+        sink_errors.add(outcome["sink_error"])
+    _add_embedded(embedded, outcome["embedded"])
+
+
+def _join_ranges(run: RunPaths, unit: _ExtractUnit, key: str, parts: list[tuple[_RangeUnit, dict]], embedded: dict,
+                 sink_errors: set) -> VideoResult | None:  # fmt: skip
+    """The ranges of a video joined into its shard, as a whole pass writes it (the table last), and their vector
+    parts into its vector shard when every range with frames made one; the video's result read back."""
+    shard, parts_dir = _shard_dir(run, unit.video_id, key), _parts_dir(run, unit.video_id, key)
+    tables = [read_table(parts_dir / f"{item.time_range.label}.parquet") for item, _ in parts]
+    kept = [table for table in tables if len(table)] or tables[:1]
+    frames = pd.concat(kept, ignore_index=True).astype({"shot_id": "Int64"})
+    info = parts[0][0].info
+    fsync_folder(shard)
+    atomic_write_json(shard / "video.json", {"info": asdict(info), "problem": None})
+    write_table(frames, shard / "frames.parquet")  # last: the shard is whole
+    vector_files = [outcome["embedded"].get("vector_files", []) for _, outcome in parts]
+    with_frames = [files for files, table in zip(vector_files, tables) if len(table)]
+    if with_frames and all(len(files) == 1 for files in with_frames):
+        target = Path(with_frames[0][0].rsplit(".part-", 1)[0])
+        write_table(pd.concat([pd.read_parquet(files[0]) for files in with_frames], ignore_index=True), target)
+        for _, outcome in parts:
+            _add_embedded(embedded, outcome["embedded"])
+    for _, outcome in parts:
+        if outcome["sink_error"]:
+            sink_errors.add(outcome["sink_error"])
+    _clear_parts(run, unit.video_id, key, vectors=[path for files in vector_files for path in files])
+    result = _cached_result(unit.video, unit.video_id, shard / "frames.parquet", shard / "video.json", run)
+    if result is not None:
+        result.cached = False
+        result.decoded_seconds = sum(outcome["decoded_seconds"] for _, outcome in parts)
+    return result
+
+
+def _clear_parts(run: RunPaths, video_id: str, key: str, vectors: Sequence[str] = ()) -> None:
+    """Removes a video's range parts: the frames tables, and the vector parts named (or left by an earlier run)."""
+    shutil.rmtree(_parts_dir(run, video_id, key), ignore_errors=True)
+    leftovers = (run.root / "vectors").glob(f"*/{video_id}/{key}.*.part-*") if (run.root / "vectors").exists() else []
+    for path in {*map(Path, vectors), *leftovers}:
+        path.unlink(missing_ok=True)
 
 
 def _skip_video(summary: ExtractSummary, video: VideoFile, reason: str) -> None:
