@@ -316,8 +316,12 @@ def _stage_sentence(name: str, counts: dict[str, Any]) -> tuple[str, list[tuple[
         return sentence, numbers
     if name == "cluster":
         noise = _count(c, "noise")
+        placed = c.get("fit") == "placed"  # new frames put into the kept k-means fit (cluster.refit_new_fraction)
         sentence = (f"Grouped {_count(c, 'frames')} frames into {_count(c, 'clusters')} clusters ({c.get('params', '')}), "
-                    f"named from {c.get('name_source') or 'nothing'}" + (f"; {noise} frames fit no cluster." if noise else "."))  # fmt: skip
+                    f"named from {c.get('name_source') or 'nothing'}"
+                    + (f"; {_count(c, 'placed_frames')} new frames placed into the kept clustering, earlier frames keep "
+                       "their clusters" if placed else "")
+                    + (f"; {noise} frames fit no cluster." if noise else "."))  # fmt: skip
         return sentence, [("clusters", str(_count(c, "clusters"))), ("keyframes", str(_count(c, "keyframes")))]
     if name == "visualize":
         projections = c.get("projections") or "—"
