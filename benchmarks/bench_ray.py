@@ -8,7 +8,8 @@ tables, index), with CLIP ViT-B-32 with random weights (speed does not depend on
 Variants, taking turns in every repeat so load on a shared machine falls on all of them:
 
 * local: this process (FFmpeg and torch threads on every core);
-* ray-2x1: a local Ray of this machine's cores, 2 workers of 1 CPU each (one video per worker at a time);
+* ray-2x1: a local Ray of this machine's cores, 2 workers of 1 CPU each (one unit per worker at a time: a
+  video, or a time range of about `run.ray_unit_seconds` of a longer one);
 * ray-1x2: the same Ray, 1 worker of 2 CPUs (Ray's own overhead with the same parallelism as local).
 
 Ray is started once before the trials (its start is shown apart: a cluster is started once, not per
@@ -67,13 +68,15 @@ def trial(videos: Path, root: Path, variant: str, every_seconds: float, repeat: 
         "embed": {"quality": "off"},
     })  # fmt: skip
     clear_loaded()  # every variant loads its model(s) in its trial, as a stage would
+    load = os.getloadavg()[0]
     started = time.perf_counter()
     extracted = extract_and_embed(cfg, cfg.run_dir)
     embedded = embed_frames(cfg, cfg.run_dir)
     seconds = time.perf_counter() - started
     shutil.rmtree(cfg.run_dir)
     return {"seconds": seconds, "frames": extracted.frames, "embedded_while_extracting": extracted.counts.get("frames_embedded", 0),
-            "embedded_by_embed_stage": embedded.embedded, "videos": extracted.videos}  # fmt: skip
+            "embedded_by_embed_stage": embedded.embedded, "videos": extracted.videos,
+            "video_ranges": extracted.counts.get("video_ranges", 0), "load_average_1min": load}  # fmt: skip
 
 
 def fresh_process_trial(args: argparse.Namespace, root: Path, variant: str, repeat: int, address: str) -> dict:
