@@ -165,7 +165,34 @@ def test_render_after_placing_remakes_only_the_videos_of_clusters_that_gained_fr
     assert len({n.rsplit(".", 1)[0] for n in new_clips}) == int((segments.video_name == "three.mp4").sum()) > 0
     assert os.path.exists(run.videos / f"{names[min(gained)]}.mp4")
 
+    # the contact sheets of the remade videos: frames found by seeking to each piece are those a full decode finds
+    from frameatlas.render.cards import _grab_frames
+
+    for item in (r for r in second.rendered if r.status == "rendered"):
+        wanted = [(0.15, "title")] + [((r.output_start + r.output_end) / 2, f"#{r.position}") for r in item.segments.itertuples()]
+        wanted = sorted(wanted) + [(item.duration + 5.0, "after the end")]
+        grabs = [(np.asarray(image), label) for image, label in _grab_frames(item.path, wanted)]
+        expected = sequential_grabs(item.path, wanted)
+        assert [label for _, label in grabs] == [label for _, label in expected] == [label for _, label in wanted][:-1]
+        assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(grabs, expected))
+
 
 @pytest.fixture(autouse=True)
 def _render_options_are_valid():
     RenderConfig(**FAST_RENDER)  # a typo in the test options fails here, not deep in a render
+
+
+def sequential_grabs(video, wanted):
+    """The frames a contact sheet shows, found by decoding the whole video (what seeking must reproduce)."""
+    import av
+
+    grabs, index = [], 0
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        half_frame = 0.5 / float(stream.average_rate)
+        for frame in container.decode(stream):
+            t = float(frame.pts * frame.time_base)
+            while index < len(wanted) and t + 1e-6 >= wanted[index][0] - half_frame:
+                grabs.append((np.asarray(frame.to_image()), wanted[index][1]))
+                index += 1
+    return grabs

@@ -62,11 +62,38 @@ def letterbox(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return canvas
 
 
+def _grab_frames(video: Path, wanted: list[tuple[float, str]]) -> list[tuple[Image.Image, str]]:
+    """For each (output second, label), sorted by time, the first frame shown from half a frame before it on.
+
+    Each piece of an output starts on a keyframe, so seeking to the keyframe before each wanted time
+    decodes only the start of its piece, not the whole video."""
+    import av
+
+    grabs: list[tuple[Image.Image, str]] = []
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        half_frame = 0.5 / max(1.0, float(stream.average_rate or 24))
+        index = 0
+        while index < len(wanted):
+            earliest = wanted[index][0] - half_frame
+            container.seek(max(0, int(earliest / stream.time_base)), stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                t = float(frame.pts * frame.time_base) if frame.pts is not None else 0.0
+                if t + 1e-6 < earliest:
+                    continue
+                while index < len(wanted) and t + 1e-6 >= wanted[index][0] - half_frame:
+                    grabs.append((frame.to_image(), wanted[index][1]))
+                    index += 1
+                break
+            else:  # the video ends before the wanted time: nothing more to grab
+                break
+    return grabs
+
+
 def output_contact_sheet(video: Path, segments: pd.DataFrame, title_seconds: float = 0.0, *, tile_width: int = 192,
                          columns: int = 6) -> Image.Image:  # fmt: skip
     """A grid of frames decoded from a rendered video: its title card and the middle of each segment,
     labelled with the source and time they were cut from."""
-    import av
 
     from ..plots import format_time
 
@@ -78,18 +105,7 @@ def output_contact_sheet(video: Path, segments: pd.DataFrame, title_seconds: flo
         source_time = row.start + (middle - row.output_start) if row.mode == "clip" else row.best_timestamp
         wanted.append((middle, f"#{row.position} {Path(row.video_name).stem[:12]} {format_time(source_time)}"))
     wanted.sort()
-    grabs: list[tuple[Image.Image, str]] = []
-    with av.open(str(video)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        index = 0
-        for frame in container.decode(stream):
-            if index >= len(wanted):
-                break
-            t = float(frame.pts * frame.time_base) if frame.pts is not None else 0.0
-            while index < len(wanted) and t + 1e-6 >= wanted[index][0] - 0.5 / max(1.0, float(stream.average_rate or 24)):
-                grabs.append((frame.to_image(), wanted[index][1]))
-                index += 1
+    grabs = _grab_frames(video, wanted)
     if not grabs:
         return Image.new("RGB", (tile_width, tile_width // 2), "white")
     aspect = grabs[0][0].height / grabs[0][0].width
