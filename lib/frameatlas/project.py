@@ -357,7 +357,7 @@ class ProjectionFit:
     fitted_on: int  # frames the projection was fitted on
     placed: int  # frames placed by this call
     message: str
-    cached: bool = False  # the points were read (the projection cache or the kept fit), not computed
+    cached: bool = False  # every point was read (the projection cache, or the kept fit with no new frames)
 
 
 def _identity(method: str, dims: int, seed: int, perplexity: float, neighbors: int, max_points: int, extra: dict) -> dict:
@@ -494,10 +494,11 @@ def _place(saved: SavedFit, keys, vectors, position, method, fit_path, seed, lab
     if len(to_place):
         message = (f"{label}: placed {len(to_place)} new frames into the projection fitted on {saved.mapped_at_fit} frames"
                    + (f" ({since} placed by earlier runs)" if since else "")
-                   + ("; " + ("PCA's transform" if method == "pca" else "near their nearest fitted frames")))  # fmt: skip
+                   + (", by its transform" if method == "pca" and saved.pca_mean is not None
+                      else f", each at the weighted mean of its {PLACEMENT_NEIGHBOURS} nearest fitted frames"))  # fmt: skip
         mode = "placed"
     else:
         message = f"{label}: no new frames; the points of the projection fitted on {saved.mapped_at_fit} frames are kept"
         message += f" ({since} placed since)" if since else ""
         mode = "kept"
-    return ProjectionFit(method, mode, rows[order], points[order], saved.mapped_at_fit, len(to_place), message, True)
+    return ProjectionFit(method, mode, rows[order], points[order], saved.mapped_at_fit, len(to_place), message, mode == "kept")
