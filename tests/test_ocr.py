@@ -234,7 +234,7 @@ def test_two_readers_at_once_give_exactly_the_texts_of_one_reader(tmp_path):
     cfg.caption.ocr.workers = None  # the default: one reader per CPU this process may use
     assert ocr_workers(cfg)[0] == len(os.sched_getaffinity(0))
     default = read_frame_text(cfg, run, force=True)
-    assert default.workers == min(len(os.sched_getaffinity(0)), 12) and default.table.equals(one.table)
+    assert default.workers == 1 and default.table.equals(one.table)  # 12 frames: another reader costs more than it saves
 
 
 @pytest.mark.parametrize("value", [0, -1, "many", True])

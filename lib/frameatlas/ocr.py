@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["OCR_COLUMNS", "OcrSummary", "ocr_sample_html", "ocr_workers", "read_frame_text"]
 
+# another reader takes about a second to load (five ONNX Runtime sessions) and saves about half of the reading
+# time: with fewer frames to read than this per extra reader (a new short clip), it would cost more than it saves
+FRAMES_PER_EXTRA_READER = 50
+
 OCR_COLUMNS = ["frame_key", "video_id", "timestamp", "text", "lines", "score", "engine", "reused_from"]
 
 
@@ -325,8 +329,8 @@ def read_frame_text(
     if todo:
         started = time.perf_counter()
         thumbnails = {shard: run.thumbnails(group) for shard, group in todo}  # refuse crafted paths first
-        if reader is None:  # the other readers load only when there is work for them
-            wanted = min(workers, sum(len(group) for _, group in todo))
+        if reader is None:  # the other readers load only when there is work for them (about 1 s each to load)
+            wanted = min(workers, 1 + sum(len(group) for _, group in todo) // FRAMES_PER_EXTRA_READER)
             readers += [OcrReader(cfg.caption.ocr, threads) for _ in range(wanted - len(readers))]
         summary.workers = len(readers)
         pool = _Readers(readers)
