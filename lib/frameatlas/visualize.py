@@ -1,7 +1,8 @@
 """The visualize stage: 3D maps of the frame vectors and text-similarity timelines.
 
 * **Maps** (`map_3d`): every frame as a point of a PCA / t-SNE / UMAP projection
-  (`frameatlas.project`), one trace per cluster (when the cluster stage wrote
+  (`frameatlas.project`; each projection's fit is kept, so a re-run that adds a few frames places
+  them into it and every earlier point stays put), one trace per cluster (when the cluster stage wrote
   `tables/frames_annotated.parquet`) or per video, so the legend toggles groups. Hover shows
   the video, the time, the cluster and the caption when known.
 * **Timelines** (`similarity_timelines`): for every video, the cosine similarity of each
