@@ -92,6 +92,38 @@ def fresh_process_trial(args: argparse.Namespace, root: Path, variant: str, repe
     return {**result, "work_seconds": result["seconds"], "seconds": seconds}
 
 
+def worker_start(address: str, runtime_env: bool) -> float:
+    """Seconds from asking for a Ray actor to its first answer, for a new driver of the Ray at `address` whose
+    job has a `runtime_env` (env_vars, as frameatlas passed its settings before) or none (as it does now)."""
+    import ray
+
+    options = {"runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}}} if runtime_env else {}
+    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, **options)
+
+    @ray.remote(num_cpus=1)
+    class Probe:
+        def pid(self) -> int:
+            return os.getpid()
+
+    started = time.perf_counter()
+    ray.get(Probe.remote().pid.remote())
+    return time.perf_counter() - started
+
+
+def compare_worker_start(address: str, repeats: int) -> dict:
+    """`worker_start` in new processes, with and without a runtime_env, taking turns; medians and ranges."""
+    seconds: dict[str, list[float]] = {"runtime_env": [], "argument": []}
+    for _ in range(repeats):
+        for mode in seconds:
+            done = subprocess.run([sys.executable, __file__, "--one-start", mode, address], capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"worker start ({mode}) failed:\n{done.stderr[-3000:]}")
+            seconds[mode].append(float(done.stdout.strip().splitlines()[-1]))
+    for mode, values in seconds.items():
+        print(f"worker start, settings as {mode:>11}: {statistics.median(values):.2f} s [{min(values):.2f}-{max(values):.2f}]")
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--videos", default="data/demo")
@@ -100,9 +132,15 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--json", default=None)
     parser.add_argument("--fresh-process", action="store_true", help="each trial in a new Python process, imports included")
+    parser.add_argument("--worker-start", action="store_true", help="only: how long a Ray worker takes to start, "
+                        "for a driver with and without a runtime_env (--repeats times each)")  # fmt: skip
     parser.add_argument("--one-trial", nargs=4, metavar=("VARIANT", "ROOT", "REPEAT", "ADDRESS"), help=argparse.SUPPRESS)
+    parser.add_argument("--one-start", nargs=2, metavar=("MODE", "ADDRESS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.one_start:
+        print(worker_start(args.one_start[1], args.one_start[0] == "runtime_env"))
+        return
     if args.one_trial:  # the child of --fresh-process: one trial, its result as the last line
         variant, root, repeat, address = args.one_trial
         print(json.dumps(trial(Path(args.videos), Path(root), variant, args.every_seconds, int(repeat), address)))
@@ -115,6 +153,14 @@ def main() -> None:
     context = ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
                        logging_level=logging.WARNING)  # fmt: skip
     ray_start = time.perf_counter() - started
+    if args.worker_start:
+        try:
+            seconds = compare_worker_start(context.address_info["gcs_address"], args.repeats)
+        finally:
+            ray.shutdown()
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": machine(), "worker_start_seconds": seconds}, indent=2))
+        return
     variants = args.variants.split(",")
     results: dict[str, list[dict]] = {variant: [] for variant in variants}
     root = Path(tempfile.mkdtemp(prefix="bench-ray-"))

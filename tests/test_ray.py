@@ -359,6 +359,7 @@ def test_time_ranges_keep_the_frames_of_a_whole_pass(long_corpus):
     assert [(r.time_range.start_target, r.time_range.end_target) for r in ranges] == [(0, 16), (16, 32), (32, 48), (48, None)]
     assert ranges[0].time_range.seek_pts is None and all(r.time_range.seek_pts is not None for r in ranges[1:])
     assert _plan_ranges(unit("short.mp4"), cfg, RunPaths(cfg.run_dir), cfg.run.ray_unit_seconds)[1] == []
+    assert _plan_ranges(unit("long.mp4"), cfg, RunPaths(cfg.run_dir), cfg.run.ray_unit_seconds, workers=1)[1] == []
 
     def kept(samples):
         return [(s.timestamp, s.frame_index, s.frame.to_ndarray().tobytes()) for s in samples]

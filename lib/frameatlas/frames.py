@@ -964,10 +964,13 @@ def _extract_range_on_worker(state: Any, item: _RangeUnit) -> dict[str, Any]:
             "sink_error": getattr(state, "error", None)}  # fmt: skip
 
 
-def _plan_ranges(unit: _ExtractUnit, cfg: PipelineConfig, run: RunPaths, unit_seconds: float) -> tuple[float, list[_RangeUnit]]:
+def _plan_ranges(
+    unit: _ExtractUnit, cfg: PipelineConfig, run: RunPaths, unit_seconds: float, workers: int = 2
+) -> tuple[float, list[_RangeUnit]]:
     """(The video's duration, its time ranges) for a video to sample on Ray workers: no ranges (one unit) when
-    it is short, already sampled, not sampled by interval or fps, or cannot be split exactly. Ranges hold a
-    multiple of the image model's batch of targets, so the embedding batches are those of a whole pass."""
+    it is short, already sampled, not sampled by interval or fps, or cannot be split exactly, or when the pass
+    has one worker (ranges only cost it the decoding from their keyframes). Ranges hold a multiple of the image
+    model's batch of targets, so the embedding batches are those of a whole pass."""
     extract = cfg.extract
     try:
         info = probe_video(unit.video.path)
@@ -975,7 +978,7 @@ def _plan_ranges(unit: _ExtractUnit, cfg: PipelineConfig, run: RunPaths, unit_se
         return 0.0, []
     shard = _shard_dir(run, unit.video_id, sampling_key(extract))
     step = _interval_fraction(extract.interval_seconds) if extract.interval_seconds else None
-    if (not unit_seconds or step is None or extract.mode not in ("interval", "fps") or info.duration < 1.5 * unit_seconds
+    if (not unit_seconds or workers < 2 or step is None or extract.mode not in ("interval", "fps") or info.duration < 1.5 * unit_seconds
             or (not unit.force and (shard / "frames.parquet").exists())):  # fmt: skip
         return info.duration, []
     batch = cfg.models.image.batch_size
@@ -1011,8 +1014,8 @@ def _extract_on_workers(
     wrote) or the reason it is skipped. Workers return counts only, never frames. The embedding
     counts of `worker_sink` go to `summary.embedded`.
 
-    A video longer than 1.5 x `run.ray_unit_seconds` is sampled in time ranges of about that length
-    (interval and fps sampling), each a unit, so that a few long videos still keep every worker busy; the
+    With more than one worker, a video longer than 1.5 x `run.ray_unit_seconds` is sampled in time ranges of
+    about that length (interval and fps sampling), each a unit, so that a few long videos still keep every worker busy; the
     driver joins the ranges into the video's shard (and their vectors into its vector shard). A range that
     fails skips its video with the worker's error; one that cannot match a whole pass exactly (a damaged
     stream) has the video sampled whole instead. Units go out longest first."""
@@ -1028,7 +1031,7 @@ def _extract_on_workers(
     key = sampling_key(cfg.extract)
     planned: list[tuple[float, Any]] = []
     for unit in units.values():
-        seconds, ranges = _plan_ranges(unit, cfg, run, cfg.run.ray_unit_seconds)
+        seconds, ranges = _plan_ranges(unit, cfg, run, cfg.run.ray_unit_seconds, executor.workers)
         if not ranges:
             planned.append((seconds, unit))
             continue
