@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import re
@@ -404,8 +406,7 @@ def cluster_run(cfg: PipelineConfig, run: RunPaths | Path | str, *, encoder: Any
     with_distance = annotated.assign(distance=annotated.frame_key.map(by_key.distance))
     table = _summarise(with_distance, names, run, labelling, options.montage_frames)
 
-    keyframes, changed_videos = _keyframes(run, members, vectors, options, reuse=same_drawing)
-    write_table(keyframes, run.table("keyframes"))
+    keyframes, changed_videos = _keyframes(run, members, vectors, options)
     strips = _write_keyframe_strips(run, frames, keyframes, changed_videos)
 
     summary = ClusterSummary(
@@ -556,32 +557,38 @@ def _save_state(run: RunPaths, labelling: str, options: Any, model_id: str, memb
                            description=description))  # fmt: skip
 
 
-def _keyframes(run: RunPaths, members: pd.DataFrame, vectors: np.ndarray, options: Any, *, reuse: bool
+def _keyframes(run: RunPaths, members: pd.DataFrame, vectors: np.ndarray, options: Any
                ) -> tuple[pd.DataFrame, set[str] | None]:  # fmt: skip
-    """The keyframes table, and the videos whose keyframes were computed (None = every video).
+    """The keyframes table (written), and the videos whose keyframes were computed (None = every video).
 
-    With `reuse`, a video whose frames all have stored keyframe rows' video (its frame set unchanged since the
-    stored table was made) keeps its rows; only videos with new frames are computed."""
-    if reuse and run.table("keyframes").exists():
+    Keyframes depend on a video's own frames only: a video whose frames and keyframe settings are those
+    of the stored table (as ``cache/cluster/keyframes.json`` records them) keeps its rows, placed or refitted."""
+    settings = {"per_video": options.keyframes_per_video, "seed": options.seed}
+    frame_sets = {str(v): hashlib.sha256("\n".join(sorted(map(str, keys))).encode()).hexdigest()
+                  for v, keys in members.groupby("video_id").frame_key}  # fmt: skip
+    record_path = run.cache / "cluster" / "keyframes.json"
+    table, changed = None, None
+    if run.table("keyframes").exists() and record_path.exists():
         try:
+            record = json.loads(record_path.read_text())
             stored = read_table(run.table("keyframes"))
-        except (OSError, ValueError) as error:
-            log.warning("cluster: %s cannot be read (%s); computing every video's keyframes",
-                        run.relative(run.table("keyframes")), error)  # fmt: skip
-            stored = None
-        annotated = run.table("frames_annotated")
-        if stored is not None and annotated.exists():
-            before = read_table(annotated)  # the frames of the last run (this run rewrites it after the keyframes)
-            before_keys = before.groupby("video_id").frame_key.agg(frozenset)
-            now_keys = members.groupby("video_id").frame_key.agg(frozenset)
-            kept = {str(v) for v, ks in now_keys.items() if before_keys.get(v) == ks and v in set(stored.video_id)}
-            changed = members[~members.video_id.astype(str).isin(kept)]
-            fresh = video_keyframes(changed, vectors[members.index.get_indexer(changed.index)],
+            known = record.get("videos", {}) if record.get("settings") == settings else {}
+            kept = {v for v, digest in frame_sets.items() if known.get(v) == digest and v in set(stored.video_id.astype(str))}
+        except (OSError, ValueError, AttributeError, KeyError) as error:
+            log.warning("cluster: stored keyframes cannot be reused (%s); computing every video's", error)
+        else:
+            fresh_rows = members[~members.video_id.astype(str).isin(kept)]
+            fresh = video_keyframes(fresh_rows, vectors[members.index.get_indexer(fresh_rows.index)],
                                     per_video=options.keyframes_per_video, seed=options.seed)  # fmt: skip
             table = pd.concat([stored[stored.video_id.astype(str).isin(kept)], fresh], ignore_index=True)
             table = table.sort_values(["video_id", "timestamp"], kind="stable").reset_index(drop=True)
-            return table.astype({"rank": "int64", "represents": "int64"}), set(changed.video_id.astype(str))
-    return video_keyframes(members, vectors, per_video=options.keyframes_per_video, seed=options.seed), None
+            table = table.astype({"rank": "int64", "represents": "int64"})
+            changed = set(fresh_rows.video_id.astype(str))
+    if table is None:
+        table = video_keyframes(members, vectors, per_video=options.keyframes_per_video, seed=options.seed)
+    write_table(table, run.table("keyframes"))
+    atomic_write_text(record_path, json.dumps({"settings": settings, "videos": frame_sets}))
+    return table, changed
 
 
 def _write_assignments(run: RunPaths, labelling: str, assignments: pd.DataFrame) -> None:
