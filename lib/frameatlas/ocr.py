@@ -327,11 +327,11 @@ def read_frame_text(
     if todo and cfg.run.executor == "ray":  # each video read by a Ray worker; what they wrote is gathered here
         todo = _read_on_workers(cfg, run, readers[0], todo, tables, summary)
     if todo:
-        started = time.perf_counter()
         thumbnails = {shard: run.thumbnails(group) for shard, group in todo}  # refuse crafted paths first
         if reader is None:  # the other readers load only when there is work for them (about 1 s each to load)
             wanted = min(workers, 1 + sum(len(group) for _, group in todo) // FRAMES_PER_EXTRA_READER)
             readers += [OcrReader(cfg.caption.ocr, threads) for _ in range(wanted - len(readers))]
+        started = time.perf_counter()  # reading time, as before there were more readers to load
         summary.workers = len(readers)
         pool = _Readers(readers)
         bar = progress_bar(total=sum(len(g) for _, g in todo), desc="on-screen text", unit="frame")
