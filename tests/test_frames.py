@@ -344,8 +344,8 @@ def test_interval_mode_skips_unneeded_frames_without_changing_the_result(tmp_pat
     decoded = []
     real_decode = frames_module._decode
 
-    def counting_decode(container, stream, needed=None):
-        for frame, index in real_decode(container, stream, needed):
+    def counting_decode(container, stream, needed=None, packet_pts=None):
+        for frame, index in real_decode(container, stream, needed, packet_pts):
             decoded.append(index)
             yield frame, index
 
