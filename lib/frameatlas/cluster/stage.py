@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -561,11 +560,13 @@ def _keyframes(run: RunPaths, members: pd.DataFrame, vectors: np.ndarray, option
                ) -> tuple[pd.DataFrame, set[str] | None]:  # fmt: skip
     """The keyframes table (written), and the videos whose keyframes were computed (None = every video).
 
-    Keyframes depend on a video's own frames only: a video whose frames and keyframe settings are those
-    of the stored table (as ``cache/cluster/keyframes.json`` records them) keeps its rows, placed or refitted."""
+    Keyframes depend on a video's own frames and vectors only: a video whose frames, vectors and keyframe
+    settings are those of the stored table (as ``cache/cluster/keyframes.json`` records them) keeps its rows,
+    placed or refitted."""
     settings = {"per_video": options.keyframes_per_video, "seed": options.seed}
-    frame_sets = {str(v): hashlib.sha256("\n".join(sorted(map(str, keys))).encode()).hexdigest()
-                  for v, keys in members.groupby("video_id").frame_key}  # fmt: skip
+    positions = pd.Series(np.arange(len(members)), index=members.index)
+    frame_sets = {str(v): vectors_digest(group.frame_key.astype(str).to_numpy(), vectors[positions.loc[group.index].to_numpy()])
+                  for v, group in members.groupby("video_id")}  # fmt: skip
     record_path = run.cache / "cluster" / "keyframes.json"
     table, changed = None, None
     if run.table("keyframes").exists() and record_path.exists():
