@@ -159,8 +159,11 @@ def test_reuse_with_readers_at_once_stays_within_a_video_and_a_failed_anchor_is_
     videos = tmp_path / "videos"
     videogen.make_static_scene_video(videos / "street.mp4", seconds=6, signs=SIGNS)
     videogen.make_static_scene_video(videos / "again.mp4", seconds=6, signs=SIGNS, seed=1)  # the same scene, other noise
+    from frameatlas.models.ocr import OcrReader
+
     cfg, run = static_run(tmp_path, f"workers{workers}", reuse_distance=8, workers=workers)
-    whole = read_frame_text(cfg, run)
+    readers = [OcrReader(cfg.caption.ocr, threads=1) for _ in range(workers)]  # 24 frames: by default one would load
+    whole = read_frame_text(cfg, run, reader=readers)
     assert whole.workers == workers and (whole.read, whole.reused) == (24, 18)
     for _, video in whole.table.groupby("video_id"):
         assert video[video.reused_from == ""].timestamp.tolist() == [0.0, 3.0, 4.5]  # each video reads its own
@@ -171,7 +174,7 @@ def test_reuse_with_readers_at_once_stays_within_a_video_and_a_failed_anchor_is_
     frames = read_table(run.table("frames"))
     broken = frames[(frames.timestamp == 3.0) & frames.video_path.str.endswith("street.mp4")].index[0]
     run.absolute(frames.thumbnail[broken]).write_bytes(b"not a picture")
-    summary = read_frame_text(cfg, run, force=True)
+    summary = read_frame_text(cfg, run, force=True, reader=readers)
     [skipped] = summary.skipped
     assert skipped.path == frames.video_path[broken] and skipped.status == "partial"
     assert skipped.reason.startswith(f"on-screen text of 1 of 12 frames not read: frame {frames.frame_key[broken]}: ")
