@@ -261,3 +261,48 @@ def test_umap_places_an_added_video_without_importing_umap(visualized_run, tmp_p
     after = projections_of(run)["umap"]
     assert all(np.array_equal(after[key], point) for key, point in before.items())
     assert len(after) == 108 and np.isfinite(np.stack(list(after.values()))).all()
+
+
+@pytest.mark.slow
+def test_the_pipeline_places_a_new_video_in_the_maps_says_so_and_force_refits(finished_run, tmp_path):
+    """Through run_pipeline.py: the visualize notebook places a new short video's frames into the kept PCA fit
+    (manifest counts and notes, the report), old points unchanged; --force visualize fits anew."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    repo = Path(__file__).resolve().parent.parent
+    source_root = finished_run.parent.parent
+    config = yaml.safe_load((source_root / "pipeline.yaml").read_text())
+    shutil.copytree(source_root / "videos", tmp_path / "videos")
+    shutil.copytree(finished_run, tmp_path / "out" / finished_run.name)  # finished_run itself is read-only
+    run = RunPaths(tmp_path / "out" / finished_run.name)
+    config["corpus"]["videos"] = str(tmp_path / "videos")
+    config["run"]["output_dir"] = str(tmp_path / "out")
+    config.setdefault("visualize", {})["refit_new_fraction"] = 0.2
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    before = projections_of(run)["pca"]
+    videogen.make_video(tmp_path / "videos" / "delta.mp4", seconds=1.5, fps=10, scene_cuts=[])
+
+    def pipeline(*extra: str) -> dict:
+        command = [sys.executable, str(repo / "run_pipeline.py"), str(tmp_path / "pipeline.yaml"), "--no-progress",
+                   "--stages", "extract,caption,embed,cluster,visualize", *extra]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-4000:]
+        return json.loads((run.root / "manifest.json").read_text())["stages"]["visualize"]
+
+    entry = pipeline()
+    frames = read_table(run.table("frames"))
+    new = frames[frames.video_name == "delta.mp4"].frame_key
+    assert len(new) == 3 and entry["counts"]["projections_placed"] == "pca" and entry["counts"]["frames_placed"] == 3
+    note = f"PCA: placed 3 new frames into the projection fitted on {len(before)} frames, by its transform"
+    assert note in entry["notes"]
+    assert note in (run.root / "reports" / "05_visualize.html").read_text()
+    after = projections_of(run)["pca"]
+    assert set(after) == set(frames.frame_key) and all(np.array_equal(after[k], p) for k, p in before.items())
+    assert all(np.isfinite(after[key]).all() for key in new)
+
+    forced = pipeline("--force", "visualize")
+    assert forced["counts"]["projections_fitted"] == "pca" and forced["counts"]["frames_placed"] == 0
+    assert any(n.startswith(f"PCA: fitted on {len(frames)} frames (refitted: forced)") for n in forced["notes"])
