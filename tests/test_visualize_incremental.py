@@ -298,7 +298,9 @@ def test_the_pipeline_places_a_new_video_in_the_maps_says_so_and_force_refits(fi
     assert len(new) == 3 and entry["counts"]["projections_placed"] == "pca" and entry["counts"]["frames_placed"] == 3
     note = f"PCA: placed 3 new frames into the projection fitted on {len(before)} frames, by its transform"
     assert note in entry["notes"]
-    assert note in (run.root / "reports" / "05_visualize.html").read_text()
+    report = (run.root / "reports" / "05_visualize.html").read_text()
+    assert note in report and "<li>projections placed: <b>pca</b></li>" in report
+    assert "projections fitted:" not in report  # no map was refitted: no empty count in the summary
     after = projections_of(run)["pca"]
     assert set(after) == set(frames.frame_key) and all(np.array_equal(after[k], p) for k, p in before.items())
     assert all(np.isfinite(after[key]).all() for key in new)

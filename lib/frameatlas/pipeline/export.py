@@ -235,7 +235,7 @@ def _summary(nb: Any, run: RunPaths | None, stage: Stage | None) -> dict[str, An
     counts = {
         k: _format_count(v)
         for k, v in (result.get("counts") or {}).items()
-        if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+        if isinstance(v, (int, float, str)) and not isinstance(v, bool) and v != ""  # "": none (no map refitted)
     }
     duration = papermill.get("duration")
     return {
