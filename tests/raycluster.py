@@ -124,6 +124,10 @@ class RayCluster:
                 output = process.communicate()[0] + f"\n(no answer in {START_TIMEOUT} s)"
             self.outputs.append(output)
             if process.returncode == 0:
+                # `ray start` returns once the node's raylet is up; `ray status` lists it a few seconds
+                # later (the cluster's view refreshes), so wait until it does
+                while self.nodes(address) < nodes and time.monotonic() - started < START_TIMEOUT:
+                    time.sleep(1)
                 return output, address
             if "timed out during startup" in output:  # Ray's 30 s: the node may still come, if its raylet runs
                 while time.monotonic() - started < START_TIMEOUT and _raylet_runs(process.pid):
