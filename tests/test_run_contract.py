@@ -21,7 +21,7 @@ import videogen
 import yaml
 from conftest import REPO
 from frameatlas.files import is_temp_name
-from frameatlas.lock import lock_holder
+from frameatlas.lock import lock_holder, run_lock
 
 pytestmark = pytest.mark.slow
 
@@ -99,6 +99,27 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     assert f"taking over the lock of {run}: its holder (pid {stale.pid} on" in result.stderr
     assert "a writer that dies" in result.stderr
     assert json.loads((run / "manifest.json").read_text())["stages"]["extract"]["status"] == "done"
+
+
+def test_a_kernel_whose_runner_died_does_not_take_the_lock_over(tmp_path, monkeypatch):
+    from frameatlas.lock import LOCK_TOKEN_ENV, WriterGone, acquire_run_lock
+
+    run = tmp_path / "run"
+    runner_process = subprocess.run(
+        [sys.executable, "-c", "import os, signal, sys; from frameatlas.lock import acquire_run_lock; "
+         "acquire_run_lock(sys.argv[1], 'a runner that is killed'); os.kill(os.getpid(), signal.SIGKILL)", str(run)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert runner_process.returncode == -signal.SIGKILL
+    dead_runner = lock_holder(run)
+    # a stage kernel it had started (with its token) reaches its open_stage only now
+    monkeypatch.setenv(LOCK_TOKEN_ENV, dead_runner.token)
+    with pytest.raises(WriterGone, match=rf"pid {dead_runner.pid} on .*a runner that is killed.* is gone"):
+        acquire_run_lock(run, "extract notebook")
+    assert lock_holder(run) == dead_runner  # nothing written, nothing held: the runner's re-run takes it over
+    monkeypatch.delenv(LOCK_TOKEN_ENV)
+    with run_lock(run, "the re-run") as holder:
+        assert holder.command == "the re-run"
 
 
 def test_a_stage_past_its_time_limit_is_stopped_with_the_key_named(tmp_path):

@@ -10,8 +10,9 @@ export, the investigator) take no lock; every file is replaced atomically, so th
 half of one.
 
 The runner hands its lock down to the stage kernels it starts: they inherit a token in
-`FRAMEATLAS_RUN_LOCK` and write under the runner's lock instead of waiting for it. Inside one
-process the lock is re-entrant.
+`FRAMEATLAS_RUN_LOCK` and write under the runner's lock instead of waiting for it; a kernel
+whose runner died finds the lock free with the runner's token in it and raises `WriterGone`
+instead of taking it. Inside one process the lock is re-entrant.
 
 Example:
     >>> import tempfile
@@ -40,7 +41,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LOCK_FILE", "LOCK_TOKEN_ENV", "LockHolder", "RunLock", "RunLocked", "acquire_run_lock", "lock_holder", "run_lock"]
+__all__ = ["LOCK_FILE", "LOCK_TOKEN_ENV", "LockHolder", "RunLock", "RunLocked", "WriterGone", "acquire_run_lock", "lock_holder",
+           "run_lock"]  # fmt: skip
 
 LOCK_FILE = ".frameatlas.lock"
 LOCK_TOKEN_ENV = "FRAMEATLAS_RUN_LOCK"
@@ -77,6 +79,17 @@ class RunLocked(RuntimeError):
             f"{root} is being written by another frameatlas process ({who}). "
             "Wait for it to finish, or stop it; only one writer may work on a run folder at a time. "
             "Reading (search without --export, the investigator) needs no lock."
+        )
+        self.root, self.holder = root, holder
+
+
+class WriterGone(RuntimeError):
+    """This process was started to write under a writer's lock (`LOCK_TOKEN_ENV`), and that writer is gone."""
+
+    def __init__(self, root: Path, holder: LockHolder):
+        super().__init__(
+            f"{root}: the frameatlas process this one was started to write for ({holder.describe()}) is gone "
+            "(killed or stopped), so this one stops too without writing; run the pipeline again to resume."
         )
         self.root, self.holder = root, holder
 
@@ -160,10 +173,14 @@ def acquire_run_lock(root: Path | str, command: str | None = None) -> RunLock:
             raise RunLocked(root, holder) from None
         try:
             previous = LockHolder.parse(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+            token = os.environ.get(LOCK_TOKEN_ENV)
+            if previous is not None and token and previous.token == token:
+                # the runner that handed its lock down to this process died (its flock went with it): a
+                # stage kernel left behind must not become a writer of its own while the runner's
+                # re-run starts
+                raise WriterGone(root, previous)
             if previous is not None:
-                log.warning(
-                    "taking over the lock of %s: its holder (%s) is gone without releasing it", root, previous.describe()
-                )
+                log.warning("taking over the lock of %s: its holder (%s) is gone without releasing it", root, previous.describe())
             holder = LockHolder(os.getpid(), socket.gethostname(), command or default_command(), _now(), uuid.uuid4().hex)
             data = json.dumps(asdict(holder)).encode()
             os.ftruncate(fd, 0)
