@@ -138,7 +138,7 @@ def bench_corpus(name: str, cfg, run: RunPaths, readers: dict[str, list[OcrReade
                  timed: bool = True, gate: int | None = None) -> dict:  # fmt: skip
     frames = read_table(run.table("frames"))
     result: dict = {"frames": len(frames), "videos": int(frames.video_id.nunique()), "distance": distance, "gate": gate,
-                    "gate_score": cfg.caption.ocr.gate_score, "spin_wait": cfg.caption.ocr.spin_wait}  # fmt: skip
+                    "gate_score": cfg.caption.ocr.gate_score, "spin_wait": cfg.caption.ocr.spin_wait, "runtime": cfg.caption.ocr.runtime}  # fmt: skip
     images = [read_thumbnail(path) for path in run.thumbnails(frames)]
     started = time.perf_counter()
     for image in images:
@@ -309,7 +309,7 @@ def main() -> None:
             first.caption.ocr.workers = args.workers
         workers, threads = ocr_workers(first)
         info |= {"workers": workers, "threads_per_worker": threads}
-        spinning = first.caption.ocr.model_copy(update={"spin_wait": True})
+        spinning = first.caption.ocr.model_copy(update={"spin_wait": True, "runtime": "onnxruntime"})
         readers["off"] = [OcrReader(spinning, first.models.threads)]
         readers["reuse"] = [OcrReader(first.caption.ocr, threads) for _ in range(workers)]
         for reader in readers["off"] + readers["reuse"]:

@@ -199,14 +199,78 @@ def test_threads_that_sleep_instead_of_spinning_read_the_same_text(tmp_path):
 
     cfg, run = text_run(tmp_path)
     images = [read_thumbnail(path) for path in run.thumbnails(read_table(run.table("frames")))]
-    spinning = OcrReader(cfg.caption.ocr.model_copy(update={"spin_wait": True}))
-    sleeping = OcrReader(cfg.caption.ocr.model_copy(update={"spin_wait": False}))
+    on_onnxruntime = cfg.caption.ocr.model_copy(update={"runtime": "onnxruntime"})  # spin_wait is ONNX Runtime's
+    spinning = OcrReader(on_onnxruntime.model_copy(update={"spin_wait": True}))
+    sleeping = OcrReader(on_onnxruntime.model_copy(update={"spin_wait": False}))
     for session in (sleeping.engine.text_det.infer.session, sleeping.engine.text_rec.session.session):
         entries = session.get_session_options()
         assert entries.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert [[line.text for line in sleeping.read(image)] for image in images] == [
         [line.text for line in spinning.read(image)] for image in images
     ]
+
+
+def test_openvino_reads_exactly_the_text_onnx_runtime_reads_and_keeps_its_own_cache(tmp_path):
+    from frameatlas.models.ocr import OcrReader
+
+    cfg, run = text_run(tmp_path)
+    images = [read_thumbnail(path) for path in run.thumbnails(read_table(run.table("frames")))]
+    runtimes = ("openvino", "onnxruntime")
+    readers = {runtime: OcrReader(cfg.caption.ocr.model_copy(update={"runtime": runtime})) for runtime in runtimes}
+    assert [reader.runtime for reader in readers.values()] == list(runtimes)
+    assert " on openvino " in readers["openvino"].record.backend and "openvino" not in readers["onnxruntime"].record.backend
+    texts = {runtime: [[line.text for line in reader.read(image)] for image in images] for runtime, reader in readers.items()}
+    assert texts["openvino"] == texts["onnxruntime"]
+    assert [squeeze("".join(lines)) for lines in texts["openvino"]] == [squeeze(CAPTIONS[i // 2]) for i in range(len(images))]
+
+    # The stage names the runtime: texts read on one are not taken for the other's.
+    on_openvino = read_frame_text(cfg, run, reader=readers["openvino"])
+    assert (on_openvino.read, on_openvino.cached) == (len(images), 0)
+    on_onnxruntime = read_frame_text(cfg, run, reader=readers["onnxruntime"])
+    assert (on_onnxruntime.read, on_onnxruntime.cached) == (len(images), 0)
+    assert list(on_onnxruntime.table.text) == list(on_openvino.table.text)
+    again = read_frame_text(cfg, run, reader=readers["openvino"])
+    assert (again.read, again.cached) == (0, len(images))
+
+
+def test_openvino_asked_for_but_missing_reads_with_onnx_runtime_and_says_so(monkeypatch, caplog):
+    from frameatlas.config import OcrConfig
+    from frameatlas.models import ocr as ocr_model
+
+    def no_openvino():
+        raise ImportError("No module named 'openvino'")
+
+    monkeypatch.setattr(ocr_model, "_openvino_core", no_openvino)
+    with caplog.at_level("WARNING", logger="frameatlas.models.ocr"):
+        asked = ocr_model.OcrReader(OcrConfig(enabled=True, runtime="openvino"))
+    assert asked.runtime == "onnxruntime" and "openvino" not in asked.record.backend
+    assert "caption.ocr.runtime is openvino" in caplog.text and "pip install openvino" in caplog.text
+    caplog.clear()
+    assert ocr_model.OcrReader(OcrConfig(enabled=True, runtime="auto")).runtime == "onnxruntime"
+    assert not caplog.text  # auto without the package is ONNX Runtime, as before, without a warning
+
+
+def test_openvino_runs_without_its_telemetry():
+    """Only OpenVINO's runtime is loaded: neither its model converter nor the converter's telemetry client."""
+    import subprocess
+
+    script = (
+        "import sys; from frameatlas.config import OcrConfig; from frameatlas.models.ocr import OcrReader; "
+        "reader = OcrReader(OcrConfig(enabled=True, runtime='openvino')); "
+        "print(reader.runtime, 'openvino_telemetry' in sys.modules, 'openvino.tools.ovc' in sys.modules); "
+        "from openvino.tools.ovc import convert_model"  # a user's own code can still import the converter
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=os.environ | {"HF_HUB_OFFLINE": "1"}
+    )
+    assert done.stdout.split() == ["openvino", "False", "False"]
+
+
+@pytest.mark.parametrize("value", ["tensorrt", "", 1])
+def test_a_bad_runtime_names_the_key_and_the_choices(value):
+    with pytest.raises(ConfigError, match=r"caption\.ocr\.runtime") as error:
+        config_from_dict({"caption": {"ocr": {"runtime": value}}})
+    assert "openvino" in str(error.value)
 
 
 def test_two_readers_at_once_give_exactly_the_texts_of_one_reader(tmp_path):

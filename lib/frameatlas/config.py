@@ -196,6 +196,10 @@ class OcrConfig(_Section):
     spin_wait: bool = Field(
         True, description="ONNX Runtime's idle threads spin (true, its default) or sleep (false: less CPU, the same text)."
     )
+    runtime: Literal["auto", "openvino", "onnxruntime"] = Field(
+        "auto", description="What computes RapidOCR's two networks (the same ONNX files): openvino (fp32, faster on "
+        "CPUs), onnxruntime (as RapidOCR ships), or auto = openvino when the package is installed.",
+    )  # fmt: skip
     workers: int | None = Field(
         None, ge=1, le=64, description="Frames read at once, each by its own reader with models.threads shared among "
         "them; null = the CPUs this process may use. The text does not depend on it.",

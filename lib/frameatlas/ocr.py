@@ -107,9 +107,11 @@ class OcrSummary(StageSummary):
         return [self.record.as_dict()] if self.record is not None else []
 
 
-def _settings_key(cfg: PipelineConfig, engine: str) -> str:
+def _settings_key(cfg: PipelineConfig, engine: str, runtime: str = "onnxruntime") -> str:
     options = cfg.caption.ocr
     settings = f"{engine}|{options.min_score}|{options.min_chars}|{options.detect_short_side}"
+    if runtime != "onnxruntime":  # another runtime's arithmetic differs in the last bits: its texts are kept apart
+        settings += f"|{runtime}"
     if options.reuse_distance is not None:  # reused texts are never mixed with another threshold's (or exact) ones
         settings += f"|reuse {options.reuse_distance}"
     if options.gate_short_side is not None:  # a gated frame's text is empty without a full read: its own cache
@@ -320,7 +322,7 @@ def read_frame_text(
     summary.record = readers[0].record
     summary.reuse_distance = cfg.caption.ocr.reuse_distance
     summary.gate_short_side = cfg.caption.ocr.gate_short_side
-    key = _settings_key(cfg, summary.record.model_id)
+    key = _settings_key(cfg, summary.record.model_id, getattr(readers[0], "runtime", "onnxruntime"))
     tables, todo = frame_shards(frames, run.root / "ocr" / key, force=force)
     tables = [table if "reused_from" in table else table.assign(reused_from="") for table in tables]  # read before reuse existed
     summary.cached = sum(map(len, tables))

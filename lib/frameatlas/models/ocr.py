@@ -11,6 +11,10 @@ quarter of the pixels at 160 instead of 320); when no pixel of its text-probabil
 those frames). Frames the gate lets through are read exactly as without it. With `spin_wait: false`
 ONNX Runtime's idle threads sleep instead of spinning (less CPU on shared cores, the same results).
 
+`runtime` says what computes the two networks: `openvino` runs the package's very ONNX files with OpenVINO
+in full fp32 (the recogniser 1.6x faster than ONNX Runtime on these CPUs, the same text on every demo
+frame: BENCHMARKS.md), `onnxruntime` runs them as RapidOCR does, `auto` takes OpenVINO when it is installed.
+
 Example:
     >>> from frameatlas.config import OcrConfig
     >>> from frameatlas.models.ocr import OcrReader
@@ -21,8 +25,10 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,13 +84,15 @@ class OcrReader:
             det_limit_side_len=options.detect_short_side, det_limit_type="min", use_cls=False,
             text_score=options.min_score, intra_op_num_threads=threads, inter_op_num_threads=threads,
         )  # fmt: skip
-        if not getattr(options, "spin_wait", True):
+        self.runtime = _use_runtime(self.engine, getattr(options, "runtime", "onnxruntime"), threads)
+        if self.runtime == "onnxruntime" and not getattr(options, "spin_wait", True):
             _stop_spinning(self.engine, threads)
         models = Path(rapidocr_onnxruntime.__file__).parent / "models"
-        version = _package_version()
+        backend = f"{OCR_PACKAGE} {_package_version(OCR_PACKAGE)}"
+        if self.runtime == "openvino":
+            backend += f" on openvino {_package_version('openvino')}"
         self.record = ModelRecord(
-            kind="ocr", model_id=OCR_MODEL_ID, requested=OCR_MODEL_ID, backend=f"{OCR_PACKAGE} {version}",
-            weights=str(models),
+            kind="ocr", model_id=OCR_MODEL_ID, requested=OCR_MODEL_ID, backend=backend, weights=str(models),
         )  # fmt: skip
         self.follow_gate(options)
 
@@ -141,17 +149,76 @@ def _stop_spinning(engine, threads: int) -> None:
         holder.session = InferenceSession(paths[section]["model_path"], sess_options=options, providers=["CPUExecutionProvider"])
 
 
+class _OpenVinoSession:
+    """One of RapidOCR's ONNX files compiled by OpenVINO, called as RapidOCR calls its ONNX Runtime session
+    (an array in, the list of outputs back)."""
+
+    def __init__(self, core, model_path: str, threads: int):
+        settings = {
+            # fp32 whatever the CPU offers: on CPUs with bf16 units OpenVINO may compute in bf16 by default, which
+            # read the same text on only 40 of 103 demo frames with text.
+            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_NUM_THREADS": max(0, threads),  # 0: OpenVINO's default, every core
+            # Readers of one thread each must not be pinned to the same core; the cores are shared anyway.
+            "ENABLE_CPU_PINNING": False,
+        }
+        self.compiled = core.compile_model(core.read_model(model_path), "CPU", settings)
+        self._request = self.compiled.create_infer_request()
+        self._output = self.compiled.output(0)
+
+    def __call__(self, inputs: np.ndarray) -> list[np.ndarray]:
+        return [self._request.infer({0: inputs})[self._output].copy()]
+
+
+def _use_runtime(engine, runtime: str, threads: int) -> str:
+    """Put the detector and the recogniser on `runtime` ("auto", "openvino" or "onnxruntime") and say which one
+    runs them: without the openvino package it is ONNX Runtime (a warning when OpenVINO was asked for by name)."""
+    if runtime == "onnxruntime":
+        return "onnxruntime"
+    try:
+        core = _openvino_core()
+    except ImportError as error:
+        if runtime == "openvino":
+            log.warning("caption.ocr.runtime is openvino, but the openvino package cannot be imported (%s): reading "
+                        "text with ONNX Runtime instead, the same models (`pip install openvino` to use it)", error)  # fmt: skip
+        return "onnxruntime"
+    from rapidocr_onnxruntime.main import DEFAULT_CFG_PATH
+    from rapidocr_onnxruntime.utils import read_yaml, update_model_path
+
+    paths = update_model_path(read_yaml(DEFAULT_CFG_PATH))
+    engine.text_det.infer = _OpenVinoSession(core, paths["Det"]["model_path"], threads)
+    engine.text_rec.session = _OpenVinoSession(core, paths["Rec"]["model_path"], threads)
+    return "openvino"
+
+
+@functools.cache
+def _openvino_core():
+    """One OpenVINO core per process (it holds the CPU plugin and its thread pools). Only the runtime is
+    imported: `import openvino` would also import its model converter, and with it the converter's telemetry
+    client, which reading ONNX files does not need (the converter stays importable by name afterwards)."""
+    converter = "openvino.tools.ovc"
+    hide_converter = "openvino" not in sys.modules and converter not in sys.modules
+    if hide_converter:
+        sys.modules[converter] = None  # openvino's __init__ skips the converter when importing it fails
+    try:
+        import openvino
+    finally:
+        if hide_converter and sys.modules.get(converter, False) is None:
+            del sys.modules[converter]
+    return openvino.Core()
+
+
 def _det_preprocess(detector, short_side: int):
     from rapidocr_onnxruntime.ch_ppocr_det.utils import DetPreProcess
 
     return DetPreProcess(short_side, "min", detector.mean, detector.std)
 
 
-def _package_version() -> str:
+def _package_version(package: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version(OCR_PACKAGE)
+        return version(package)
     except PackageNotFoundError:
         return "unknown"
 

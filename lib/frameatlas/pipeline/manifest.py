@@ -47,7 +47,7 @@ __all__ = [
 ML_LIBRARIES = (
     "torch", "torchvision", "open-clip-torch", "sentence-transformers", "transformers", "tokenizers",
     "safetensors", "huggingface-hub", "clip-interrogator", "chromadb", "faiss-cpu", "scikit-learn",
-    "umap-learn", "hdbscan", "numba", "pynndescent", "scipy", "onnxruntime", "rapidocr-onnxruntime",
+    "umap-learn", "hdbscan", "numba", "pynndescent", "scipy", "onnxruntime", "openvino", "rapidocr-onnxruntime",
     "opencv-python-headless", "faster-whisper", "ctranslate2", "tensorflow", "tensorflow-hub",
     "av", "imageio-ffmpeg", "scenedetect", "plotly", "numpy", "pandas", "pyarrow", "pillow",
     "papermill", "nbconvert", "pydantic",

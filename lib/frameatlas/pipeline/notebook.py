@@ -40,7 +40,7 @@ __all__ = ["HEAVY_MODULES", "StageContext", "exit_with_parent", "heavy_imports",
 #: of them each stage's kernel imported (`imports`), so a stage that needed none can be seen to.
 HEAVY_MODULES = (
     "torch", "torchvision", "open_clip", "sentence_transformers", "transformers", "tensorflow", "onnxruntime",
-    "rapidocr_onnxruntime", "faster_whisper", "ctranslate2", "chromadb", "faiss", "umap", "hdbscan", "sklearn",
+    "openvino", "rapidocr_onnxruntime", "faster_whisper", "ctranslate2", "chromadb", "faiss", "umap", "hdbscan", "sklearn",
     "numba", "plotly", "av", "cv2",
 )  # fmt: skip
 
