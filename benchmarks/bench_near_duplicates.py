@@ -11,7 +11,7 @@ Two corpora, each extracted once (untimed) with the extract section of `pipeline
   scene with sensor noise, a small figure crossing it, and a sign whose text changes every 20 s.
 
 For each corpus the OCR stage (`frameatlas.ocr.read_frame_text`, forced, readers loaded once for
-every pass) runs alternately as before these options (the baseline: every frame read by one reader with
+every pass; with `--fresh-readers` each pass loads its own, as a run's stage does, and that loading is timed) runs alternately as before these options (the baseline: every frame read by one reader with
 ONNX Runtime's threads at every core, spinning; reuse off, no gate) and as configured: reuse at
 `--distance`, the text gate at `--gate` (`caption.ocr.gate_short_side`; `--gate off` for reuse alone),
 threads as `caption.ocr.spin_wait` says, and `--workers` readers at once (`caption.ocr.workers`; null =
@@ -134,8 +134,10 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
 
-def bench_corpus(name: str, cfg, run: RunPaths, readers: dict[str, list[OcrReader]], distance: int, repeat: int, sweep_only: bool,
-                 timed: bool = True, gate: int | None = None) -> dict:  # fmt: skip
+def bench_corpus(name: str, cfg, run: RunPaths, readers: dict[str, list[OcrReader]] | None, distance: int, repeat: int,
+                 sweep_only: bool, timed: bool = True, gate: int | None = None) -> dict:  # fmt: skip
+    """Time the two kinds of pass on one corpus. `readers` None: every pass loads its own readers, as a run's
+    stage does (their loading timed with it), the baseline one reader on ONNX Runtime with threads spinning."""
     frames = read_table(run.table("frames"))
     result: dict = {"frames": len(frames), "videos": int(frames.video_id.nunique()), "distance": distance, "gate": gate,
                     "gate_score": cfg.caption.ocr.gate_score, "spin_wait": cfg.caption.ocr.spin_wait, "runtime": cfg.caption.ocr.runtime}  # fmt: skip
@@ -146,12 +148,17 @@ def bench_corpus(name: str, cfg, run: RunPaths, readers: dict[str, list[OcrReade
     result["signature_ms_per_frame"] = (time.perf_counter() - started) / len(images) * 1000
     passes: dict[str, list] = {"off": [], "reuse": []}
     tables = {}
+    configured = cfg.caption.ocr.model_dump(include={"spin_wait", "runtime", "workers"})
+    as_before = {"spin_wait": True, "runtime": "onnxruntime", "workers": 1}  # the stage before these options
     for round_ in range(0 if sweep_only else repeat if timed else 1):
         for label, value in (("off", None), ("reuse", distance)) if round_ % 2 == 0 else (("reuse", distance), ("off", None)):
             cfg.caption.ocr.reuse_distance = value
             cfg.caption.ocr.gate_short_side = gate if label == "reuse" else None
+            for key, value in (configured if label == "reuse" else as_before).items():
+                setattr(cfg.caption.ocr, key, value)
             wall, cpu = time.perf_counter(), time.process_time()
-            summary = read_frame_text(cfg, run, force=timed, reader=readers[label])  # untimed: the texts cached by earlier passes
+            # untimed: the texts cached by earlier passes
+            summary = read_frame_text(cfg, run, force=timed, reader=readers[label] if readers else None)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             passes[label].append((wall, cpu, summary.reused))
             tables[label] = summary.table
@@ -280,6 +287,8 @@ def main() -> None:
                         help="no timed passes: agreement and sweep from the texts the last passes cached in --work")  # fmt: skip
     parser.add_argument("--profile", action="store_true",
                         help="only profile one read-every-frame pass per corpus (detection, recognition, gate sizes)")  # fmt: skip
+    parser.add_argument("--fresh-readers", action="store_true",
+                        help="every pass loads its own readers, as a run's stage does (loading timed with the pass)")  # fmt: skip
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
@@ -309,18 +318,24 @@ def main() -> None:
             first.caption.ocr.workers = args.workers
         workers, threads = ocr_workers(first)
         info |= {"workers": workers, "threads_per_worker": threads}
-        spinning = first.caption.ocr.model_copy(update={"spin_wait": True, "runtime": "onnxruntime"})
-        readers["off"] = [OcrReader(spinning, first.models.threads)]
-        readers["reuse"] = [OcrReader(first.caption.ocr, threads) for _ in range(workers)]
-        for reader in readers["off"] + readers["reuse"]:
-            reader.read(Image.new("RGB", (384, 216), "white"))  # warm-up: onnxruntime allocates on the first call
+        if not args.fresh_readers:
+            spinning = first.caption.ocr.model_copy(update={"spin_wait": True, "runtime": "onnxruntime"})
+            readers["off"] = [OcrReader(spinning, first.models.threads)]
+            readers["reuse"] = [OcrReader(first.caption.ocr, threads) for _ in range(workers)]
+            for reader in readers["off"] + readers["reuse"]:
+                reader.read(Image.new("RGB", (384, 216), "white"))  # warm-up: onnxruntime allocates on the first call
+    if args.profile and args.fresh_readers:
+        parser.error("--profile times one loaded reader: leave out --fresh-readers")
     if args.profile:
         for name, (_, run) in corpora.items():
             profile(name, run, readers["off"][0])
         return
     results = {}
     for name, (cfg, run) in corpora.items():
-        results[name] = bench_corpus(name, cfg, run, readers, distance, args.repeat, args.sweep_only, not args.untimed, gate)
+        if args.workers is not None:
+            cfg.caption.ocr.workers = args.workers
+        results[name] = bench_corpus(name, cfg, run, None if args.fresh_readers else readers, distance, args.repeat,
+                                     args.sweep_only, not args.untimed, gate)  # fmt: skip
     for name, result in results.items():
         report(name, result)
     print("\nmachine:", ", ".join(f"{k} {v}" for k, v in info.items()), f"; load at end {os.getloadavg()[0]:.1f}")
