@@ -36,6 +36,8 @@ from pathlib import Path
 os.environ.setdefault("FRAMEATLAS_PROGRESS", "off")
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_iteration import link_videos, write_config  # noqa: E402 - one way to lay out a corpus and its config
 
 
 def cpu_seconds() -> float:
@@ -48,27 +50,8 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "load_average": os.getloadavg()}
 
 
-def write_config(base: Path, dest: Path, videos: Path, output_dir: Path) -> Path:
-    import yaml
-
-    config = yaml.safe_load(base.read_text())
-    config["corpus"].update({"videos": str(videos), "demo": False})
-    config["run"].update({"output_dir": str(output_dir)})
-    dest.write_text(yaml.safe_dump(config, sort_keys=False))
-    return dest
-
-
-def link_corpus(source: Path, dest: Path, extra: Path | None = None) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for video in sorted(source.iterdir()):
-        if video.is_file() and not (dest / video.name).exists():
-            try:
-                os.link(video, dest / video.name)
-            except OSError:
-                shutil.copy2(video, dest / video.name)
-    if extra is not None:
-        shutil.copy2(extra, dest / extra.name)
-    return dest
+def videos_in(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if path.is_file())
 
 
 def pipeline(config: Path, *stages: str) -> None:
@@ -85,7 +68,9 @@ def prepare(args: argparse.Namespace, work: Path) -> Path:
     from frameatlas.render import render_run
 
     base = load_config(args.config)
-    before = write_config(args.config, work / "before.yaml", link_corpus(Path(base.corpus.videos), work / "corpus"), work / "out")
+    before = write_config(
+        args.config, work / "before.yaml", link_videos(videos_in(Path(base.corpus.videos)), work / "corpus"), work / "out"
+    )
     cfg = load_config(before)
     if args.from_run:
         shutil.copytree(args.from_run, cfg.run_dir, symlinks=True)
@@ -94,7 +79,7 @@ def prepare(args: argparse.Namespace, work: Path) -> Path:
         pipeline(before, "extract", "caption", "embed", "cluster", "render")
     cluster_run(cfg, cfg.run_dir)  # this code's clustering and videos, before the clip comes
     render_run(cfg, cfg.run_dir)
-    after = write_config(args.config, work / "after.yaml", link_corpus(work / "corpus", work / "corpus-plus", args.clip),
+    after = write_config(args.config, work / "after.yaml", link_videos(videos_in(work / "corpus"), work / "corpus-plus", args.clip),
                          work / "out")  # fmt: skip
     pipeline(after, "extract", "caption", "embed")
     return after

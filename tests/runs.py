@@ -78,3 +78,32 @@ def pipeline_run(root: Path, *, name: str = "shared") -> Path:
             f"shared pipeline run failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
         )
     return root / "out" / name
+
+
+def copy_project(finished_run: Path, dest: Path, **sections: dict) -> tuple[Path, Path]:
+    """A copy of the shared run (`pipeline_run`) with its own videos folder and pipeline.yaml, whose
+    `sections` are updated (`cluster={"k": 4}`); models stay where they are (they are only read).
+    Returns (config file, run folder)."""
+    import shutil
+
+    source_root = finished_run.parent.parent
+    config = yaml.safe_load((source_root / "pipeline.yaml").read_text())
+    shutil.copytree(source_root / "videos", dest / "videos")
+    shutil.copytree(finished_run, dest / "out" / finished_run.name)  # finished_run itself is read-only
+    config["corpus"]["videos"] = str(dest / "videos")
+    config["run"]["output_dir"] = str(dest / "out")
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    (dest / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    return dest / "pipeline.yaml", dest / "out" / finished_run.name
+
+
+def run_pipeline(config: Path, *arguments: str) -> subprocess.CompletedProcess:
+    """`run_pipeline.py config --no-progress *arguments`, which must exit 0."""
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, str(repo / "run_pipeline.py"), str(config), "--no-progress", *arguments],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done

@@ -19,7 +19,7 @@ from frameatlas.embed import embed_frames
 from frameatlas.frames import extract_corpus
 from frameatlas.render import render_run
 from frameatlas.store import RunPaths, read_table
-from runs import embedded_run
+from runs import copy_project, embedded_run, run_pipeline
 from test_cluster import blobs
 
 # 8 s + 6 s sampled every 0.5 s: 28 frames; scene colours repeat across the two videos
@@ -203,31 +203,13 @@ def test_the_pipeline_places_a_new_video_and_says_so_and_force_refits(finished_r
     """Through run_pipeline.py: the cluster notebook places a new short video's frames (the manifest's counts and
     notes and the report say so), and --force cluster fits anew."""
     import json
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    import yaml
-
-    repo = Path(__file__).resolve().parent.parent
-    source_root = finished_run.parent.parent
-    config = yaml.safe_load((source_root / "pipeline.yaml").read_text())
-    shutil.copytree(source_root / "videos", tmp_path / "videos")
-    shutil.copytree(finished_run, tmp_path / "out" / finished_run.name)  # finished_run itself is read-only
-    run_dir = tmp_path / "out" / finished_run.name
-    config["corpus"]["videos"] = str(tmp_path / "videos")
-    config["run"]["output_dir"] = str(tmp_path / "out")
-    config["cluster"]["refit_new_fraction"] = 0.2
-    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    config, run_dir = copy_project(finished_run, tmp_path, cluster={"refit_new_fraction": 0.2})
     before = rows(RunPaths(run_dir))
     videogen.make_video(tmp_path / "videos" / "delta.mp4", seconds=1.5, fps=10, scene_cuts=[])
 
     def pipeline(*extra: str) -> dict:
-        command = [sys.executable, str(repo / "run_pipeline.py"), str(tmp_path / "pipeline.yaml"), "--no-progress",
-                   "--stages", "extract,caption,embed,cluster", *extra]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, done.stderr[-4000:]
+        run_pipeline(config, "--stages", "extract,caption,embed,cluster", *extra)
         return json.loads((run_dir / "manifest.json").read_text())["stages"]["cluster"]
 
     entry = pipeline()

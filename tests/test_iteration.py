@@ -20,33 +20,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import videogen
-import yaml
+from runs import copy_project, run_pipeline
 from test_serve import Server  # `frameatlas serve RUN --port 0` in its own process
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_MODULES = {"torch", "open_clip", "sentence_transformers", "transformers"}
-
-
-def copy_project(finished_run: Path, dest: Path) -> tuple[Path, Path]:
-    """A copy of the shared run with its own videos folder and pipeline.yaml (models stay where
-    they are: they are only read). Returns (config file, run folder)."""
-    source_root = finished_run.parent.parent
-    config = yaml.safe_load((source_root / "pipeline.yaml").read_text())
-    shutil.copytree(source_root / "videos", dest / "videos")
-    shutil.copytree(finished_run, dest / "out" / finished_run.name)
-    config["corpus"]["videos"] = str(dest / "videos")
-    config["run"]["output_dir"] = str(dest / "out")
-    (dest / "pipeline.yaml").write_text(yaml.safe_dump(config))
-    return dest / "pipeline.yaml", dest / "out" / finished_run.name
-
-
-def run_pipeline(config: Path) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, str(REPO / "run_pipeline.py"), str(config), "--no-progress"],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done
 
 
 # --------------------------------------------------------------------------- lazy models

@@ -83,16 +83,21 @@ def test_a_second_runner_fails_at_once_naming_the_first(tmp_path):
     assert temp_files(run) == []
 
 
+def lock_held_by_a_killed_process(run: Path, command: str):
+    """The lock of `run` as a process left it that took it for `command` and was killed (SIGKILL)."""
+    holder = subprocess.run(
+        [sys.executable, "-c", "import os, signal, sys; from frameatlas.lock import acquire_run_lock; "
+         "acquire_run_lock(sys.argv[1], sys.argv[2]); os.kill(os.getpid(), signal.SIGKILL)", str(run), command],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert holder.returncode == -signal.SIGKILL, holder.stderr
+    return lock_holder(run)
+
+
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     config = write_project(tmp_path)
     run = tmp_path / "out" / "tiny"
-    holder = subprocess.run(
-        [sys.executable, "-c", "import os, signal, sys; from frameatlas.lock import acquire_run_lock; "
-         "acquire_run_lock(sys.argv[1], 'a writer that dies'); os.kill(os.getpid(), signal.SIGKILL)", str(run)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert holder.returncode == -signal.SIGKILL
-    stale = lock_holder(run)
+    stale = lock_held_by_a_killed_process(run, "a writer that dies")
     assert stale is not None and stale.command == "a writer that dies"
     result = run_pipeline(str(config), "--stages", "extract", timeout=300)
     assert result.returncode == 0, result.stderr
@@ -105,13 +110,7 @@ def test_a_kernel_whose_runner_died_does_not_take_the_lock_over(tmp_path, monkey
     from frameatlas.lock import LOCK_TOKEN_ENV, WriterGone, acquire_run_lock
 
     run = tmp_path / "run"
-    runner_process = subprocess.run(
-        [sys.executable, "-c", "import os, signal, sys; from frameatlas.lock import acquire_run_lock; "
-         "acquire_run_lock(sys.argv[1], 'a runner that is killed'); os.kill(os.getpid(), signal.SIGKILL)", str(run)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert runner_process.returncode == -signal.SIGKILL
-    dead_runner = lock_holder(run)
+    dead_runner = lock_held_by_a_killed_process(run, "a runner that is killed")
     # a stage kernel it had started (with its token) reaches its open_stage only now
     monkeypatch.setenv(LOCK_TOKEN_ENV, dead_runner.token)
     with pytest.raises(WriterGone, match=rf"pid {dead_runner.pid} on .*a runner that is killed.* is gone"):

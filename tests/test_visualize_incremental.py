@@ -18,7 +18,7 @@ from frameatlas.frames import extract_corpus
 from frameatlas.project import fit_or_place, load_fit, place_near_neighbours
 from frameatlas.store import RunPaths, read_table
 from frameatlas.visualize import write_visualizations
-from runs import embedded_run
+from runs import copy_project, embedded_run, run_pipeline
 
 # Eight videos of 6 s, each its own scenes (12 frames each at 0.5 s): the 96-frame base run; the ninth (a
 # copy of one.mp4 at another frame rate: other bytes, the same pictures) is 11% of the 108 frames afterwards.
@@ -267,29 +267,13 @@ def test_umap_places_an_added_video_without_importing_umap(visualized_run, tmp_p
 def test_the_pipeline_places_a_new_video_in_the_maps_says_so_and_force_refits(finished_run, tmp_path):
     """Through run_pipeline.py: the visualize notebook places a new short video's frames into the kept PCA fit
     (manifest counts and notes, the report), old points unchanged; --force visualize fits anew."""
-    import subprocess
-    import sys
-
-    import yaml
-
-    repo = Path(__file__).resolve().parent.parent
-    source_root = finished_run.parent.parent
-    config = yaml.safe_load((source_root / "pipeline.yaml").read_text())
-    shutil.copytree(source_root / "videos", tmp_path / "videos")
-    shutil.copytree(finished_run, tmp_path / "out" / finished_run.name)  # finished_run itself is read-only
-    run = RunPaths(tmp_path / "out" / finished_run.name)
-    config["corpus"]["videos"] = str(tmp_path / "videos")
-    config["run"]["output_dir"] = str(tmp_path / "out")
-    config.setdefault("visualize", {})["refit_new_fraction"] = 0.2
-    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    config, run_dir = copy_project(finished_run, tmp_path, visualize={"refit_new_fraction": 0.2})
+    run = RunPaths(run_dir)
     before = projections_of(run)["pca"]
     videogen.make_video(tmp_path / "videos" / "delta.mp4", seconds=1.5, fps=10, scene_cuts=[])
 
     def pipeline(*extra: str) -> dict:
-        command = [sys.executable, str(repo / "run_pipeline.py"), str(tmp_path / "pipeline.yaml"), "--no-progress",
-                   "--stages", "extract,caption,embed,cluster,visualize", *extra]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, done.stderr[-4000:]
+        run_pipeline(config, "--stages", "extract,caption,embed,cluster,visualize", *extra)
         return json.loads((run.root / "manifest.json").read_text())["stages"]["visualize"]
 
     entry = pipeline()
