@@ -77,6 +77,8 @@ def pipeline_run(root: Path, *, name: str = "shared") -> Path:
         raise AssertionError(
             f"shared pipeline run failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
         )
+    # a first run starts every stage's kernel ahead too (their working folder, reports/, did not exist yet once)
+    assert "could not start its kernel ahead" not in result.stderr, result.stderr[-4000:]
     return root / "out" / name
 
 

@@ -195,6 +195,7 @@ def kernel_pool(run: RunPaths, show_progress: bool, socket_folder: Path) -> Kern
         return AsyncKernelManager(kernel_name="python3", config=_kernel_config(folder))
 
     env = {**os.environ, **stage_environment(run, show_progress)}
+    run.reports.mkdir(parents=True, exist_ok=True)  # the kernels' working folder; a first run has none yet
     return KernelPool(manager, {"cwd": str(run.reports), "env": env, "extra_arguments": list(KERNEL_ARGUMENTS)}, run.cache)
 
 
