@@ -266,6 +266,41 @@ def test_openvino_runs_without_its_telemetry():
     assert done.stdout.split() == ["openvino", "False", "False"]
 
 
+TWO_FIRST_REQUESTS_AT_ONCE = """
+import threading, numpy as np
+from frameatlas.config import OcrConfig
+from frameatlas.models.ocr import OcrReader
+readers = [OcrReader(OcrConfig(enabled=True, runtime="openvino"), threads=1) for _ in range(2)]
+both = threading.Barrier(2)
+def first_request(reader):
+    both.wait()
+    reader.engine.text_det.infer(np.zeros((1, 3, 64, 64), np.float32))
+threads = [threading.Thread(target=first_request, args=(reader,)) for reader in readers]
+[thread.start() for thread in threads]
+[thread.join() for thread in threads]
+print("done")
+"""
+
+
+@pytest.mark.slow
+def test_two_readers_first_requests_at_once_do_not_deadlock():
+    """Each fresh process lets two OpenVINO readers make their first request at the same moment. Before the
+    numpy bridge was made while loading, half such processes hung for good (a GIL / C++ static deadlock)."""
+    import subprocess
+
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    processes = [subprocess.Popen([sys.executable, "-c", TWO_FIRST_REQUESTS_AT_ONCE], stdout=subprocess.PIPE, text=True, env=env)
+                 for _ in range(8)]  # fmt: skip
+    outcomes = []
+    for process in processes:
+        try:
+            outcomes.append(process.communicate(timeout=60)[0].strip())
+        except subprocess.TimeoutExpired:
+            process.kill()
+            outcomes.append("hung")
+    assert outcomes == ["done"] * len(processes)
+
+
 @pytest.mark.parametrize("value", ["tensorrt", "", 1])
 def test_a_bad_runtime_names_the_key_and_the_choices(value):
     with pytest.raises(ConfigError, match=r"caption\.ocr\.runtime") as error:

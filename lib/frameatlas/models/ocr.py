@@ -217,6 +217,11 @@ def _openvino_core():
     finally:
         if hide_converter and sys.modules.get(converter, False) is None:
             del sys.modules[converter]
+    # OpenVINO's Python binding makes its numpy bridge on the first `Tensor.data` of the process, in a C++ static
+    # whose initialiser takes the GIL: two readers' first requests at once deadlocked (one thread holding the GIL
+    # waits on the static, the other holds the static and waits on the GIL; 10 of 20 processes hung when two
+    # threads started together). Made here, in the thread that loads the readers, before any reader runs.
+    openvino.Tensor(np.zeros(1, np.float32)).data  # noqa: B018 - the access is the point
     return openvino.Core()
 
 
