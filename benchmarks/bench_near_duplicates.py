@@ -11,7 +11,8 @@ Two corpora, each extracted once (untimed) with the extract section of `pipeline
   scene with sensor noise, a small figure crossing it, and a sign whose text changes every 20 s.
 
 For each corpus the OCR stage (`frameatlas.ocr.read_frame_text`, forced, readers loaded once for
-every pass; with `--fresh-readers` each pass loads its own, as a run's stage does, and that loading is timed) runs alternately as before these options (the baseline: every frame read by one reader with
+every pass; with `--fresh-readers` each pass loads its own and compiles OpenVINO's networks anew, as a run's
+stage in its new kernel does, and that loading is timed) runs alternately as before these options (the baseline: every frame read by one reader with
 ONNX Runtime's threads at every core, spinning; reuse off, no gate) and as configured: reuse at
 `--distance`, the text gate at `--gate` (`caption.ocr.gate_short_side`; `--gate off` for reuse alone),
 threads as `caption.ocr.spin_wait` says, and `--workers` readers at once (`caption.ocr.workers`; null =
@@ -50,6 +51,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the generated static video comes from
 import videogen  # noqa: E402
 from frameatlas.config import config_from_dict, load_config  # noqa: E402
 from frameatlas.frames import extract_corpus  # noqa: E402
+from frameatlas.models import ocr as ocr_model  # noqa: E402
 from frameatlas.models.ocr import OcrReader  # noqa: E402
 from frameatlas.ocr import ocr_workers, read_frame_text  # noqa: E402
 from frameatlas.signature import NearDuplicates, frame_signature  # noqa: E402
@@ -65,8 +67,9 @@ def machine() -> dict:
     import onnxruntime
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    openvino = ocr_model._package_version("openvino")  # "unknown" when it is not installed
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-            "load_1min_at_start": os.getloadavg()[0]}  # fmt: skip
+            "openvino": openvino, "load_1min_at_start": os.getloadavg()[0]}  # fmt: skip
 
 
 def prepare(name: str, videos: Path, work: Path):
@@ -156,6 +159,8 @@ def bench_corpus(name: str, cfg, run: RunPaths, readers: dict[str, list[OcrReade
             cfg.caption.ocr.gate_short_side = gate if label == "reuse" else None
             for key, value in (configured if label == "reuse" else as_before).items():
                 setattr(cfg.caption.ocr, key, value)
+            if readers is None:  # a stage's kernel is a new process: no network compiled, no input shape seen
+                ocr_model._compiled.cache_clear()
             wall, cpu = time.perf_counter(), time.process_time()
             # untimed: the texts cached by earlier passes
             summary = read_frame_text(cfg, run, force=timed, reader=readers[label] if readers else None)
@@ -288,7 +293,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="only profile one read-every-frame pass per corpus (detection, recognition, gate sizes)")  # fmt: skip
     parser.add_argument("--fresh-readers", action="store_true",
-                        help="every pass loads its own readers, as a run's stage does (loading timed with the pass)")  # fmt: skip
+                        help="every pass loads its own readers and compiles its networks, as a run's stage does (timed with the pass)")  # fmt: skip
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
