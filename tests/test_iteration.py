@@ -286,6 +286,18 @@ def test_a_kernel_started_ahead_imports_the_modules_its_stage_loaded_last_time_b
     assert executed_state(output) == {"PIL.ImageMorph": True, "torch": False, "colorsys": False}
 
 
+def test_a_kernel_started_ahead_compiles_numba_code_into_the_stages_cache(tmp_path):
+    """The libraries a kernel imports ahead (umap, pynndescent) find the numba code the stage cached before."""
+    env = {key: value for key, value in os.environ.items() if key != "NUMBA_CACHE_DIR"} | {"XDG_CACHE_HOME": str(tmp_path)}
+    script = (
+        "from frameatlas.pipeline.kernels import preload; preload(['numba']); "
+        "import numba.core.config, os; print(numba.core.config.CACHE_DIR); print(os.environ['NUMBA_CACHE_DIR'])"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)
+    expected = str(tmp_path / "frameatlas" / "numba")
+    assert done.stdout.split() == [expected, expected]
+
+
 def test_contact_sheets_are_redrawn_only_for_videos_whose_thumbnails_changed(finished_run, tmp_path):
     from frameatlas.frames import SHEET_KEYS, save_contact_sheets
     from frameatlas.store import RunPaths

@@ -94,9 +94,14 @@ def preload(modules: list[str], recorded: str | None = None) -> list[str]:
     """Import `modules` (in a kernel waiting for its notebook), then the modules listed in the file
     `recorded` (`modules_file`, if it can be read); returns those of `modules` imported. A name
     that is not a module, or fails to import, is passed over: the notebook's own import says why."""
+    from ..project import configure_numba_cache
     from .notebook import exit_with_parent
 
     exit_with_parent()  # a kernel waiting for its notebook must not outlive the runner either
+    # numba code imported here (pynndescent compiles some at import, for umap) must come from the cache the
+    # stage itself fills (`frameatlas.project`), not from one of numba's own: a first re-run's visualize kernel
+    # spent 10 s compiling what the first run had already cached
+    configure_numba_cache()
     imported = [name for name in modules if _import(name)]
     try:
         more = json.loads(Path(recorded).read_text()) if recorded else []
