@@ -173,6 +173,23 @@ def test_the_text_gate_skips_blank_frames_and_keeps_every_text(tmp_path):
     assert blank < cfg.caption.ocr.gate_score <= shown
 
 
+@pytest.mark.parametrize(
+    ("counts", "expected"),
+    [
+        ({"ocr_frames_read": 12, "ocr_frames_cached": 0, "ocr_frames_with_text": 5, "ocr_seconds_per_frame": 0.04},
+         "Read on-screen text on 12 frames; 5 show text (0.04 s per frame read)."),
+        ({"ocr_frames_read": 12, "ocr_frames_cached": 667, "ocr_frames_with_text": 84, "ocr_seconds_per_frame": 0.05},
+         "Read on-screen text on 12 frames (667 more from earlier runs); 84 show text (0.05 s per frame read)."),
+        ({"ocr_frames_read": 0, "ocr_frames_cached": 679, "ocr_frames_with_text": 84, "ocr_seconds_per_frame": 0.0},
+         "On-screen text of 679 frames, all from earlier runs; 84 show text."),
+    ],
+)  # fmt: skip
+def test_the_caption_sentence_tells_frames_read_from_texts_kept(counts, expected):
+    sentence, numbers = _stage_sentence("caption", counts)
+    assert expected in sentence
+    assert ("frames with text", str(counts["ocr_frames_with_text"])) in numbers
+
+
 def test_the_text_gate_passes_over_every_frame_of_a_video_without_text(tmp_path):
     videogen.make_text_video(tmp_path / "videos" / "blank.mp4", ["", "", ""])
     cfg, run = embedded_run(tmp_path, {"name": "fallback"}, name="blank", extract={"thumbnail_long_side": 384},

@@ -288,9 +288,14 @@ def _stage_sentence(name: str, counts: dict[str, Any]) -> tuple[str, list[tuple[
         else:
             parts.append("No captions were written.")
         if "ocr_frames_read" in c:
-            per_frame = c.get("ocr_seconds_per_frame")
-            parts.append(f"Read on-screen text on {_count(c, 'ocr_frames_read')} frames; {_count(c, 'ocr_frames_with_text')} "
-                         f"show text" + (f" ({per_frame:.2f} s per frame)." if isinstance(per_frame, (int, float)) else "."))  # fmt: skip
+            read, cached, per_frame = _count(c, "ocr_frames_read"), _count(c, "ocr_frames_cached"), c.get("ocr_seconds_per_frame")
+            with_text = f"{_count(c, 'ocr_frames_with_text')} show text"
+            if read:
+                earlier = f" ({cached} more from earlier runs)" if cached else ""
+                timing = f" ({per_frame:.2f} s per frame read)" if isinstance(per_frame, (int, float)) else ""
+                parts.append(f"Read on-screen text on {read} frames{earlier}; {with_text}{timing}.")
+            else:  # a re-run with every frame's text cached: "read on 0 frames (0.00 s per frame)" said nothing
+                parts.append(f"On-screen text of {cached} frames, all from earlier runs; {with_text}.")
             numbers.append(("frames with text", str(_count(c, "ocr_frames_with_text"))))
         reused = [(_count(c, key), what) for key, what in (("frames_caption_reused", "caption"), ("ocr_frames_reused", "text"))]
         if any(count for count, _ in reused):  # near-duplicate frames (caption.reuse_distance, caption.ocr.reuse_distance)
