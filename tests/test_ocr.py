@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import videogen
@@ -265,6 +266,25 @@ def test_openvino_asked_for_but_missing_reads_with_onnx_runtime_and_says_so(monk
     caplog.clear()
     assert ocr_model.OcrReader(OcrConfig(enabled=True, runtime="auto")).runtime == "onnxruntime"
     assert not caplog.text  # auto without the package is ONNX Runtime, as before, without a warning
+
+
+def test_openvino_failing_to_compile_reads_with_onnx_runtime_and_says_why(tmp_path, monkeypatch, caplog):
+    from frameatlas.models import ocr as ocr_model
+
+    def compile_fails(model_path, threads):
+        if "rec" in Path(model_path).name:  # the detector compiles, the recogniser does not: neither is swapped
+            raise RuntimeError("Exception from src/inference/src/cpp/core.cpp: unsupported CPU")
+        return real_compiled(model_path, threads)
+
+    real_compiled = ocr_model._compiled
+    monkeypatch.setattr(ocr_model, "_compiled", compile_fails)
+    cfg, run = text_run(tmp_path, runtime="auto")
+    with caplog.at_level("WARNING", logger="frameatlas.models.ocr"):
+        summary = read_frame_text(cfg, run)
+    assert "OpenVINO could not compile" in caplog.text and "unsupported CPU" in caplog.text
+    assert "caption.ocr.runtime: onnxruntime" in caplog.text
+    assert "openvino" not in summary.record.backend
+    assert [squeeze(text) for text in summary.table.text] == [squeeze(CAPTIONS[i // 2]) for i in range(len(summary.table))]
 
 
 def test_openvino_runs_without_its_telemetry():

@@ -14,6 +14,8 @@ ONNX Runtime's idle threads sleep instead of spinning (less CPU on shared cores,
 `runtime` says what computes the two networks: `openvino` runs the package's very ONNX files with OpenVINO
 in full fp32 (the recogniser 1.6x faster than ONNX Runtime on these CPUs, the same text on every demo
 frame: BENCHMARKS.md), `onnxruntime` runs them as RapidOCR does, `auto` takes OpenVINO when it is installed.
+When OpenVINO is missing or cannot compile the networks, ONNX Runtime reads (with a warning, unless `auto` found
+no OpenVINO at all).
 
 Example:
     >>> from frameatlas.config import OcrConfig
@@ -198,8 +200,15 @@ def _use_runtime(engine, runtime: str, threads: int) -> str:
     from rapidocr_onnxruntime.utils import read_yaml, update_model_path
 
     paths = update_model_path(read_yaml(DEFAULT_CFG_PATH))
-    engine.text_det.infer = _OpenVinoSession(_compiled(paths["Det"]["model_path"], max(0, threads)))
-    engine.text_rec.session = _OpenVinoSession(_compiled(paths["Rec"]["model_path"], max(0, threads)))
+    try:
+        detector = _OpenVinoSession(_compiled(paths["Det"]["model_path"], max(0, threads)))
+        recogniser = _OpenVinoSession(_compiled(paths["Rec"]["model_path"], max(0, threads)))
+    except Exception as error:  # noqa: BLE001 - e.g. a CPU or build OpenVINO's plugin does not support
+        log.warning("caption.ocr.runtime is %s, but OpenVINO could not compile RapidOCR's networks (%s: %s): reading text "
+                    "with ONNX Runtime instead, the same models (set caption.ocr.runtime: onnxruntime to skip OpenVINO)",
+                    runtime, type(error).__name__, error)  # fmt: skip
+        return "onnxruntime"
+    engine.text_det.infer, engine.text_rec.session = detector, recogniser
     return "openvino"
 
 
