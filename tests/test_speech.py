@@ -531,7 +531,11 @@ def test_a_real_human_recording_from_the_demo_corpus_gives_its_known_sentence_at
     assert word_error_rate(CONVERSATION_SENTENCE.text, heard) < 0.2, heard
     assert abs(said["start"].min() - CONVERSATION_SENTENCE.start) < 0.5
     assert abs(said["end"].max() - CONVERSATION_SENTENCE.end) < 0.5
-    assert transcript.language == "en" and len(transcript.segments) >= 10  # a whole conversation, not one line
+    # a whole conversation, not one line: how Whisper cuts it into segments differs between CPUs (7 on an Intel
+    # Xeon, 10 or more on an AMD EPYC), the words and the span they cover do not
+    segments = transcript.segments
+    assert transcript.language == "en" and len(words_of(" ".join(segments.text))) >= 50
+    assert segments.end.max() - segments.start.min() >= 0.8 * transcript.voiced_seconds
 
 
 def test_a_demo_recording_is_verified_muxed_into_a_video_and_remade_when_damaged(tmp_path, monkeypatch):
