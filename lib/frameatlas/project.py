@@ -19,7 +19,8 @@ frames (at most `refit_new_fraction` of all frames since that fit, same paramete
 the fitted frames, none of them removed), the old frames keep exactly their points and only the new
 ones are placed: PCA by the fitted transform (the saved mean and components), UMAP and t-SNE at the
 distance-weighted mean of the points of the new frame's nearest fitted frames in the original
-vector space (cosine distance, `PLACEMENT_NEIGHBOURS`; t-SNE has no transform, and loading a pickled
+vector space (cosine distance, `PLACEMENT_NEIGHBOURS`), over those lying beside the nearest one in the
+layout (`place_near_neighbours`; t-SNE has no transform, and loading a pickled
 UMAP model plus importing umap costs more than that refit saves on a few hundred frames). Placed
 points are approximate: a new frame lands among the frames it resembles, not where a refit would put
 it. Anything else refits every frame, as does a saved fit that cannot be read (logged).
@@ -264,7 +265,10 @@ def place_near_neighbours(
     """Points for `new_vectors` in the layout of (`old_vectors`, `old_points`).
 
     Each new vector's point is the mean of the points of its `neighbours` nearest old vectors (cosine
-    distance), weighted by 1 / distance: a duplicate of an old frame lands on that frame's point.
+    distance), weighted by 1 / distance² (Shepard's inverse-distance weights), over those neighbours whose
+    points lie near the nearest one's point: within the layout's typical distance from a point to its
+    `neighbours`-th nearest point. t-SNE can set near-identical frames far apart; a mean over both would land
+    between them, among frames the new one does not resemble. A duplicate of an old frame lands on its point.
     """
     old_points = np.asarray(old_points, dtype=np.float32)
     placed = np.zeros((len(new_vectors), old_points.shape[1]), np.float32)
@@ -272,14 +276,30 @@ def place_near_neighbours(
         return placed
     old_unit, new_unit = _unit_rows(old_vectors), _unit_rows(new_vectors)
     k = min(neighbours, len(old_unit))
+    radius = _neighbourhood_radius(old_points, k)
     for start in range(0, len(new_unit), 1024):  # bounded memory: 1024 x n similarities at a time
         similarity = new_unit[start : start + 1024] @ old_unit.T
-        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]  # most similar first; ties: the older frame
         distance = np.maximum(1.0 - np.take_along_axis(similarity, nearest, axis=1), 0.0)
-        weights = 1.0 / (distance + 1e-6)
+        points = old_points[nearest]
+        beside_nearest = np.linalg.norm(points - points[:, :1], axis=2) <= radius
+        weights = np.where(beside_nearest, 1.0 / (distance**2 + 1e-12), 0.0)
         weights /= weights.sum(axis=1, keepdims=True)
-        placed[start : start + 1024] = np.einsum("nk,nkd->nd", weights, old_points[nearest])
+        placed[start : start + 1024] = np.einsum("nk,nkd->nd", weights, points)
     return placed
+
+
+def _neighbourhood_radius(points: np.ndarray, k: int, sample: int = 2000) -> float:
+    """The median distance from a point of the layout to its `k`-th nearest other point (over at most `sample`
+    points spread evenly over the rows): how far a point's neighbourhood reaches in this layout."""
+    if len(points) < 2:
+        return 0.0
+    from scipy.spatial import cKDTree
+
+    picked = points[np.linspace(0, len(points) - 1, min(sample, len(points))).astype(int)]
+    reach = min(k, len(points) - 1)
+    distances, _ = cKDTree(points).query(picked, k=reach + 1)  # the first is the point itself
+    return float(np.median(np.atleast_2d(distances)[:, reach]))
 
 
 def _digest(vectors: np.ndarray) -> str:
