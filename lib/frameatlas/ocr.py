@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import queue
 import threading
 import time
@@ -44,6 +43,7 @@ from .config import OcrConfig, PipelineConfig
 from .corpus import SkippedInput, failure_reason
 from .executor import Failed, open_executor
 from .models.base import ModelRecord
+from .models.device import usable_cpus
 from .models.ocr import OcrReader, OcrUnavailable, TextLine, unavailable_record
 from .progress import progress_bar
 from .signature import NearDuplicates
@@ -278,7 +278,7 @@ def ocr_workers(cfg: PipelineConfig) -> tuple[int, int]:
     """How many readers read frames at once (`caption.ocr.workers`, default the CPUs this process may use) and
     ONNX Runtime's threads for each (`models.threads` shared among them, at least 1; one reader keeps
     `models.threads` as it is, 0 = every core)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = usable_cpus()
     workers = cfg.caption.ocr.workers or cpus
     return workers, cfg.models.threads if workers == 1 else max(1, (cfg.models.threads or cpus) // workers)
 

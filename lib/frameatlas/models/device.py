@@ -7,7 +7,7 @@ import os
 
 log = logging.getLogger(__name__)
 
-__all__ = ["configure_threads", "pick_device"]
+__all__ = ["configure_threads", "pick_device", "usable_cpus"]
 
 
 def pick_device(preference: str = "auto") -> str:
@@ -26,6 +26,11 @@ def pick_device(preference: str = "auto") -> str:
     return "cpu"
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS tells it, else every core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 _configured: int | None = None
 
 
@@ -34,8 +39,7 @@ def configure_threads(threads: int = 0) -> int:
     global _configured
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    wanted = threads or cores
+    wanted = threads or usable_cpus()
     if _configured != wanted:
         torch.set_num_threads(wanted)
         _configured = wanted

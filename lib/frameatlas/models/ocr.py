@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from .base import ModelRecord
+from .device import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +141,9 @@ def _stop_spinning(engine, threads: int) -> None:
     worker threads sleeping instead of spin-waiting: spinning between RapidOCR's many small recogniser calls
     burns CPU that other work on shared cores could use. The arithmetic, and so every result, stays the same."""
     from onnxruntime import InferenceSession
-    from rapidocr_onnxruntime.main import DEFAULT_CFG_PATH
-    from rapidocr_onnxruntime.utils import OrtInferSession, read_yaml, update_model_path
+    from rapidocr_onnxruntime.utils import OrtInferSession
 
-    paths = update_model_path(read_yaml(DEFAULT_CFG_PATH))
+    paths = _model_paths()
     for holder, section in ((engine.text_det.infer, "Det"), (engine.text_rec.session, "Rec")):
         options = OrtInferSession._init_sess_opts({"intra_op_num_threads": threads, "inter_op_num_threads": threads})
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -170,8 +169,7 @@ def _compiled(model_path: str, threads: int):
     with a stream per reader the CPUs hold: readers at once share the model and the kernels OpenVINO makes for
     each new input shape. With a model per reader, two readers' first pass over the demo's recogniser inputs
     (138 shapes) ran one at a time: 40 s against 19 s."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    streams = max(1, cpus // threads) if threads > 0 else 1
+    streams = max(1, usable_cpus() // threads) if threads > 0 else 1
     settings = {
         # fp32 whatever the CPU offers: on CPUs with bf16 units OpenVINO may compute in bf16 by default, which
         # read the same text on only 40 of 103 demo frames with text.
@@ -196,10 +194,7 @@ def _use_runtime(engine, runtime: str, threads: int) -> str:
             log.warning("caption.ocr.runtime is openvino, but the openvino package cannot be imported (%s): reading "
                         "text with ONNX Runtime instead, the same models (`pip install openvino` to use it)", error)  # fmt: skip
         return "onnxruntime"
-    from rapidocr_onnxruntime.main import DEFAULT_CFG_PATH
-    from rapidocr_onnxruntime.utils import read_yaml, update_model_path
-
-    paths = update_model_path(read_yaml(DEFAULT_CFG_PATH))
+    paths = _model_paths()
     try:
         detector = _OpenVinoSession(_compiled(paths["Det"]["model_path"], max(0, threads)))
         recogniser = _OpenVinoSession(_compiled(paths["Rec"]["model_path"], max(0, threads)))
@@ -232,6 +227,14 @@ def _openvino_core():
     # threads started together). Made here, in the thread that loads the readers, before any reader runs.
     openvino.Tensor(np.zeros(1, np.float32)).data  # noqa: B018 - the access is the point
     return openvino.Core()
+
+
+def _model_paths() -> dict:
+    """RapidOCR's own configuration with the paths of the ONNX files its package ships ("Det", "Rec": "model_path")."""
+    from rapidocr_onnxruntime.main import DEFAULT_CFG_PATH
+    from rapidocr_onnxruntime.utils import read_yaml, update_model_path
+
+    return update_model_path(read_yaml(DEFAULT_CFG_PATH))
 
 
 def _det_preprocess(detector, short_side: int):

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .base import ModelRecord, ModelUnavailable
+from .device import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -143,12 +143,7 @@ class SpeechModel:
 
 
 def _threads(threads: int) -> int:
-    if threads:
-        return threads
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return threads or usable_cpus()
 
 
 def _device(device: str) -> tuple[str, int]:
