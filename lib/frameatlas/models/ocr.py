@@ -12,7 +12,7 @@ those frames). Frames the gate lets through are read exactly as without it. With
 ONNX Runtime's idle threads sleep instead of spinning (less CPU on shared cores, the same results).
 
 `runtime` says what computes the two networks: `openvino` runs the package's very ONNX files with OpenVINO
-in full fp32 (the recogniser 1.6x faster than ONNX Runtime on these CPUs, the same text on every demo
+in full fp32 (the recogniser 1.6x faster than ONNX Runtime on a 2-core AMD EPYC, the same text on every demo
 frame: BENCHMARKS.md), `onnxruntime` runs them as RapidOCR does, `auto` takes OpenVINO when it is installed.
 When OpenVINO is missing or cannot compile the networks, ONNX Runtime reads (with a warning, unless `auto` found
 no OpenVINO at all).
